@@ -1,0 +1,15 @@
+/* clipfarm download: lands with issue #6; until then it parses its options and
+ * says it is not implemented. */
+#include "cf_cli.h"
+
+int cf_cmd_download(int argc, char **argv)
+{
+    cf_config_t cfg;
+    int rc = cf_cli_parse(&cfg, "download", NULL, 1, -1, argc, argv);
+    if (rc < 0) {
+        cf_cli_error("download", "not implemented yet");
+        rc = CF_EXIT_FAILURE;
+    }
+    cf_config_free(&cfg, NULL);
+    return rc;
+}

@@ -1,0 +1,144 @@
+#define _GNU_SOURCE
+#include "cf_testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *cf_test_require_env(const char *name)
+{
+    const char *value = getenv(name);
+    if (!value || !*value) {
+        fprintf(stderr, "skip: %s is not set (run the suite with tests/run)\n", name);
+        exit(CF_TEST_SKIP);
+    }
+    return value;
+}
+
+const char *cf_test_bin(void)
+{
+    return cf_test_require_env("CF_BIN");
+}
+
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} s_buf_t;
+
+static void s_buf_append(s_buf_t *buf, const char *data, size_t len)
+{
+    if (buf->len + len + 1 > buf->cap) {
+        buf->cap = (buf->len + len + 1) * 2;
+        buf->data = realloc(buf->data, buf->cap);
+        assert_non_null(buf->data);
+    }
+    memcpy(buf->data + buf->len, data, len);
+    buf->len += len;
+    buf->data[buf->len] = '\0';
+}
+
+cf_test_proc_t cf_test_run(char *const argv[], char *const env[])
+{
+    cf_test_proc_t proc = {0};
+    int out_pipe[2], err_pipe[2];
+    assert_int_equal(pipe2(out_pipe, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(err_pipe, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out_pipe[1], 1);
+        dup2(err_pipe[1], 2);
+        for (int i = 0; env && env[i]; i++)
+            putenv(env[i]);
+        execvp(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(out_pipe[1]);
+    close(err_pipe[1]);
+    s_buf_t out = {0}, err = {0};
+    s_buf_append(&out, "", 0);
+    s_buf_append(&err, "", 0);
+    struct pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int i = 0; i < 2; i++) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char chunk[4096];
+            ssize_t n = read(fds[i].fd, chunk, sizeof chunk);
+            if (n <= 0) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                open_fds--;
+            } else {
+                s_buf_append(i == 0 ? &out : &err, chunk, (size_t)n);
+            }
+        }
+    }
+    int wstatus = 0;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+        ;
+    proc.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    proc.out = out.data;
+    proc.err = err.data;
+    return proc;
+}
+
+void cf_test_proc_free(cf_test_proc_t *proc)
+{
+    free(proc->out);
+    free(proc->err);
+    proc->out = proc->err = NULL;
+}
+
+char *cf_test_mkdtemp(const char *prefix)
+{
+    const char *tmp = getenv("TMPDIR");
+    char *path = NULL;
+    assert_true(asprintf(&path, "%s/%s.XXXXXX", tmp && *tmp ? tmp : "/tmp", prefix) > 0);
+    assert_non_null(mkdtemp(path));
+    return path;
+}
+
+static int s_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    return remove(path);
+}
+
+void cf_test_rmtree(const char *path)
+{
+    if (path)
+        nftw(path, s_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void cf_test_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+int cf_test_count_lines(const char *text)
+{
+    int lines = 0;
+    for (const char *p = text; *p; p++)
+        if (*p == '\n')
+            lines++;
+    if (*text && text[strlen(text) - 1] != '\n')
+        lines++;
+    return lines;
+}

@@ -1,0 +1,43 @@
+/* Helpers shared by the C tests: environment, child processes, temp dirs. */
+#ifndef CF_TESTUTIL_H
+#define CF_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+/* Exit code ctest reads as "skipped". */
+#define CF_TEST_SKIP 77
+
+/* Returns the value of env var NAME, or exits 77 (skip) with a message naming
+ * it when unset: integration tests need servers that tests/run starts. */
+const char *cf_test_require_env(const char *name);
+
+/* Result of a child process: exit status (or 128+signal) and its captured
+ * stdout and stderr, each NUL-terminated. */
+typedef struct {
+    int status;
+    char *out;
+    char *err;
+} cf_test_proc_t;
+
+/* Runs argv (argv[0] is looked up in PATH) with extra environment entries
+ * "K=V" from env (may be NULL, NULL-terminated), waits, captures output. */
+cf_test_proc_t cf_test_run(char *const argv[], char *const env[]);
+void cf_test_proc_free(cf_test_proc_t *proc);
+
+/* Path of the clipfarm binary under test (CF_BIN). */
+const char *cf_test_bin(void);
+
+/* Creates a fresh directory under $TMPDIR; returns it (caller frees). */
+char *cf_test_mkdtemp(const char *prefix);
+/* Removes a directory tree. */
+void cf_test_rmtree(const char *path);
+/* Writes a whole file; fails the test on error. */
+void cf_test_write_file(const char *path, const char *text);
+/* Counts lines of text (for one-line error checks). */
+int cf_test_count_lines(const char *text);
+
+#endif

@@ -1,0 +1,43 @@
+# Debian packages clipfarm needs, and an installer that adds only what is
+# missing. Sourced by tests/run, cluster/demo and the benchmarks.
+
+CF_BUILD_PACKAGES=(
+    build-essential cmake pkg-config git ca-certificates
+    libzmq3-dev libczmq-dev libpq-dev libhiredis-dev
+    libavformat-dev libavcodec-dev libavfilter-dev libavutil-dev libswscale-dev libswresample-dev
+    libmsgpack-dev libcurl4-openssl-dev libcivetweb-dev libsodium-dev libjansson-dev
+)
+CF_RUNTIME_PACKAGES=(postgresql redis-server redis-tools ffmpeg iproute2 procps curl)
+CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev)
+
+# cf_install_packages PKG...: installs the packages that are not installed yet.
+cf_install_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    if [[ $(id -u) != 0 ]]; then
+        echo "missing Debian packages: ${missing[*]}" >&2
+        echo "run as root (or: sudo apt-get install ${missing[*]})" >&2
+        return 1
+    fi
+    echo "installing: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # Debian's postgresql package would start a cluster of its own through
+    # invoke-rc.d; we run private servers, so keep package scripts from
+    # starting services.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+    fi
+    apt-get update -q >/dev/null \
+        && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    local rc=$?
+    ((created_policy)) && rm -f "$policy"
+    if ((rc != 0)); then
+        echo "apt-get install failed for: ${missing[*]}" >&2
+        return 1
+    fi
+}
