@@ -1,9 +1,35 @@
-/* cf_db: PostgreSQL access (libpq). All queries of clipfarm live here. */
+/* cf_db: PostgreSQL access (libpq). All queries of clipfarm's state live
+ * here (the cluster tables have theirs in cf_db_cluster).
+ *
+ * cf_db_t is a thread-safe connection pool. Every function below takes a
+ * connection from the pool, runs one prepared, parameterised statement (never
+ * SQL built from strings), and gives the connection back; each statement
+ * commits on its own, so when a write function returns CF_DB_OK its effect is
+ * durable in Postgres.
+ *
+ * Results: every function returns a cf_db_rc_t (0 on success, a negative code
+ * otherwise) and writes a one-line reason into err. The codes are distinct so
+ * callers can map them: CF_DB_NOT_FOUND -> 404, CF_DB_CONFLICT -> 409,
+ * CF_DB_ILLEGAL / CF_DB_TERMINAL -> 409, CF_DB_INVALID -> 400,
+ * CF_DB_UNAVAILABLE -> 503 (retry later).
+ *
+ * Postgres restarts: a pooled connection is checked before use (a dead socket
+ * is noticed without a round trip) and replaced; while Postgres is down,
+ * connecting is retried with exponential backoff until acquire_timeout_ms
+ * runs out, then CF_DB_UNAVAILABLE. Reads that fail because the connection
+ * broke are retried once on a fresh one; a write whose connection broke
+ * mid-statement is reported as CF_DB_UNAVAILABLE (its outcome is unknown;
+ * every write here can be repeated safely: creation by idempotency key,
+ * transitions because a repeat is refused, not applied twice). */
 #ifndef CF_DB_H
 #define CF_DB_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "cf_state.h"
 
 /* Opens one connection to URL, waiting at most timeout_s to connect.
  * Returns the connection, or NULL with a one-line reason in err. */
@@ -12,5 +38,365 @@ PGconn *cf_db_connect(const char *url, int timeout_s, char *err, size_t errlen);
 /* Copies the first line of libpq's message for CONN (or RES when not NULL)
  * into err. Returns err. */
 char *cf_db_errstr(PGconn *conn, const PGresult *res, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------ results */
+
+typedef enum {
+    CF_DB_OK = 0,
+    CF_DB_ERROR = -1,       /* anything else (a bug, a constraint the input broke) */
+    CF_DB_NOT_FOUND = -2,   /* no such composition / key / segment (a malformed id too) */
+    CF_DB_CONFLICT = -3,    /* idempotency key reused with another body; id already exists;
+                               segments already planned */
+    CF_DB_ILLEGAL = -4,     /* status transition not allowed from the current state */
+    CF_DB_TERMINAL = -5,    /* cancel/fail of a composition already completed, failed or
+                               cancelled */
+    CF_DB_UNAVAILABLE = -6, /* Postgres unreachable, restarting, or statement timeout */
+    CF_DB_INVALID = -7,     /* bad argument: malformed cursor, limit out of range, bad status
+                               filter, malformed JSON */
+    CF_DB_STALE = -8,       /* fenced: a newer coordinator epoch already wrote this segment */
+} cf_db_rc_t;
+
+/* "ok", "error", "not found", "conflict", "illegal transition", "already terminal",
+ * "database unavailable", "invalid argument", "stale epoch". */
+const char *cf_db_rc_name(int rc);
+
+/* Length of a composition id (canonical UUID text) including the NUL. */
+#define CF_DB_ID_LEN 37
+
+/* Retention defaults (the origin's result_ttl / failure_ttl for outputs). */
+#define CF_DB_KEEP_COMPLETED_S (7 * 24 * 3600)
+#define CF_DB_KEEP_FAILED_S    (24 * 3600)
+
+/* ------------------------------------------------------------------ pool */
+
+typedef struct cf_db cf_db_t;
+
+typedef struct {
+    const char *url;          /* postgresql://... (copied) */
+    int pool_size;            /* connections kept open when idle (default 30: origin pool_size) */
+    int max_overflow;         /* extra connections under load, closed when given back
+                                 (default 20: origin max_overflow) */
+    int acquire_timeout_ms;   /* longest wait for a connection, including reconnecting while
+                                 Postgres is down (default 30000: origin pool_timeout) */
+    int connect_timeout_ms;   /* one connection attempt (default 5000) */
+    int statement_timeout_ms; /* server-side statement_timeout of every statement
+                                 (default 30000; 0 = none) */
+    int recycle_s;            /* replace connections older than this (default 3600: origin
+                                 pool_recycle) */
+    int backoff_initial_ms;   /* delay after the first failed connect (default 50) */
+    int backoff_max_ms;       /* delays double up to this (default 2000) */
+} cf_db_options_t;
+
+/* Fills OPTS with the defaults above (url NULL). */
+void cf_db_options_default(cf_db_options_t *opts);
+
+/* Creates a pool. Connects nothing yet (the first call does; cf_db_ping to
+ * check now). Returns NULL with a reason in err when an option is out of
+ * range. */
+cf_db_t *cf_db_new(const cf_db_options_t *opts, char *err, size_t errlen);
+
+/* Closes every connection and frees the pool. Safe on NULL; NULLs *self_p.
+ * No other thread may be using the pool. */
+void cf_db_destroy(cf_db_t **self_p);
+
+/* Runs a trivial statement. CF_DB_OK or CF_DB_UNAVAILABLE. */
+int cf_db_ping(cf_db_t *db, char *err, size_t errlen);
+
+typedef struct {
+    int open;           /* connections open now */
+    int in_use;         /* of which lent out */
+    uint64_t connects;  /* successful connects since cf_db_new */
+    uint64_t failures;  /* failed connects */
+    uint64_t discarded; /* connections found broken and replaced */
+    uint64_t waits;     /* acquisitions that had to wait for a free connection */
+} cf_db_stats_t;
+
+/* Pool counters for /metrics. */
+void cf_db_stats(cf_db_t *db, cf_db_stats_t *stats);
+
+/* Called after every committed write to a composition, on the writer's thread
+ * (cf_cache_attach installs one that invalidates the cache and publishes
+ * progress). version is the row's new version (it grows by one with every
+ * update); event is "created", "status", "progress", "output" or "error". */
+typedef struct {
+    const char *id;
+    int64_t version;
+    cf_state_t state;
+    double progress;
+    const char *event;
+} cf_db_write_t;
+typedef void (*cf_db_write_hook_t)(void *arg, const cf_db_write_t *write);
+
+/* Installs HOOK (NULL removes it). Set it before other threads use DB. */
+void cf_db_set_write_hook(cf_db_t *db, cf_db_write_hook_t hook, void *arg);
+
+/* ------------------------------------------------------------------ compositions */
+
+typedef struct {
+    const char *title; /* may be NULL */
+    cf_priority_t priority;
+    const char *spec_json;       /* the validated composition; stored as jsonb */
+    const char *api_key_id;      /* the submitting key, or NULL */
+    const char *idempotency_key; /* NULL: no deduplication */
+    const char *request_hash;    /* hash of the request body (any text, e.g. hex);
+                                    required with idempotency_key */
+    cf_state_t initial_state;    /* CF_STATE_PENDING or CF_STATE_QUEUED */
+} cf_db_composition_new_t;
+
+/* Stores a new composition and writes its id into id_out. With an
+ * idempotency key already used by the same API key: the same request_hash
+ * returns the existing composition's id with *existed = true; another hash
+ * returns CF_DB_CONFLICT. existed may be NULL. */
+int cf_db_composition_create(cf_db_t *db, const cf_db_composition_new_t *comp,
+                             char id_out[CF_DB_ID_LEN], bool *existed, char *err, size_t errlen);
+
+/* The composition as a JSON object, ready to serve:
+ *   {"id","title","status","stage","priority","progress","spec","error":{"code","message"}|null,
+ *    "output":{"location","size_bytes","duration_s","hash"}|null,"attempts","version",
+ *    "created_at","updated_at","started_at","finished_at"}
+ * (timestamps RFC 3339 UTC with microseconds, or null). *json_p is the
+ * caller's; version_p may be NULL. */
+int cf_db_composition_get_json(cf_db_t *db, const char *id, char **json_p, int64_t *version_p,
+                               char *err, size_t errlen);
+
+typedef struct {
+    char id[CF_DB_ID_LEN];
+    char *title;
+    cf_state_t state;
+    cf_priority_t priority;
+    char *spec_json;
+    double progress;
+    int attempts;
+    int64_t version;
+    char *api_key_id;
+    char *error_code;
+    char *error_message;
+    char *output_location;
+    int64_t output_size_bytes;
+    double output_duration_s;
+    char *output_hash;
+} cf_db_composition_t;
+
+/* The composition as a struct (for the coordinator). Free with
+ * cf_db_composition_clear. */
+int cf_db_composition_get(cf_db_t *db, const char *id, cf_db_composition_t *comp, char *err,
+                          size_t errlen);
+void cf_db_composition_clear(cf_db_composition_t *comp);
+
+#define CF_DB_LIST_MAX 100
+
+/* Lists compositions newest first (created_at, then id, descending) as a JSON
+ * array of the objects cf_db_composition_get_json makes, without "spec".
+ * status: a status column value (cf_status_is_valid) or NULL for all.
+ * limit: 1..CF_DB_LIST_MAX. cursor: NULL for the first page, else a
+ * *next_cursor_p from the previous page (opaque; a malformed one is
+ * CF_DB_INVALID). *next_cursor_p is NULL after the last page. Both outputs
+ * are the caller's. */
+int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const char *cursor,
+                           char **json_array_p, char **next_cursor_p, char *err, size_t errlen);
+
+/* Moves a composition to state TO when the transition from its current state
+ * is legal (the table in sql/001_schema.sql):
+ *   pending -> queued; queued -> planning; planning -> encoding;
+ *   encoding -> assembling; assembling -> completed;
+ *   every non-terminal state -> failed, cancelled.
+ * started_at is set on entering planning, finished_at on a terminal state.
+ * Returns CF_DB_ILLEGAL (nothing changed) otherwise, with the current state in
+ * *from_p (may be NULL). A "status" event records each applied transition. */
+int cf_db_composition_transition(cf_db_t *db, const char *id, cf_state_t to, cf_state_t *from_p,
+                                 char *err, size_t errlen);
+
+/* The queue consumer's step: queued -> planning, attempts + 1, recording
+ * TAKER (a node or consumer name) in the "status" event. Idempotent: a
+ * composition that is no longer queued is refused with CF_DB_ILLEGAL
+ * (already taken or cancelled: drop the queue item). */
+int cf_db_composition_take(cf_db_t *db, const char *id, const char *taker, char *err,
+                           size_t errlen);
+
+/* Sets progress (0..1; never goes down) while processing; CF_DB_ILLEGAL in
+ * any other state, CF_DB_INVALID outside 0..1. Appends a "progress" event. */
+int cf_db_composition_set_progress(cf_db_t *db, const char *id, double progress, char *err,
+                                   size_t errlen);
+
+typedef struct {
+    const char *location; /* path or URL of the output file */
+    int64_t size_bytes;
+    double duration_s;
+    const char *hash; /* content hash (hex) */
+} cf_db_output_t;
+
+/* Records the output while processing; CF_DB_ILLEGAL in any other state. */
+int cf_db_composition_set_output(cf_db_t *db, const char *id, const cf_db_output_t *output,
+                                 char *err, size_t errlen);
+
+/* assembling -> completed, recording OUTPUT (may be NULL when set_output ran
+ * before) and progress 1, in one statement. */
+int cf_db_composition_complete(cf_db_t *db, const char *id, const cf_db_output_t *output, char *err,
+                               size_t errlen);
+
+/* Any non-terminal state -> failed with the error CODE (short machine token,
+ * e.g. "source_unreachable") and MESSAGE. CF_DB_TERMINAL when already
+ * completed, failed or cancelled. */
+int cf_db_composition_fail(cf_db_t *db, const char *id, const char *code, const char *message,
+                           char *err, size_t errlen);
+
+/* Any non-terminal state -> cancelled. CF_DB_TERMINAL (nothing changed) when
+ * already completed, failed or cancelled; *from_p gets the state it was in
+ * (may be NULL). */
+int cf_db_composition_cancel(cf_db_t *db, const char *id, cf_state_t *from_p, char *err,
+                             size_t errlen);
+
+/* Number of compositions in each state, for metrics. */
+int cf_db_composition_counts(cf_db_t *db, int64_t counts[CF_STATE_COUNT], char *err, size_t errlen);
+
+typedef struct {
+    char id[CF_DB_ID_LEN];
+    cf_priority_t priority;
+} cf_db_queued_t;
+
+/* The queued compositions, oldest first, at most MAX (the reconcile loop
+ * pushes those no Redis list holds). *items_p is the caller's (free()). */
+int cf_db_composition_queued(cf_db_t *db, int max, cf_db_queued_t **items_p, int *count_p,
+                             char *err, size_t errlen);
+
+typedef struct {
+    char id[CF_DB_ID_LEN];
+    cf_state_t state;
+    char *output_location; /* NULL when it had none */
+} cf_db_purged_t;
+
+/* Deletes compositions (with their segments and events) that finished more
+ * than completed_keep_s (completed) or failed_keep_s (failed, cancelled) ago,
+ * at most MAX_ROWS per call, and returns what it deleted so the caller
+ * removes the output files. Free with cf_db_purged_free. */
+int cf_db_purge_expired(cf_db_t *db, int completed_keep_s, int failed_keep_s, int max_rows,
+                        cf_db_purged_t **purged_p, int *count_p, char *err, size_t errlen);
+void cf_db_purged_free(cf_db_purged_t **purged_p, int count);
+
+/* ------------------------------------------------------------------ segments */
+
+typedef struct {
+    int index;                /* 0-based position in the output */
+    int64_t frame_start;      /* first output frame */
+    int64_t frame_end;        /* one past the last output frame */
+    const char *sources_json; /* JSON array of source ranges (may be NULL: []) */
+} cf_db_segment_plan_t;
+
+/* Stores the plan's COUNT segments (state pending) for a composition, written
+ * by coordinator EPOCH, all in one statement. CF_DB_CONFLICT when the
+ * composition already has segments, CF_DB_NOT_FOUND when it does not exist. */
+int cf_db_segments_create(cf_db_t *db, const char *composition_id, int64_t epoch,
+                          const cf_db_segment_plan_t *plan, int count, char *err, size_t errlen);
+
+/* Fields of cf_db_segment_update_t to write. */
+enum {
+    CF_SEG_F_STATE = 1 << 0,
+    CF_SEG_F_PROGRESS = 1 << 1,
+    CF_SEG_F_NODE = 1 << 2,
+    CF_SEG_F_BLOB = 1 << 3, /* blob_hash and size_bytes */
+    CF_SEG_F_FPS = 1 << 4,
+    CF_SEG_F_TIMINGS = 1 << 5, /* fetch_ms and encode_ms */
+};
+
+typedef struct {
+    unsigned fields; /* CF_SEG_F_* bits: which members below to write */
+    cf_seg_state_t state;
+    double progress;
+    const char *node_id;
+    const char *blob_hash;
+    int64_t size_bytes;
+    double encode_fps;
+    int64_t fetch_ms;
+    int64_t encode_ms;
+} cf_db_segment_update_t;
+
+/* Updates one segment on behalf of coordinator EPOCH (which becomes the
+ * segment's epoch). Fencing: CF_DB_STALE when a newer epoch already wrote it.
+ * Entering assigned counts an attempt and stamps assigned_at; encoding stamps
+ * started_at; done/failed stamp finished_at. A done segment is final:
+ * changing its state is CF_DB_ILLEGAL. */
+int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int64_t epoch,
+                         const cf_db_segment_update_t *update, char *err, size_t errlen);
+
+typedef struct {
+    int index;
+    int64_t frame_start, frame_end;
+    char *sources_json;
+    cf_seg_state_t state;
+    double progress;
+    char *node_id; /* NULL when never assigned */
+    int attempts;
+    int64_t epoch;
+    char *blob_hash; /* NULL until done */
+    int64_t size_bytes;
+    double encode_fps;
+    int64_t fetch_ms, encode_ms;
+    char *assigned_at, *started_at, *finished_at; /* RFC 3339, or NULL */
+} cf_db_segment_t;
+
+/* The segments of a composition in index order. Free with
+ * cf_db_segments_free. An unknown composition gives zero segments. */
+int cf_db_segments_list(cf_db_t *db, const char *composition_id, cf_db_segment_t **segs_p,
+                        int *count_p, char *err, size_t errlen);
+void cf_db_segments_free(cf_db_segment_t **segs_p, int count);
+
+/* ------------------------------------------------------------------ events */
+
+/* Appends an event (TYPE: short token; PAYLOAD_JSON: a JSON value or NULL)
+ * to a composition's trail; *id_p (may be NULL) gets its id, which grows
+ * with every event. */
+int cf_db_event_append(cf_db_t *db, const char *composition_id, const char *type,
+                       const char *payload_json, int64_t *id_p, char *err, size_t errlen);
+
+typedef struct {
+    int64_t id;
+    char *type;
+    char *payload_json; /* "null" when it had none */
+    char *at;           /* RFC 3339 */
+} cf_db_event_t;
+
+/* The composition's events with id > AFTER_ID in id order, at most LIMIT
+ * (1..1000): a Server-Sent Events stream resumes from Last-Event-ID. Free
+ * with cf_db_events_free. */
+int cf_db_events_since(cf_db_t *db, const char *composition_id, int64_t after_id, int limit,
+                       cf_db_event_t **events_p, int *count_p, char *err, size_t errlen);
+void cf_db_events_free(cf_db_event_t **events_p, int count);
+
+/* ------------------------------------------------------------------ api keys */
+
+/* Stores an API key: ID (public part, the API module's format), NAME, and the
+ * keyed hash of its secret (never the secret). CF_DB_CONFLICT when ID exists. */
+int cf_db_api_key_insert(cf_db_t *db, const char *id, const char *name, const unsigned char *hash,
+                         size_t hash_len, char *err, size_t errlen);
+
+typedef struct {
+    char *id;
+    char *name;
+    unsigned char *hash; /* NULL in cf_db_api_key_list's results */
+    size_t hash_len;
+    char *created_at;
+    char *revoked_at; /* NULL while valid */
+} cf_db_api_key_t;
+
+/* Finds a key by id (revoked ones too: check revoked_at). Free with
+ * cf_db_api_key_clear. */
+int cf_db_api_key_find(cf_db_t *db, const char *id, cf_db_api_key_t *key, char *err, size_t errlen);
+void cf_db_api_key_clear(cf_db_api_key_t *key);
+
+/* Revokes a key (revoking a revoked key is CF_DB_OK). CF_DB_NOT_FOUND. */
+int cf_db_api_key_revoke(cf_db_t *db, const char *id, char *err, size_t errlen);
+
+/* All keys, oldest first, without hashes. Free with cf_db_api_keys_free. */
+int cf_db_api_key_list(cf_db_t *db, cf_db_api_key_t **keys_p, int *count_p, char *err,
+                       size_t errlen);
+void cf_db_api_keys_free(cf_db_api_key_t **keys_p, int count);
+
+/* ------------------------------------------------------------------ tests */
+
+/* Runs EXPLAIN on the pool's prepared statement NAME (see cf_db.c) with
+ * PARAMS and returns the plan text (caller's). For tests that check which
+ * index a query uses. */
+int cf_db_explain(cf_db_t *db, const char *name, int nparams, const char *const *params,
+                  char **plan_p, char *err, size_t errlen);
 
 #endif
