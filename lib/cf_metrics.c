@@ -314,6 +314,25 @@ int cf_metrics_on_collect(cf_metrics_t *self, cf_metrics_collect_fn *fn, void *a
     return 0;
 }
 
+void cf_metrics_remove_collect(cf_metrics_t *self, cf_metrics_collect_fn *fn, void *arg)
+{
+    pthread_mutex_lock(&self->lock);
+    s_hook_t *prev = NULL;
+    for (s_hook_t *h = self->hooks; h; prev = h, h = h->next) {
+        if (h->fn != fn || h->arg != arg)
+            continue;
+        if (prev)
+            prev->next = h->next;
+        else
+            self->hooks = h->next;
+        if (self->last_hook == h)
+            self->last_hook = prev;
+        free(h);
+        break;
+    }
+    pthread_mutex_unlock(&self->lock);
+}
+
 /* ------------------------------------------------------------ exposition */
 
 typedef struct {

@@ -61,6 +61,9 @@ double cf_metric_value(cf_metric_t *metric, const char *const *values);
 typedef void(cf_metrics_collect_fn)(void *arg);
 int cf_metrics_on_collect(cf_metrics_t *self, cf_metrics_collect_fn *fn, void *arg);
 
+/* Removes the hook registered with FN and ARG (before ARG is freed). */
+void cf_metrics_remove_collect(cf_metrics_t *self, cf_metrics_collect_fn *fn, void *arg);
+
 /* Runs the collect hooks and writes every metric in the text format into a
  * new NUL-terminated buffer (*len_out gets its length when not NULL).
  * Returns the buffer (caller frees) or NULL when out of memory. */

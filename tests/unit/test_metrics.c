@@ -194,6 +194,10 @@ static void test_collect_hook(void **state)
     text = cf_metrics_render(reg, NULL);
     assert_non_null(strstr(text, "queue_depth{priority=\"high\"} 20\n"));
     free(text);
+    cf_metrics_remove_collect(reg, s_collect, depth);
+    text = cf_metrics_render(reg, NULL);
+    assert_non_null(strstr(text, "queue_depth{priority=\"high\"} 20\n")); /* not called */
+    free(text);
     cf_metrics_destroy(&reg);
 }
 
