@@ -1,0 +1,256 @@
+#define _GNU_SOURCE
+#include "cf_fetch.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cf_log.h"
+
+static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
+static CURLcode s_curl_init_rc;
+
+static void s_curl_init(void)
+{
+    s_curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (sodium_init() < 0)
+        s_curl_init_rc = CURLE_FAILED_INIT;
+}
+
+/* Decodes %XX escapes in place. Returns 0, or -1 on a malformed escape or
+ * an escaped NUL. */
+static int s_percent_decode(char *text)
+{
+    char *out = text;
+    for (const char *in = text; *in; in++) {
+        if (*in != '%') {
+            *out++ = *in;
+            continue;
+        }
+        if (!isxdigit((unsigned char)in[1]) || !isxdigit((unsigned char)in[2]))
+            return -1;
+        char hex[3] = {in[1], in[2], 0};
+        long v = strtol(hex, NULL, 16);
+        if (v == 0)
+            return -1;
+        *out++ = (char)v;
+        in += 2;
+    }
+    *out = '\0';
+    return 0;
+}
+
+static int s_local_file(const char *source, char **path_p, char *err, size_t errlen)
+{
+    char *path = strdup(source + strlen("file://"));
+    if (!path) {
+        snprintf(err, errlen, "%s: out of memory", source);
+        return -1;
+    }
+    if (s_percent_decode(path) < 0) {
+        snprintf(err, errlen, "%s: malformed %%-escape", source);
+        free(path);
+        return -1;
+    }
+    struct stat sb;
+    if (stat(path, &sb) < 0 || access(path, R_OK) < 0) {
+        snprintf(err, errlen, "%s: %s", source, strerror(errno));
+        free(path);
+        return -1;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", source);
+        free(path);
+        return -1;
+    }
+    *path_p = path;
+    return 0;
+}
+
+typedef struct {
+    FILE *file;
+    uint64_t bytes;
+    uint64_t max_bytes;
+    atomic_bool *cancel;
+    bool too_large;
+} s_download_t;
+
+static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    s_download_t *dl = arg;
+    size_t len = size * nmemb;
+    if (dl->bytes + len > dl->max_bytes) {
+        dl->too_large = true;
+        return 0;
+    }
+    dl->bytes += len;
+    return fwrite(data, 1, len, dl->file);
+}
+
+static int s_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                      curl_off_t ulnow)
+{
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    s_download_t *dl = arg;
+    return dl->cancel && atomic_load(dl->cancel) ? 1 : 0;
+}
+
+int cf_fetch_url(const char *url, const char *dest, const cf_fetch_opts_t *opts, char *err,
+                 size_t errlen)
+{
+    pthread_once(&s_curl_once, s_curl_init);
+    if (s_curl_init_rc != CURLE_OK) {
+        snprintf(err, errlen, "%s: cannot start libcurl", url);
+        return -1;
+    }
+    char part[4096];
+    if (snprintf(part, sizeof part, "%s.part", dest) >= (int)sizeof part) {
+        snprintf(err, errlen, "%s: cache path too long", url);
+        return -1;
+    }
+    s_download_t dl = {.max_bytes = opts->max_bytes ? opts->max_bytes : (uint64_t)64 << 30,
+                       .cancel = opts->cancel};
+    dl.file = fopen(part, "wb");
+    if (!dl.file) {
+        snprintf(err, errlen, "%s: cannot create %s: %s", url, part, strerror(errno));
+        return -1;
+    }
+    CURL *curl = curl_easy_init();
+    if (!curl) {
+        fclose(dl.file);
+        remove(part);
+        snprintf(err, errlen, "%s: cannot start libcurl", url);
+        return -1;
+    }
+    char curl_err[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(curl, CURLOPT_MAXREDIRS, 5L);
+    curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
+                     opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 10000L);
+    /* A transfer that stalls (under 1 byte/s for the timeout) fails. */
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME,
+                     opts->stall_timeout_s > 0 ? opts->stall_timeout_s : 60L);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, s_write);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &dl);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, s_progress);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &dl);
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err);
+    curl_easy_setopt(curl, CURLOPT_USERAGENT, "clipfarm/" CF_VERSION);
+    CURLcode rc = curl_easy_perform(curl);
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(curl);
+    bool write_failed = fclose(dl.file) != 0;
+
+    int result = -1;
+    if (rc == CURLE_HTTP_RETURNED_ERROR)
+        snprintf(err, errlen, "%s: HTTP %ld", url, status);
+    else if (rc == CURLE_ABORTED_BY_CALLBACK)
+        snprintf(err, errlen, "%s: cancelled", url);
+    else if (dl.too_large)
+        snprintf(err, errlen, "%s: larger than %llu bytes", url, (unsigned long long)dl.max_bytes);
+    else if (rc != CURLE_OK)
+        snprintf(err, errlen, "%s: cannot fetch: %s", url,
+                 curl_err[0] ? curl_err : curl_easy_strerror(rc));
+    else if (write_failed)
+        snprintf(err, errlen, "%s: cannot write %s", url, part);
+    else if (rename(part, dest) < 0)
+        snprintf(err, errlen, "%s: cannot rename %s: %s", url, part, strerror(errno));
+    else
+        result = 0;
+    if (result < 0)
+        remove(part);
+    else
+        cf_log_debug("fetch", "%s: %llu bytes -> %s", url, (unsigned long long)dl.bytes, dest);
+    return result;
+}
+
+/* The cache name of URL: a hash of it plus the URL path's extension, which
+ * helps demuxers that probe by name. */
+static int s_cache_path(const char *dir, const char *url, char *out, size_t outlen)
+{
+    unsigned char hash[16];
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)url, strlen(url), NULL, 0);
+    char hex[sizeof hash * 2 + 1];
+    sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
+    char ext[12] = "";
+    size_t path_end = strcspn(url, "?#");
+    const char *slash = memrchr(url, '/', path_end);
+    const char *dot = slash ? memrchr(slash, '.', path_end - (size_t)(slash - url)) : NULL;
+    if (dot) {
+        size_t len = path_end - (size_t)(dot - url);
+        bool ok = len > 1 && len < sizeof ext;
+        for (size_t i = 1; ok && i < len; i++)
+            ok = isalnum((unsigned char)dot[i]);
+        if (ok)
+            snprintf(ext, sizeof ext, "%.*s", (int)len, dot);
+    }
+    int n = snprintf(out, outlen, "%s/url-%s%s", dir, hex, ext);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
+int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p, char *err,
+                    size_t errlen)
+{
+    *path_p = NULL;
+    pthread_once(&s_curl_once, s_curl_init);
+    if (!strncmp(source, "file://", 7))
+        return s_local_file(source, path_p, err, errlen);
+    if (!strncmp(source, "blob:", 5)) {
+        if (!opts->blob_resolver) {
+            snprintf(err, errlen, "%s: no blob store here (blob: sources need a clipfarm node)",
+                     source);
+            return -1;
+        }
+        char path[4096];
+        char why[512] = "";
+        if (opts->blob_resolver(opts->blob_arg, source, path, sizeof path, why, sizeof why) < 0) {
+            snprintf(err, errlen, "%s: %s", source, why[0] ? why : "not found");
+            return -1;
+        }
+        *path_p = strdup(path);
+        if (!*path_p) {
+            snprintf(err, errlen, "%s: out of memory", source);
+            return -1;
+        }
+        return 0;
+    }
+    if (strncmp(source, "http://", 7) && strncmp(source, "https://", 8)) {
+        snprintf(err, errlen, "%s: unsupported source", source);
+        return -1;
+    }
+    if (!opts->cache_dir) {
+        snprintf(err, errlen, "%s: no cache directory for downloads", source);
+        return -1;
+    }
+    char path[4096];
+    if (s_cache_path(opts->cache_dir, source, path, sizeof path) < 0) {
+        snprintf(err, errlen, "%s: cache path too long", source);
+        return -1;
+    }
+    if (access(path, R_OK) < 0 && cf_fetch_url(source, path, opts, err, errlen) < 0)
+        return -1;
+    *path_p = strdup(path);
+    if (!*path_p) {
+        snprintf(err, errlen, "%s: out of memory", source);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,46 @@
+/* cf_fetch: turns a clip's source reference into a local file.
+ *
+ *   file:///abs/path   used in place (percent-escapes decoded); must exist
+ *   http(s)://...      streamed with libcurl into a cache directory (never
+ *                      held in memory), written to a temporary name and
+ *                      renamed when complete; HTTP errors, refused
+ *                      connections and stalls are errors
+ *   blob:HEX           asked of a resolver (the node's blob store); without
+ *                      one, a clear error
+ */
+#ifndef CF_FETCH_H
+#define CF_FETCH_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Maps REF ("blob:<hex>") to a local file path. Returns 0, or -1 with a
+ * reason in err. cf_blob_path(store, ...) has this shape with ARG = store. */
+typedef int (*cf_fetch_blob_fn)(void *arg, const char *ref, char *path, size_t pathlen, char *err,
+                                size_t errlen);
+
+typedef struct {
+    const char *cache_dir;          /* where http(s) downloads go */
+    cf_fetch_blob_fn blob_resolver; /* NULL: blob: sources are an error */
+    void *blob_arg;
+    atomic_bool *cancel;     /* checked while downloading (may be NULL) */
+    long connect_timeout_ms; /* 0: 10 s */
+    long stall_timeout_s;    /* no byte for this long fails (0: 60 s) */
+    uint64_t max_bytes;      /* 0: 64 GiB */
+} cf_fetch_opts_t;
+
+/* Resolves SOURCE to a local, readable file. Returns 0 with *path_p set (the
+ * caller frees it), or -1 with a one-line reason in err that names the
+ * source. Downloads land in opts->cache_dir, named after the URL, so the
+ * same URL twice is fetched once. */
+int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p, char *err,
+                    size_t errlen);
+
+/* Downloads URL (http or https only) to DEST, via DEST.part. Returns 0 or -1
+ * with a reason in err; nothing is left at DEST or DEST.part on failure. */
+int cf_fetch_url(const char *url, const char *dest, const cf_fetch_opts_t *opts, char *err,
+                 size_t errlen);
+
+#endif

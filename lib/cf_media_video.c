@@ -1,0 +1,427 @@
+/* cf_media_encode_segment: one planned segment -> an MP4 holding its video.
+ *
+ * Frame mapping. Output frame n of a clip trimmed at S shows the source frame
+ * that FFmpeg's fps filter with start_time=S would pick: a source frame with
+ * pts p (seconds from the file's start) belongs to output slot
+ * round((p - S) * fps) (half away from zero), and slot n shows the latest
+ * frame whose slot is <= n; a slot before the first frame shows the first
+ * frame. Because the mapping depends only on the clip's start, a segment that
+ * begins in the middle of a clip picks exactly the frames a whole-clip render
+ * would: segments are independent and still frame-exact. */
+#define _GNU_SOURCE
+#include <libavfilter/buffersink.h>
+#include <libavfilter/buffersrc.h>
+#include <libavutil/mathematics.h>
+#include <libavutil/pixdesc.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cf_media_internal.h"
+
+typedef struct {
+    const cf_plan_t *plan;
+    const cf_plan_segment_t *seg;
+    const cf_media_ctl_t *ctl;
+    AVCodecContext *enc;
+    AVFormatContext *mux; /* NULL in the first of two passes */
+    AVStream *mux_st;
+    AVPacket *pkt;
+    /* scaler for the current source frame geometry */
+    AVFilterGraph *graph;
+    AVFilterContext *buf_src, *buf_sink;
+    int graph_w, graph_h, graph_fmt;
+    AVRational graph_sar;
+    AVFrame *filtered;
+    int64_t frames_sent;    /* to the encoder */
+    int64_t packets_out;    /* from the encoder */
+    bool first_is_keyframe; /* the segment's first packet */
+    char *err;
+    size_t errlen;
+} s_seg_t;
+
+static int s_fail(s_seg_t *ctx, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int s_fail(s_seg_t *ctx, int code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return cf_media_fail(ctx->err, ctx->errlen, code, "segment %d: %s", ctx->seg->index, msg);
+}
+
+/* ------------------------------------------------------------------ encoder */
+
+static int s_drain_encoder(s_seg_t *ctx)
+{
+    for (;;) {
+        int ret = avcodec_receive_packet(ctx->enc, ctx->pkt);
+        if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF)
+            return 0;
+        if (ret < 0)
+            return s_fail(ctx, ret, "encoding failed");
+        if (ctx->packets_out == 0)
+            ctx->first_is_keyframe = ctx->pkt->flags & AV_PKT_FLAG_KEY;
+        ctx->packets_out++;
+        if (ctx->mux) {
+            ctx->pkt->stream_index = ctx->mux_st->index;
+            av_packet_rescale_ts(ctx->pkt, ctx->enc->time_base, ctx->mux_st->time_base);
+            ret = av_interleaved_write_frame(ctx->mux, ctx->pkt);
+            if (ret < 0)
+                return s_fail(ctx, ret, "cannot write");
+        }
+        av_packet_unref(ctx->pkt);
+    }
+}
+
+static int s_encode(s_seg_t *ctx, AVFrame *frame)
+{
+    int ret = avcodec_send_frame(ctx->enc, frame);
+    if (ret < 0)
+        return s_fail(ctx, ret, "encoding failed");
+    return s_drain_encoder(ctx);
+}
+
+/* ------------------------------------------------------------------ scaler */
+
+static int s_build_graph(s_seg_t *ctx, const AVFrame *frame)
+{
+    avfilter_graph_free(&ctx->graph);
+    const cf_plan_output_t *out = &ctx->plan->output;
+    AVFilterInOut *inputs = NULL, *outputs = NULL;
+    int ret;
+    ctx->graph = avfilter_graph_alloc();
+    if (!ctx->graph)
+        return s_fail(ctx, AVERROR(ENOMEM), "filter graph");
+    /* One worker thread per segment: parallelism comes from segments. */
+    ctx->graph->nb_threads = 1;
+    AVRational sar =
+        frame->sample_aspect_ratio.num > 0 ? frame->sample_aspect_ratio : (AVRational){1, 1};
+    char args[256];
+    snprintf(args, sizeof args, "video_size=%dx%d:pix_fmt=%d:time_base=%d/%d:pixel_aspect=%d/%d",
+             frame->width, frame->height, frame->format, out->fps_den, out->fps_num, sar.num,
+             sar.den);
+    ret = avfilter_graph_create_filter(&ctx->buf_src, avfilter_get_by_name("buffer"), "in", args,
+                                       NULL, ctx->graph);
+    if (ret >= 0)
+        ret = avfilter_graph_create_filter(&ctx->buf_sink, avfilter_get_by_name("buffersink"),
+                                           "out", NULL, NULL, ctx->graph);
+    if (ret < 0)
+        return s_fail(ctx, ret, "filter graph");
+    /* The same chain an ffmpeg command line would use: fit inside the output
+     * keeping the aspect ratio, centre on black, square pixels, 4:2:0. */
+    char spec[512];
+    snprintf(spec, sizeof spec,
+             "scale=%d:%d:force_original_aspect_ratio=decrease:force_divisible_by=2:"
+             "flags=bicubic,pad=%d:%d:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p",
+             out->width, out->height, out->width, out->height);
+    outputs = avfilter_inout_alloc();
+    inputs = avfilter_inout_alloc();
+    if (!outputs || !inputs) {
+        ret = AVERROR(ENOMEM);
+        goto end;
+    }
+    outputs->name = av_strdup("in");
+    outputs->filter_ctx = ctx->buf_src;
+    inputs->name = av_strdup("out");
+    inputs->filter_ctx = ctx->buf_sink;
+    if ((ret = avfilter_graph_parse_ptr(ctx->graph, spec, &inputs, &outputs, NULL)) < 0)
+        goto end;
+    ret = avfilter_graph_config(ctx->graph, NULL);
+end:
+    avfilter_inout_free(&inputs);
+    avfilter_inout_free(&outputs);
+    if (ret < 0)
+        return s_fail(ctx, ret, "filter graph");
+    ctx->graph_w = frame->width;
+    ctx->graph_h = frame->height;
+    ctx->graph_fmt = frame->format;
+    ctx->graph_sar = frame->sample_aspect_ratio;
+    return 0;
+}
+
+/* Scales FRAME and encodes it as the segment's next frame, COUNT times. */
+static int s_emit(s_seg_t *ctx, AVFrame *frame, int64_t count)
+{
+    if (!ctx->graph || frame->width != ctx->graph_w || frame->height != ctx->graph_h ||
+        frame->format != ctx->graph_fmt ||
+        av_cmp_q(frame->sample_aspect_ratio, ctx->graph_sar) != 0) {
+        if (s_build_graph(ctx, frame) < 0)
+            return -1;
+    }
+    for (int64_t i = 0; i < count; i++) {
+        if (cf_media_cancelled(ctx->ctl))
+            return s_fail(ctx, 0, "cancelled");
+        frame->pts = ctx->frames_sent;
+        int ret = av_buffersrc_add_frame_flags(ctx->buf_src, frame, AV_BUFFERSRC_FLAG_KEEP_REF);
+        if (ret < 0)
+            return s_fail(ctx, ret, "filtering failed");
+        for (;;) {
+            ret = av_buffersink_get_frame(ctx->buf_sink, ctx->filtered);
+            if (ret == AVERROR(EAGAIN))
+                break;
+            if (ret < 0)
+                return s_fail(ctx, ret, "filtering failed");
+            ctx->filtered->pict_type = AV_PICTURE_TYPE_NONE;
+            ctx->filtered->pts = ctx->frames_sent++;
+            ret = s_encode(ctx, ctx->filtered);
+            av_frame_unref(ctx->filtered);
+            if (ret < 0)
+                return -1;
+            if (ctx->ctl && ctx->ctl->frames_done)
+                atomic_fetch_add(ctx->ctl->frames_done, 1);
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ parts */
+
+/* The output slot of a source frame at PTS (from the file's start), for a
+ * clip whose first output frame is at IN_OFF (S in the stream time base). */
+static int64_t s_slot(int64_t pts, int64_t in_off, AVRational in_tb, AVRational out_tb)
+{
+    return av_rescale_q_rnd(pts - in_off, in_tb, out_tb, AV_ROUND_NEAR_INF | AV_ROUND_PASS_MINMAX);
+}
+
+static int s_encode_part(s_seg_t *ctx, const cf_plan_part_t *part, const char *path)
+{
+    const cf_plan_output_t *out = &ctx->plan->output;
+    const cf_plan_clip_t *clip = &ctx->plan->clips[part->clip];
+    cf_media_source_t src;
+    AVFrame *frame = av_frame_alloc(), *held = av_frame_alloc();
+    int rc = -1;
+    char why[512];
+    if (!frame || !held) {
+        s_fail(ctx, AVERROR(ENOMEM), "frames");
+        goto end_nosrc;
+    }
+    int threads = ctx->ctl ? ctx->ctl->threads : 0;
+    int ret = cf_media_source_open(&src, path, AVMEDIA_TYPE_VIDEO, threads, why, sizeof why);
+    if (ret != 0) {
+        if (ret == 1)
+            s_fail(ctx, 0, "%s: no video stream", path);
+        else
+            s_fail(ctx, 0, "%s", why);
+        goto end_nosrc;
+    }
+    AVRational in_tb = src.st->time_base;
+    AVRational out_tb = {out->fps_den, out->fps_num};
+    int64_t in_off = av_rescale_q_rnd(clip->start_us, AV_TIME_BASE_Q, in_tb, AV_ROUND_NEAR_INF);
+    int64_t n = part->clip_frame, n_end = part->clip_frame + part->frames;
+    /* microseconds of one output frame */
+    int64_t frame_us = av_rescale(1000000, out->fps_den, out->fps_num);
+    int64_t margin_us = frame_us + 100000;
+    bool have_held = false;
+    bool seek = n > 0 || clip->start_us > 0;
+    int64_t held_pts = 0; /* s_emit rewrites held->pts */
+    for (int attempt = 0;; attempt++) {
+        int64_t target_us =
+            clip->start_us + av_rescale(n, (int64_t)1000000 * out->fps_den, out->fps_num);
+        bool from_start = attempt >= 3 || target_us - margin_us <= 0;
+        if (seek && cf_media_source_seek(&src, from_start ? 0 : target_us - margin_us, why,
+                                         sizeof why) < 0) {
+            s_fail(ctx, 0, "%s", why);
+            goto end;
+        }
+        /* Decode up to the first frame past slot n. If the seek landed after
+         * the frame slot n needs, seek again from further back. */
+        ret = cf_media_source_read(&src, frame, why, sizeof why);
+        if (ret == AVERROR_EOF)
+            break;
+        if (ret < 0) {
+            s_fail(ctx, 0, "%s", why);
+            goto end;
+        }
+        if (seek && !from_start && s_slot(frame->pts, in_off, in_tb, out_tb) > n) {
+            av_frame_unref(frame);
+            margin_us *= 8;
+            continue;
+        }
+        held_pts = frame->pts;
+        av_frame_move_ref(held, frame);
+        have_held = true;
+        break;
+    }
+
+    while (n < n_end) {
+        if (cf_media_cancelled(ctx->ctl)) {
+            s_fail(ctx, 0, "cancelled");
+            goto end;
+        }
+        ret = cf_media_source_read(&src, frame, why, sizeof why);
+        if (ret == AVERROR_EOF) {
+            if (!have_held) {
+                s_fail(ctx, 0, "%s: no video frames could be decoded", path);
+                goto end;
+            }
+            /* The last frame is shown until its display time ends; a slot
+             * after that (plus half a frame of rounding) means the file is
+             * shorter than it claimed: truncated or damaged. */
+            int64_t dur = held->pkt_duration > 0 ? held->pkt_duration
+                          : src.st->avg_frame_rate.num > 0
+                              ? av_rescale_q(1, av_inv_q(src.st->avg_frame_rate), in_tb)
+                              : av_rescale_q(1, out_tb, in_tb);
+            int64_t end_us = av_rescale_q(held_pts + dur, in_tb, AV_TIME_BASE_Q);
+            int64_t slot_us =
+                clip->start_us + av_rescale(n, (int64_t)1000000 * out->fps_den, out->fps_num);
+            if (slot_us >= end_us + frame_us / 2) {
+                s_fail(ctx, 0,
+                       "%s: video ends at %.3f s, before %.3f s needed by clip %d "
+                       "(truncated or damaged file?)",
+                       path, (double)end_us / 1e6, (double)slot_us / 1e6, part->clip);
+                goto end;
+            }
+            if (s_emit(ctx, held, n_end - n) < 0)
+                goto end;
+            n = n_end;
+            break;
+        }
+        if (ret < 0) {
+            s_fail(ctx, 0, "%s", why);
+            goto end;
+        }
+        int64_t k = s_slot(frame->pts, in_off, in_tb, out_tb);
+        if (!have_held || k <= n) {
+            /* Not past slot n yet: the newest such frame is the candidate. */
+            av_frame_unref(held);
+            held_pts = frame->pts;
+            av_frame_move_ref(held, frame);
+            have_held = true;
+            continue;
+        }
+        int64_t upto = k < n_end ? k : n_end;
+        if (s_emit(ctx, held, upto - n) < 0)
+            goto end;
+        n = upto;
+        av_frame_unref(held);
+        held_pts = frame->pts;
+        av_frame_move_ref(held, frame);
+    }
+    rc = 0;
+end:
+    cf_media_source_close(&src);
+end_nosrc:
+    av_frame_free(&frame);
+    av_frame_free(&held);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ segment */
+
+static int s_run_pass(const cf_plan_t *plan, int segment, const char *const *source_paths,
+                      const char *out_path, const cf_media_ctl_t *ctl, int pass,
+                      const char *stats_path, char *err, size_t errlen)
+{
+    s_seg_t ctx = {.plan = plan, .seg = &plan->segments[segment], .ctl = ctl};
+    ctx.err = err;
+    ctx.errlen = errlen;
+    int rc = -1, ret;
+    bool header_written = false;
+    char why[512];
+    int threads = ctl ? ctl->threads : 0;
+    if (cf_media_open_video_encoder(&plan->output, threads, pass, stats_path, &ctx.enc, why,
+                                    sizeof why) < 0) {
+        s_fail(&ctx, 0, "%s", why);
+        return -1;
+    }
+    ctx.pkt = av_packet_alloc();
+    ctx.filtered = av_frame_alloc();
+    if (!ctx.pkt || !ctx.filtered) {
+        s_fail(&ctx, AVERROR(ENOMEM), "allocation");
+        goto end;
+    }
+    if (pass != 1) {
+        if ((ret = avformat_alloc_output_context2(&ctx.mux, NULL, "mp4", out_path)) < 0) {
+            s_fail(&ctx, ret, "%s", out_path);
+            goto end;
+        }
+        ctx.mux_st = avformat_new_stream(ctx.mux, NULL);
+        if (!ctx.mux_st) {
+            s_fail(&ctx, AVERROR(ENOMEM), "%s", out_path);
+            goto end;
+        }
+        ctx.mux_st->time_base = ctx.enc->time_base;
+        ctx.mux_st->avg_frame_rate = ctx.enc->framerate;
+        if ((ret = avcodec_parameters_from_context(ctx.mux_st->codecpar, ctx.enc)) < 0) {
+            s_fail(&ctx, ret, "%s", out_path);
+            goto end;
+        }
+        if ((ret = avio_open(&ctx.mux->pb, out_path, AVIO_FLAG_WRITE)) < 0) {
+            s_fail(&ctx, ret, "cannot create %s", out_path);
+            goto end;
+        }
+        if ((ret = avformat_write_header(ctx.mux, NULL)) < 0) {
+            s_fail(&ctx, ret, "%s", out_path);
+            goto end;
+        }
+        header_written = true;
+    }
+
+    for (int p = 0; p < ctx.seg->part_count; p++) {
+        const cf_plan_part_t *part = &ctx.seg->parts[p];
+        if (s_encode_part(&ctx, part, source_paths[part->clip]) < 0)
+            goto end;
+    }
+    if (s_encode(&ctx, NULL) < 0)
+        goto end;
+    if (ctx.frames_sent != ctx.seg->frames || ctx.packets_out != ctx.seg->frames) {
+        s_fail(&ctx, 0, "encoded %lld frames (%lld packets), planned %lld",
+               (long long)ctx.frames_sent, (long long)ctx.packets_out, (long long)ctx.seg->frames);
+        goto end;
+    }
+    if (!ctx.first_is_keyframe) {
+        s_fail(&ctx, 0, "the encoder did not start with a keyframe");
+        goto end;
+    }
+    if (ctx.mux && (ret = av_write_trailer(ctx.mux)) < 0) {
+        s_fail(&ctx, ret, "cannot finish %s", out_path);
+        goto end;
+    }
+    rc = 0;
+end:
+    if (ctx.mux) {
+        if (rc < 0 && header_written)
+            av_write_trailer(ctx.mux);
+        avio_closep(&ctx.mux->pb);
+        avformat_free_context(ctx.mux);
+    }
+    avfilter_graph_free(&ctx.graph);
+    av_frame_free(&ctx.filtered);
+    av_packet_free(&ctx.pkt);
+    avcodec_free_context(&ctx.enc);
+    return rc;
+}
+
+int cf_media_encode_segment(const cf_plan_t *plan, int segment, const char *const *source_paths,
+                            const char *out_path, const cf_media_ctl_t *ctl, char *err,
+                            size_t errlen)
+{
+    cf_media_init();
+    if (segment < 0 || segment >= plan->segment_count)
+        return cf_media_fail(err, errlen, 0, "segment %d: not in the plan", segment);
+    if (plan->output.video_bitrate <= 0 || plan->output.encoder == CF_ENCODER_GPU)
+        return s_run_pass(plan, segment, source_paths, out_path, ctl, 0, NULL, err, errlen);
+
+    /* Two-pass bitrate mode: x264/x265 statistics per segment, next to the
+     * output unless a work directory is given. */
+    char stats[4096];
+    if (ctl && ctl->work_dir)
+        snprintf(stats, sizeof stats, "%s/seg-%05d.stats", ctl->work_dir, segment);
+    else
+        snprintf(stats, sizeof stats, "%s.stats", out_path);
+    int rc = s_run_pass(plan, segment, source_paths, out_path, ctl, 1, stats, err, errlen);
+    if (rc == 0)
+        rc = s_run_pass(plan, segment, source_paths, out_path, ctl, 2, stats, err, errlen);
+    /* x264 writes STATS, STATS.mbtree and temporaries beside them. */
+    static const char *const suffixes[] = {"",        ".mbtree",     ".temp", ".mbtree.temp",
+                                           ".cutree", ".cutree.temp"};
+    for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s%s", stats, suffixes[i]);
+        remove(path);
+    }
+    return rc;
+}

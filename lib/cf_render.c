@@ -1,0 +1,353 @@
+#define _GNU_SOURCE
+#include "cf_render.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_log.h"
+#include "cf_media.h"
+#include "cf_workspace.h"
+
+/* Shared by the worker threads of one render. Task 0 is the audio, task
+ * 1 + i is segment order[i]. */
+typedef struct {
+    const cf_plan_t *plan;
+    const char *const *sources;
+    char **segment_paths;
+    int segment_path_count;
+    const char *audio_path;
+    const char *work_dir;
+    int *order;
+    int task_count;
+    int threads_per_task;
+    atomic_int next_task;
+    atomic_int segments_done;
+    atomic_int_fast64_t frames_done;
+    atomic_bool stop;
+    pthread_mutex_t lock;
+    char error[1024]; /* the first failure, under lock */
+} s_shared_t;
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void s_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void s_record_error(s_shared_t *sh, const char *msg)
+{
+    pthread_mutex_lock(&sh->lock);
+    if (!sh->error[0] && !atomic_load(&sh->stop))
+        snprintf(sh->error, sizeof sh->error, "%s", msg);
+    atomic_store(&sh->stop, true);
+    pthread_mutex_unlock(&sh->lock);
+}
+
+static void *s_worker(void *arg)
+{
+    s_shared_t *sh = arg;
+    cf_media_ctl_t ctl = {.frames_done = &sh->frames_done,
+                          .cancel = &sh->stop,
+                          .threads = sh->threads_per_task,
+                          .work_dir = sh->work_dir};
+    for (;;) {
+        int task = atomic_fetch_add(&sh->next_task, 1);
+        if (task >= sh->task_count || atomic_load(&sh->stop))
+            break;
+        char err[1024] = "";
+        int rc;
+        if (task == 0) {
+            rc =
+                cf_media_encode_audio(sh->plan, sh->sources, sh->audio_path, &ctl, err, sizeof err);
+        } else {
+            int seg = sh->order[task - 1];
+            double t0 = s_now();
+            rc = cf_media_encode_segment(sh->plan, seg, sh->sources, sh->segment_paths[seg], &ctl,
+                                         err, sizeof err);
+            if (rc == 0) {
+                atomic_fetch_add(&sh->segments_done, 1);
+                cf_log_debug("render", "segment %d: %lld frames in %.2f s", seg,
+                             (long long)sh->plan->segments[seg].frames, s_now() - t0);
+            }
+        }
+        if (rc < 0) {
+            s_record_error(sh, err);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void s_report(const cf_render_opts_t *opts, const char *phase, int64_t done, int64_t total,
+                     int segs_done, int segs_total)
+{
+    if (!opts->progress)
+        return;
+    cf_render_progress_t p = {phase, done, total, segs_done, segs_total};
+    opts->progress(opts->progress_arg, &p);
+}
+
+static bool s_cancelled(const cf_render_opts_t *opts)
+{
+    return opts->cancel && atomic_load(opts->cancel);
+}
+
+/* Picks the encoder for "auto" and checks a "gpu" request: NVENC must open. */
+static int s_resolve_encoder(const cf_comp_t *comp, cf_encoder_t *encoder, char *err, size_t errlen)
+{
+    *encoder = CF_ENCODER_CPU;
+    if (comp->encoder == CF_ENCODER_CPU)
+        return 0;
+    char why[512];
+    if (cf_media_gpu_check(comp->video_codec, why, sizeof why) == 0) {
+        *encoder = CF_ENCODER_GPU;
+        return 0;
+    }
+    if (comp->encoder == CF_ENCODER_GPU) {
+        snprintf(err, errlen, "output.encoder gpu: %s", why);
+        return -1;
+    }
+    cf_log_debug("render", "encoder auto: using the CPU (%s)", why);
+    return 0;
+}
+
+static int s_online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_opts_t *opts,
+                  cf_render_result_t *result, char *err, size_t errlen)
+{
+    cf_render_opts_t defaults = {0};
+    if (!opts)
+        opts = &defaults;
+    if (result)
+        memset(result, 0, sizeof *result);
+    double t0 = s_now();
+    int rc = -1;
+    cf_workspace_t *ws = NULL;
+    cf_plan_t *plan = NULL;
+    char **sources = calloc((size_t)comp->clip_count, sizeof(char *));
+    cf_plan_source_t *infos = calloc((size_t)comp->clip_count, sizeof *infos);
+    s_shared_t sh = {0};
+    pthread_t *threads = NULL;
+    int started = 0;
+    char *part_path = NULL;
+    bool part_created = false;
+    char path[4096];
+    pthread_mutex_init(&sh.lock, NULL);
+    if (!sources || !infos) {
+        snprintf(err, errlen, "out of memory");
+        goto end;
+    }
+
+    ws = cf_workspace_new(opts->work_parent, "clipfarm-render", err, errlen);
+    if (!ws)
+        goto end;
+    char cache_dir[4096];
+    if (cf_workspace_path(ws, "src", cache_dir, sizeof cache_dir) < 0 ||
+        mkdir(cache_dir, 0700) < 0) {
+        snprintf(err, errlen, "workspace: cannot create %s", cache_dir);
+        goto end;
+    }
+
+    /* 1. Sources, local. */
+    cf_fetch_opts_t fetch = {.cache_dir = cache_dir,
+                             .blob_resolver = opts->blob_resolver,
+                             .blob_arg = opts->blob_arg,
+                             .cancel = opts->cancel};
+    for (int i = 0; i < comp->clip_count; i++) {
+        s_report(opts, "fetch", i, comp->clip_count, 0, 0);
+        if (s_cancelled(opts)) {
+            snprintf(err, errlen, "cancelled");
+            goto end;
+        }
+        char why[1024];
+        if (cf_fetch_source(comp->clips[i].source, &fetch, &sources[i], why, sizeof why) < 0) {
+            snprintf(err, errlen, "clips[%d].source: %s", i, why);
+            goto end;
+        }
+    }
+    s_report(opts, "fetch", comp->clip_count, comp->clip_count, 0, 0);
+
+    /* 2. Probe. */
+    for (int i = 0; i < comp->clip_count; i++) {
+        s_report(opts, "probe", i, comp->clip_count, 0, 0);
+        cf_media_info_t info;
+        char why[1024];
+        if (cf_media_probe(sources[i], &info, why, sizeof why) < 0) {
+            snprintf(err, errlen, "clips[%d].source: %s", i, why);
+            goto end;
+        }
+        infos[i].duration_us = info.duration_us;
+        infos[i].has_audio = info.has_audio;
+        cf_log_debug("render", "clip %d: %dx%d %d/%d fps %.3f s %s audio", i, info.width,
+                     info.height, info.fps_num, info.fps_den, (double)info.duration_us / 1e6,
+                     info.has_audio ? "with" : "no");
+    }
+    s_report(opts, "probe", comp->clip_count, comp->clip_count, 0, 0);
+
+    /* 3. Plan. */
+    cf_encoder_t encoder;
+    if (s_resolve_encoder(comp, &encoder, err, errlen) < 0)
+        goto end;
+    plan = cf_plan_new(comp, infos, encoder, err, errlen);
+    if (!plan)
+        goto end;
+
+    /* 4. Segments and audio on worker threads. */
+    int cpus = s_online_cpus();
+    int jobs = opts->jobs > 0 ? opts->jobs : cpus;
+    int tasks = plan->segment_count + 1;
+    if (jobs > tasks)
+        jobs = tasks;
+    sh.plan = plan;
+    sh.sources = (const char *const *)sources;
+    sh.work_dir = cf_workspace_dir(ws);
+    sh.task_count = tasks;
+    int busy = jobs < plan->segment_count ? jobs : plan->segment_count;
+    sh.threads_per_task = cpus / (busy > 0 ? busy : 1);
+    if (sh.threads_per_task < 1)
+        sh.threads_per_task = 1;
+    sh.order = calloc((size_t)plan->segment_count, sizeof(int));
+    sh.segment_paths = calloc((size_t)plan->segment_count, sizeof(char *));
+    threads = calloc((size_t)jobs, sizeof *threads);
+    char audio_path[4096];
+    if (!sh.order || !sh.segment_paths || !threads ||
+        cf_workspace_path(ws, "audio.m4a", audio_path, sizeof audio_path) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto end;
+    }
+    sh.audio_path = audio_path;
+    for (int s = 0; s < plan->segment_count; s++) {
+        char name[64];
+        snprintf(name, sizeof name, "seg-%05d.mp4", s);
+        if (cf_workspace_path(ws, name, path, sizeof path) < 0 ||
+            !(sh.segment_paths[s] = strdup(path))) {
+            snprintf(err, errlen, "out of memory");
+            goto end;
+        }
+        sh.segment_path_count++;
+    }
+    cf_plan_dispatch_order(plan, sh.order);
+    const char *enc_name = plan->output.encoder == CF_ENCODER_GPU
+                               ? (plan->output.codec == CF_CODEC_HEVC ? "hevc_nvenc" : "h264_nvenc")
+                               : (plan->output.codec == CF_CODEC_HEVC ? "libx265" : "libx264");
+    cf_log_info("render",
+                "%lld frames at %d/%d fps in %d segments of %d frames, %s, %d jobs x %d threads",
+                (long long)plan->total_frames, plan->output.fps_num, plan->output.fps_den,
+                plan->segment_count, plan->segment_frames, enc_name, jobs, sh.threads_per_task);
+
+    int passes = plan->output.video_bitrate > 0 && plan->output.encoder == CF_ENCODER_CPU ? 2 : 1;
+    int64_t total_work = plan->total_frames * passes;
+    s_report(opts, "encode", 0, total_work, 0, plan->segment_count);
+    for (; started < jobs; started++) {
+        if (pthread_create(&threads[started], NULL, s_worker, &sh) != 0) {
+            s_record_error(&sh, "cannot start a worker thread");
+            break;
+        }
+    }
+    int interval = opts->progress_interval_ms > 0 ? opts->progress_interval_ms : 100;
+    for (;;) {
+        bool all_done = atomic_load(&sh.next_task) >= tasks + started;
+        if (s_cancelled(opts) && !atomic_load(&sh.stop)) {
+            pthread_mutex_lock(&sh.lock);
+            if (!sh.error[0])
+                snprintf(sh.error, sizeof sh.error, "cancelled");
+            atomic_store(&sh.stop, true);
+            pthread_mutex_unlock(&sh.lock);
+        }
+        s_report(opts, "encode", atomic_load(&sh.frames_done), total_work,
+                 atomic_load(&sh.segments_done), plan->segment_count);
+        /* Every worker took a task past the end: all have finished theirs. */
+        if (all_done || atomic_load(&sh.stop))
+            break;
+        s_sleep_ms(interval);
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    started = 0;
+    if (sh.error[0] || atomic_load(&sh.stop)) {
+        snprintf(err, errlen, "%s", sh.error[0] ? sh.error : "cancelled");
+        goto end;
+    }
+    s_report(opts, "encode", atomic_load(&sh.frames_done), total_work,
+             atomic_load(&sh.segments_done), plan->segment_count);
+    if (atomic_load(&sh.segments_done) != plan->segment_count) {
+        snprintf(err, errlen, "only %d of %d segments were encoded", atomic_load(&sh.segments_done),
+                 plan->segment_count);
+        goto end;
+    }
+
+    /* 5. Stitch, beside the output, then rename into place. */
+    s_report(opts, "stitch", 0, 1, plan->segment_count, plan->segment_count);
+    if (asprintf(&part_path, "%s.part-%d", out_path, (int)getpid()) < 0) {
+        part_path = NULL;
+        snprintf(err, errlen, "out of memory");
+        goto end;
+    }
+    part_created = true;
+    cf_media_ctl_t ctl = {.cancel = opts->cancel};
+    if (cf_media_stitch(plan, (const char *const *)sh.segment_paths, audio_path, part_path, &ctl,
+                        err, errlen) < 0)
+        goto end;
+    if (rename(part_path, out_path) < 0) {
+        snprintf(err, errlen, "cannot write %s: %s", out_path, strerror(errno));
+        goto end;
+    }
+    part_created = false;
+    s_report(opts, "stitch", 1, 1, plan->segment_count, plan->segment_count);
+    if (result) {
+        result->plan = plan;
+        plan = NULL;
+        snprintf(result->encoder, sizeof result->encoder, "%s", enc_name);
+        result->jobs = jobs;
+        result->seconds = s_now() - t0;
+    }
+    rc = 0;
+end:
+    if (started) {
+        atomic_store(&sh.stop, true);
+        for (int i = 0; i < started; i++)
+            pthread_join(threads[i], NULL);
+    }
+    if (part_created)
+        remove(part_path);
+    free(part_path);
+    free(threads);
+    for (int s = 0; s < sh.segment_path_count; s++)
+        free(sh.segment_paths[s]);
+    free(sh.segment_paths);
+    free(sh.order);
+    pthread_mutex_destroy(&sh.lock);
+    for (int i = 0; sources && i < comp->clip_count; i++)
+        free(sources[i]);
+    free(sources);
+    free(infos);
+    cf_plan_destroy(&plan);
+    cf_workspace_destroy(&ws);
+    return rc;
+}
+
+void cf_render_result_clear(cf_render_result_t *result)
+{
+    if (!result)
+        return;
+    cf_plan_destroy(&result->plan);
+}

@@ -1,0 +1,58 @@
+/* cf_render: renders a composition on this machine, start to finish:
+ * fetch sources -> probe -> plan -> segments on N worker threads (plus the
+ * whole-timeline audio) -> stitch. Everything temporary lives in one
+ * workspace directory that is removed on every exit path; the output is
+ * written beside OUT under a temporary name and renamed into place only when
+ * complete.
+ *
+ * Progress goes to a callback on the calling thread; a cancel flag (set it
+ * from a signal handler or another thread) stops the workers within a frame
+ * and unwinds cleanly. */
+#ifndef CF_RENDER_H
+#define CF_RENDER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cf_comp.h"
+#include "cf_fetch.h"
+#include "cf_plan.h"
+
+typedef struct {
+    const char *phase; /* "fetch", "probe", "encode", "stitch" */
+    int64_t done;      /* units of the phase: sources, or frames while encoding */
+    int64_t total;
+    int segments_done, segments_total;
+} cf_render_progress_t;
+
+typedef void (*cf_render_progress_fn)(void *arg, const cf_render_progress_t *progress);
+
+typedef struct {
+    int jobs;                /* worker threads; 0: one per online CPU */
+    const char *work_parent; /* where the workspace goes; NULL: $TMPDIR or /tmp */
+    cf_render_progress_fn progress;
+    void *progress_arg;
+    int progress_interval_ms; /* 0: 100 ms */
+    atomic_bool *cancel;      /* may be NULL */
+    cf_fetch_blob_fn blob_resolver;
+    void *blob_arg;
+} cf_render_opts_t;
+
+typedef struct {
+    cf_plan_t *plan;  /* what was rendered; the caller owns it */
+    char encoder[16]; /* "libx264", "h264_nvenc", ... */
+    int jobs;
+    double seconds; /* wall time */
+} cf_render_result_t;
+
+/* Renders COMP into OUT_PATH. Returns 0 and fills RESULT (may be NULL), or -1
+ * with a one-line reason in err ("cancelled" after a cancel). */
+int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_opts_t *opts,
+                  cf_render_result_t *result, char *err, size_t errlen);
+
+/* Frees what cf_render_run put in RESULT. */
+void cf_render_result_clear(cf_render_result_t *result);
+
+#endif
