@@ -1,0 +1,88 @@
+# 4 producers and 4 consumers move 3,000 compositions through the full state
+# machine while, mid-run, Redis is flushed (FLUSHALL), Redis is restarted
+# (losing everything), and Postgres is restarted. Every accepted composition
+# must still complete, each exactly once; the reconcile loop must have
+# restored the lost queue and the pool must have reconnected.
+# Uses its own private servers: it restarts them.
+source "$CF_TESTS_DIR/lib/testlib.sh"
+source "$CF_TESTS_DIR/lib/servers.sh"
+cf_require_env CF_TEST_DATABASE_URL
+
+helper=$CF_BUILD_DIR/tests/integration_test_queue
+[[ -x $helper ]] || fail "missing $helper (build the tests)"
+work=$(mktemp -d)
+chmod 755 "$work"
+# tests/run exports the shared servers' ports: start ours on fresh ones.
+unset CF_PG_PORT CF_REDIS_PORT
+wl_pid=""
+cleanup() {
+    [[ -n $wl_pid ]] && kill "$wl_pid" 2>/dev/null
+    cf_redis_stop
+    cf_pg_stop
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cf_pg_start "$work/pg" >/dev/null || fail "cannot start the private Postgres"
+cf_redis_start "$work/redis" || fail "cannot start the private Redis"
+"$CF_BIN" migrate --database-url "$CF_PG_URL" >/dev/null || fail "migrate failed"
+
+n=3000
+# Producers at 500/s, consumers a little slower (8 ms of work each): a backlog
+# builds up in Redis, so the flush and the restart really lose queued items.
+"$helper" workload --db "$CF_PG_URL" --redis "$CF_REDIS_URL_PRIVATE" --count "$n" \
+    --producers 4 --consumers 4 --rate 500 --work-ms 8 --full --ttl-ms 3000 --timeout-s 200 \
+    --status-file "$work/status" >"$work/out" 2>"$work/err" &
+wl_pid=$!
+
+# wait_for FIELD MIN: until the workload's status file shows FIELD >= MIN.
+wait_for() {
+    local deadline=$((SECONDS + 90)) value
+    while ((SECONDS < deadline)); do
+        value=$(sed -n "s/.*$1=\([0-9]*\).*/\1/p" "$work/status" 2>/dev/null)
+        [[ -n $value ]] && ((value >= $2)) && return 0
+        kill -0 "$wl_pid" 2>/dev/null || fail "workload ended early: $(cat "$work/out" "$work/err")"
+        sleep 0.05
+    done
+    fail "timed out waiting for $1 >= $2: $(cat "$work/status")"
+}
+
+wait_for created $((n / 5))
+backlog=$(redis-cli -p "$CF_REDIS_PORT" eval \
+    "return redis.call('LLEN','cf:q:high')+redis.call('LLEN','cf:q:default')+redis.call('LLEN','cf:q:low')" 0)
+echo "FLUSHALL with $backlog queued items in Redis ($(cat "$work/status"))"
+redis-cli -p "$CF_REDIS_PORT" FLUSHALL >/dev/null || fail "FLUSHALL failed"
+
+wait_for created $((2 * n / 5))
+echo "restarting Redis ($(cat "$work/status"))"
+cf_redis_restart || fail "Redis restart failed"
+
+wait_for created $((3 * n / 5))
+echo "restarting Postgres ($(cat "$work/status"))"
+cf_pg_restart || fail "Postgres restart failed"
+
+wait "$wl_pid"
+rc=$?
+wl_pid=""
+cat "$work/out"
+((rc == 0)) || fail "workload failed (exit $rc): $(tail -20 "$work/err")"
+
+# Checked in Postgres: nothing lost, nothing applied twice.
+q() { cf_psql -c "$1" clipfarm; }
+[[ $(q "SELECT count(*) FROM compositions") == "$n" ]] || fail "compositions: $(q "SELECT count(*) FROM compositions")"
+[[ $(q "SELECT count(DISTINCT idempotency_key) FROM compositions") == "$n" ]] || fail "duplicate creations"
+[[ $(q "SELECT count(*) FROM compositions WHERE status = 'completed' AND attempts = 1") == "$n" ]] \
+    || fail "not all completed exactly once: $(q "SELECT status, attempts, count(*) FROM compositions GROUP BY 1, 2")"
+for to in planning encoding assembling completed; do
+    once=$(q "SELECT count(*) FROM (SELECT composition_id FROM events WHERE type = 'status'
+              AND payload->>'to' = '$to' GROUP BY 1 HAVING count(*) = 1) s")
+    [[ $once == "$n" ]] || fail "transition to $to applied once for $once of $n compositions"
+done
+
+# The restores really happened.
+reconciled=$(sed -n 's/.*reconciled=\([0-9]*\).*/\1/p' "$work/out")
+discarded=$(sed -n 's/.*discarded=\([0-9]*\).*/\1/p' "$work/out")
+retries=$(sed -n 's/.*db retries=\([0-9]*\).*/\1/p' "$work/out")
+((reconciled > 0)) || fail "reconcile pushed nothing after losing Redis"
+((discarded > 0 || retries > 0)) || fail "the pool never saw Postgres go away"
+echo "queue_chaos: ok ($n compositions; reconcile restored $reconciled; pool discarded $discarded connections)"
