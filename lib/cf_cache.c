@@ -238,6 +238,21 @@ static bool s_json_is_terminal(const char *json)
            !strncmp(status, "cancelled\"", 10);
 }
 
+int cf_cache_fill(cf_cache_t *cache, const char *id, int64_t version, const char *json, char *err,
+                  size_t errlen)
+{
+    char *value = NULL;
+    if (asprintf(&value, "%" PRId64 " %s", version, json) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int ttl = s_json_is_terminal(json) ? cache->opts.terminal_ttl_ms : cache->opts.active_ttl_ms;
+    int stored = s_guarded_set(cache, id, version, value, ttl, err, errlen);
+    free(value);
+    s_count(cache, stored == 1 ? &cache->stats.fills : &cache->stats.refused_fills);
+    return stored;
+}
+
 int cf_cache_composition_json(cf_cache_t *cache, cf_db_t *db, const char *id, char **json_p,
                               bool *hit_p, char *err, size_t errlen)
 {
@@ -277,13 +292,7 @@ int cf_cache_composition_json(cf_cache_t *cache, cf_db_t *db, const char *id, ch
         s_count(cache, &cache->stats.refused_fills);
         return CF_DB_OK;
     }
-    char *value = NULL;
-    if (asprintf(&value, "%" PRId64 " %s", version, *json_p) < 0)
-        return CF_DB_OK;
-    int ttl = s_json_is_terminal(*json_p) ? cache->opts.terminal_ttl_ms : cache->opts.active_ttl_ms;
-    int stored = s_guarded_set(cache, id, version, value, ttl, why, sizeof why);
-    free(value);
-    s_count(cache, stored == 1 ? &cache->stats.fills : &cache->stats.refused_fills);
+    cf_cache_fill(cache, id, version, *json_p, why, sizeof why);
     return CF_DB_OK;
 }
 

@@ -62,6 +62,12 @@ void cf_cache_attach(cf_cache_t *cache, cf_db_t *db);
 int cf_cache_composition_json(cf_cache_t *cache, cf_db_t *db, const char *id, char **json_p,
                               bool *hit_p, char *err, size_t errlen);
 
+/* Stores JSON, read from Postgres at VERSION, unless the entry holds a newer
+ * version or a newer invalidation (e.g. to warm the cache with what a write
+ * returned). Returns 1 stored, 0 refused, -1 when Redis is unreachable. */
+int cf_cache_fill(cf_cache_t *cache, const char *id, int64_t version, const char *json, char *err,
+                  size_t errlen);
+
 /* Invalidates ID's entry for VERSION (the committed row version). Returns 0,
  * or -1 when Redis is unreachable. */
 int cf_cache_invalidate(cf_cache_t *cache, const char *id, int64_t version, char *err,
