@@ -1,0 +1,184 @@
+/* Internals shared by the REST API's files (cf_api*.c). Not for other
+ * modules: they use cf_api.h. */
+#ifndef CF_API_INTERNAL_H
+#define CF_API_INTERNAL_H
+
+#include <civetweb.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "cf_api.h"
+#include "cf_metrics.h"
+
+/* A small blocking pool of connections (Redis contexts, queue producers):
+ * HTTP threads far outnumber the connections worth keeping open. */
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t freed;
+    void **idle;
+    int idle_count;
+    int created;
+    int max;
+} cf_api_pool_t;
+
+typedef struct {
+    char id[CF_APIKEY_ID_CHARS + 1];
+    uint8_t hash[CF_APIKEY_HASH_BYTES];
+    bool revoked;
+    int64_t expires_ms; /* monotonic; 0: empty slot */
+} cf_api_auth_entry_t;
+
+#define CF_API_AUTH_CACHE_SLOTS 256
+
+struct cf_api_t {
+    cf_api_options_t opts; /* strings below are owned copies */
+    char *http_addr;
+    char *redis_url;
+    char *redis_prefix;
+    char *data_dir;
+    char *node_id;
+    struct mg_context *ctx;
+    atomic_bool stopping; /* long-lived responses (event streams) end when set */
+    int port;
+    bool loopback;
+
+    cf_metric_t *m_requests;     /* http_requests_total{method,route,status} */
+    cf_metric_t *m_duration;     /* http_request_duration_seconds{method,route} */
+    cf_metric_t *m_compositions; /* compositions_total{status} */
+    cf_metric_t *m_queue_depth;  /* queue_depth{priority} */
+    cf_metric_t *m_ratelimit_errors;
+    cf_metric_t *m_uploads;       /* media_upload_bytes_total */
+    cf_metric_t *m_node_counters; /* cluster counters, by name */
+    cf_metric_t *m_beacons_rejected;
+    cf_metric_t *m_messages_rejected;
+    cf_metric_t *m_encode_fps; /* node_encode_fps{encoder} (calibration) */
+    cf_metric_t *m_db_up;
+
+    cf_api_pool_t redis_pool; /* redisContext * for rate limits and pings */
+    cf_api_pool_t queue_pool; /* cf_queue_t * producers */
+
+    pthread_mutex_t auth_lock;
+    cf_api_auth_entry_t auth_cache[CF_API_AUTH_CACHE_SLOTS];
+};
+
+typedef struct cf_api_route_t cf_api_route_t;
+
+/* One request being served, on the civetweb thread that serves it. */
+typedef struct {
+    cf_api_t *api;
+    struct mg_connection *conn;
+    const struct mg_request_info *ri;
+    const cf_api_route_t *route;
+    char id[128];                        /* the {id} path parameter, when the route has one */
+    char key_id[CF_APIKEY_ID_CHARS + 1]; /* authenticated key ("" when none) */
+    int status;                          /* status sent, for the metrics */
+} cf_api_req_t;
+
+/* A handler sends exactly one response and returns its status. */
+typedef int(cf_api_handler_fn)(cf_api_req_t *req);
+
+struct cf_api_route_t {
+    const char *method;
+    const char *pattern; /* "/api/v1/compositions/{id}": {name} matches one segment */
+    cf_api_handler_fn *handler;
+    bool auth;             /* needs an API key (and counts against its rate limit) */
+    const char *operation; /* OpenAPI operationId */
+    const char *summary;   /* OpenAPI summary */
+    const char *openapi;   /* JSON of the rest of the OpenAPI operation object */
+};
+
+/* The route table (cf_api_routes.c), ending with a {0} entry. */
+extern const cf_api_route_t cf_api_routes[];
+
+/* The OpenAPI 3 document built from cf_api_routes (new reference). */
+json_t *cf_api_openapi_document(void);
+
+/* Handlers (cf_api_*.c). */
+int cf_api_h_composition_create(cf_api_req_t *req);
+int cf_api_h_composition_list(cf_api_req_t *req);
+int cf_api_h_composition_get(cf_api_req_t *req);
+int cf_api_h_composition_cancel(cf_api_req_t *req);
+int cf_api_h_composition_segments(cf_api_req_t *req);
+int cf_api_h_composition_output(cf_api_req_t *req);
+int cf_api_h_composition_events(cf_api_req_t *req);
+int cf_api_h_media_upload(cf_api_req_t *req);
+int cf_api_h_cluster(cf_api_req_t *req);
+int cf_api_h_healthz(cf_api_req_t *req);
+int cf_api_h_readyz(cf_api_req_t *req);
+int cf_api_h_metrics(cf_api_req_t *req);
+int cf_api_h_openapi(cf_api_req_t *req);
+
+/* Collect hook: cluster counters and encoder speeds from the snapshot. */
+void cf_api_cluster_collect(void *arg);
+
+/* ------------------------------------------------------------ responses */
+
+/* Sends STATUS with a body of content type CT. EXTRA_HEADERS (may be NULL)
+ * are complete "Name: value\r\n" lines. Returns STATUS. */
+int cf_api_send(cf_api_req_t *req, int status, const char *ct, const void *body, size_t len,
+                const char *extra_headers);
+
+/* Sends JSON text / a jansson value (the reference is stolen). */
+int cf_api_send_json_text(cf_api_req_t *req, int status, const char *json, size_t len,
+                          const char *extra_headers);
+int cf_api_send_json(cf_api_req_t *req, int status, json_t *body, const char *extra_headers);
+
+/* Sends {"error": {"code", "message", "field"}} (field null when NULL).
+ * Returns STATUS. */
+int cf_api_send_error(cf_api_req_t *req, int status, const char *code, const char *field,
+                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* Sends an error object the caller built (extra members such as "line" or
+ * "problems" included); DETAIL is stolen. */
+int cf_api_send_error_json(cf_api_req_t *req, int status, json_t *detail,
+                           const char *extra_headers);
+
+/* Maps a cf_db_rc_t to its status and sends it: not found 404, conflict and
+ * terminal 409, invalid 400, unavailable 503 (Retry-After), else 500. */
+int cf_api_send_db_error(cf_api_req_t *req, int rc, const char *what, const char *err);
+
+/* Closes the connection after this response (the client may still be
+ * sending a body we will not read). */
+void cf_api_close_after(cf_api_req_t *req);
+
+/* ------------------------------------------------------------ requests */
+
+/* True when the request's Content-Type is MIME (parameters ignored). */
+bool cf_api_content_type_is(cf_api_req_t *req, const char *mime);
+
+/* Reads the whole body, at most MAX bytes, into *body_p (NUL-terminated,
+ * caller frees). Returns 0, or the status of the error response it sent
+ * (413 too large, 400 unreadable). */
+int cf_api_read_body(cf_api_req_t *req, int64_t max, char **body_p, size_t *len_p);
+
+/* Copies query parameter NAME (URL-decoded) into OUT. Returns its length, or
+ * -1 when absent, -2 when longer than outlen - 1. */
+int cf_api_query(cf_api_req_t *req, const char *name, char *out, size_t outlen);
+
+/* ------------------------------------------------------------ shared objects */
+
+void *cf_api_pool_get(cf_api_pool_t *pool, void *(*create)(void *arg), void *arg);
+void cf_api_pool_put(cf_api_pool_t *pool, void *item);
+
+/* A Redis connection from the pool (reconnecting when needed), or NULL with
+ * a reason in err. Give it back with cf_api_redis_put (a broken one is
+ * closed instead of pooled). */
+redisContext *cf_api_redis_get(cf_api_t *api, char *err, size_t errlen);
+void cf_api_redis_put(cf_api_t *api, redisContext *ctx);
+
+/* A queue producer from the pool (NULL when none can be created); give it
+ * back with cf_api_queue_put (it reconnects by itself). */
+struct cf_queue;
+struct cf_queue *cf_api_queue_get(cf_api_t *api);
+void cf_api_queue_put(cf_api_t *api, struct cf_queue *q);
+
+/* Monotonic clock in milliseconds. */
+int64_t cf_api_now_ms(void);
+
+/* True for a canonical UUID (what composition ids are). */
+bool cf_api_is_uuid(const char *text);
+
+#endif

@@ -1,0 +1,153 @@
+/* cf_api_service: the composition root of the user-facing part of a node. */
+#define _GNU_SOURCE
+#include "cf_api_service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_blob.h"
+#include "cf_cache.h"
+#include "cf_db.h"
+#include "cf_log.h"
+#include "cf_metrics.h"
+#include "cf_worker.h"
+
+struct cf_api_service_t {
+    cf_db_t *db;
+    cf_cache_t *cache;
+    cf_metrics_t *metrics;
+    cf_blob_store_t *blobs;
+    cf_api_t *api;
+    cf_worker_t *worker;
+};
+
+void cf_api_service_options_default(cf_api_service_options_t *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    cf_api_options_t api;
+    cf_api_options_default(&api);
+    opts->http_threads = api.http_threads;
+    opts->max_body_bytes = (int)api.max_body_bytes;
+    opts->max_upload_bytes = (double)api.max_upload_bytes;
+    opts->max_header_bytes = api.max_header_bytes;
+    opts->request_timeout_ms = api.request_timeout_ms;
+    opts->keep_alive_timeout_ms = api.keep_alive_timeout_ms;
+    opts->rate_limit = api.rate_limit;
+    opts->rate_burst = api.rate_burst;
+    opts->auth_cache_ms = api.auth_cache_ms;
+}
+
+cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char *err, size_t errlen)
+{
+    const cf_config_t *cfg = opts->cfg;
+    if (!cfg || !cfg->database_url || !cfg->redis_url || !cfg->data_dir || !opts->node_id) {
+        snprintf(err, errlen,
+                 "--database-url, --redis-url and --data-dir are required to serve "
+                 "the API");
+        return NULL;
+    }
+    cf_api_service_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    char path[4096];
+
+    cf_db_options_t dbo;
+    cf_db_options_default(&dbo);
+    dbo.url = cfg->database_url;
+    /* An API request should hear "database unavailable" (503) within a few
+     * seconds, not wait the pool's default 30 s. */
+    dbo.acquire_timeout_ms = 3000;
+    dbo.connect_timeout_ms = 2000;
+    if (!(self->db = cf_db_new(&dbo, err, errlen)))
+        goto fail;
+
+    cf_cache_options_t co;
+    cf_cache_options_default(&co);
+    co.url = cfg->redis_url;
+    co.connections = 16;
+    if (!(self->cache = cf_cache_new(&co, err, errlen)))
+        goto fail;
+    cf_cache_attach(self->cache, self->db);
+
+    if (!(self->metrics = cf_metrics_new())) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    snprintf(path, sizeof path, "%s/blobs", cfg->data_dir);
+    if (!(self->blobs = cf_blob_store_new(path, err, errlen)))
+        goto fail;
+
+    cf_api_options_t ao;
+    cf_api_options_default(&ao);
+    ao.http_addr = cfg->http_addr;
+    ao.http_threads = opts->http_threads;
+    ao.max_body_bytes = opts->max_body_bytes;
+    ao.max_upload_bytes = (int64_t)opts->max_upload_bytes;
+    ao.max_header_bytes = opts->max_header_bytes;
+    ao.request_timeout_ms = opts->request_timeout_ms;
+    ao.keep_alive_timeout_ms = opts->keep_alive_timeout_ms;
+    ao.rate_limit = opts->rate_limit;
+    ao.rate_burst = opts->rate_burst;
+    ao.auth_cache_ms = opts->auth_cache_ms;
+    ao.insecure_no_auth = opts->insecure_no_auth;
+    ao.redis_url = cfg->redis_url;
+    ao.data_dir = cfg->data_dir;
+    ao.node_id = opts->node_id;
+    ao.db = self->db;
+    ao.cache = self->cache;
+    ao.metrics = self->metrics;
+    ao.blobs = self->blobs;
+    ao.cluster = opts->cluster;
+    ao.cluster_arg = opts->cluster_arg;
+    if (cf_apikey_hashkey_load(cfg->cluster_secret_file, ao.hashkey, err, errlen) < 0)
+        goto fail;
+    if (!(self->api = cf_api_new(&ao, err, errlen)))
+        goto fail;
+    if (!opts->no_render) {
+        cf_worker_options_t wo;
+        cf_worker_options_default(&wo);
+        wo.db = self->db;
+        wo.metrics = self->metrics;
+        wo.blobs = self->blobs;
+        wo.redis_url = cfg->redis_url;
+        wo.data_dir = cfg->data_dir;
+        wo.node_id = opts->node_id;
+        wo.slots = cfg->slots > 0 ? cfg->slots : 1;
+        wo.render_jobs = opts->render_jobs;
+        wo.on_load = opts->on_load;
+        wo.on_load_arg = opts->on_load_arg;
+        if (!(self->worker = cf_worker_new(&wo, err, errlen)))
+            goto fail;
+    }
+    return self;
+fail:
+    cf_api_service_destroy(&self);
+    return NULL;
+}
+
+void cf_api_service_destroy(cf_api_service_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    cf_api_service_t *self = *self_p;
+    /* The renderer first (it may still write through the pool), then the
+     * API, then what both borrowed. */
+    cf_worker_destroy(&self->worker);
+    cf_api_destroy(&self->api);
+    if (self->db)
+        cf_db_set_write_hook(self->db, NULL, NULL);
+    cf_cache_destroy(&self->cache);
+    cf_db_destroy(&self->db);
+    cf_blob_store_destroy(&self->blobs);
+    cf_metrics_destroy(&self->metrics);
+    free(self);
+    *self_p = NULL;
+}
+
+int cf_api_service_port(const cf_api_service_t *self)
+{
+    return cf_api_port(self->api);
+}

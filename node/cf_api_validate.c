@@ -1,0 +1,44 @@
+/* cf_api_validate: composition validation for POST /api/v1/compositions.
+ *
+ * Kept in its own file because it is the only part of the API that needs the
+ * composition model (cf_comp.h), whose names must not meet the data layer's
+ * in one translation unit. */
+#include "cf_api_validate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_comp.h"
+
+int cf_api_validate_composition(const char *body, size_t len, char **title_p,
+                                const char **priority_p, json_t **problems_p)
+{
+    *title_p = NULL;
+    *priority_p = NULL;
+    *problems_p = NULL;
+    cf_comp_errors_t errors = {0};
+    cf_comp_t *comp = cf_comp_parse(body, len, &errors);
+    if (comp) {
+        *title_p = strdup(comp->title);
+        *priority_p = cf_comp_priority_name(comp->priority);
+        cf_comp_destroy(&comp);
+        cf_comp_errors_free(&errors);
+        return *title_p ? 0 : -1;
+    }
+    json_t *problems = json_array();
+    for (int i = 0; i < errors.count; i++) {
+        /* "path: reason" -> {"field": path, "message": reason} */
+        const char *text = errors.items[i];
+        const char *sep = strstr(text, ": ");
+        json_t *item =
+            sep ? json_pack("{s:s%,s:s}", "field", text, (size_t)(sep - text), "message", sep + 2)
+                : json_pack("{s:n,s:s}", "field", "message", text);
+        json_array_append_new(problems, item);
+    }
+    if (errors.count == 0)
+        json_array_append_new(problems,
+                              json_pack("{s:n,s:s}", "field", "message", "invalid composition"));
+    cf_comp_errors_free(&errors);
+    *problems_p = problems;
+    return 1;
+}

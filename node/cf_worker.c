@@ -1,0 +1,568 @@
+/* cf_worker: the single-node renderer (see cf_worker.h). */
+#define _GNU_SOURCE
+#include "cf_worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_db.h"
+#include "cf_log.h"
+#include "cf_metrics.h"
+#include "cf_queue.h"
+#include "cf_worker_render.h"
+
+#define S_PROGRESS_DB_MS   500  /* composition progress written at most this often */
+#define S_CANCEL_CHECK_MS  1000 /* how soon a DELETE stops a render here */
+#define S_HEARTBEAT_MS     2000 /* consumer heartbeat while rendering (TTL 10 s) */
+#define S_RENDER_REPORT_MS 200
+
+typedef struct s_slot_t s_slot_t;
+
+struct cf_worker_t {
+    cf_worker_options_t opts;
+    char *redis_url, *redis_prefix, *data_dir, *node_id;
+    atomic_bool stop;
+    atomic_int in_flight;
+    pthread_t maintenance;
+    bool maintenance_started;
+    s_slot_t *slots;
+    int slot_count;
+
+    cf_metric_t *m_active_segments; /* active_segments */
+    cf_metric_t *m_segments;        /* segments_total{status} */
+    cf_metric_t *m_encode_seconds;  /* segment_encode_seconds{encoder} */
+    cf_metric_t *m_renders;         /* renders_total{result} */
+    cf_metric_t *m_render_fps;      /* render_fps{encoder} */
+};
+
+struct s_slot_t {
+    cf_worker_t *worker;
+    int index;
+    pthread_t thread;
+    bool started;
+    cf_queue_t *queue;
+    char consumer[160];
+};
+
+/* What the progress callback needs while one composition renders. */
+typedef struct {
+    s_slot_t *slot;
+    const char *id;
+    atomic_bool cancel;
+    bool cancelled_by_user;
+    cf_state_t stage;
+    double progress_written;
+    int64_t last_progress_ms, last_cancel_ms, last_heartbeat_ms;
+    int segments_seen;
+    int segments_total;
+    int active;
+    int64_t encode_started_ms;
+} s_job_t;
+
+void cf_worker_options_default(cf_worker_options_t *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->redis_prefix = "cf:";
+    opts->slots = 1;
+    opts->reap_interval_ms = 5000;
+    opts->reconcile_interval_ms = 30000;
+    opts->purge_interval_ms = 600000;
+    opts->keep_completed_s = CF_DB_KEEP_COMPLETED_S;
+    opts->keep_failed_s = CF_DB_KEEP_FAILED_S;
+}
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps up to MS, waking early when the worker stops. */
+static void s_nap(cf_worker_t *w, int ms)
+{
+    for (int slept = 0; slept < ms && !atomic_load(&w->stop); slept += 50)
+        usleep(50 * 1000);
+}
+
+static void s_report_load(cf_worker_t *w)
+{
+    if (!w->opts.on_load)
+        return;
+    int in_flight = atomic_load(&w->in_flight);
+    w->opts.on_load(w->opts.on_load_arg, w->slot_count - in_flight, in_flight);
+}
+
+/* ------------------------------------------------------------ one render */
+
+static void s_transition(s_job_t *job, cf_state_t to)
+{
+    cf_worker_t *w = job->slot->worker;
+    char err[256];
+    cf_state_t from;
+    while (job->stage < to && job->stage < CF_STATE_ASSEMBLING) {
+        cf_state_t next = (cf_state_t)(job->stage + 1);
+        int rc = cf_db_composition_transition(w->opts.db, job->id, next, &from, err, sizeof err);
+        if (rc == CF_DB_ILLEGAL) {
+            /* Cancelled (or failed by someone) meanwhile: stop rendering. */
+            job->cancelled_by_user = from == CF_STATE_CANCELLED;
+            atomic_store(&job->cancel, true);
+            return;
+        }
+        if (rc != CF_DB_OK) {
+            cf_log_warn("worker", "%s: -> %s: %s", job->id, cf_state_name(next), err);
+            return; /* try again at the next report */
+        }
+        job->stage = next;
+    }
+}
+
+static void s_check_cancel(s_job_t *job)
+{
+    cf_worker_t *w = job->slot->worker;
+    cf_db_composition_t comp;
+    memset(&comp, 0, sizeof comp);
+    char err[256];
+    if (cf_db_composition_get(w->opts.db, job->id, &comp, err, sizeof err) == CF_DB_OK &&
+        cf_state_is_terminal(comp.state)) {
+        job->cancelled_by_user = comp.state == CF_STATE_CANCELLED;
+        atomic_store(&job->cancel, true);
+    }
+    cf_db_composition_clear(&comp);
+}
+
+static void s_set_active(s_job_t *job, int active)
+{
+    cf_worker_t *w = job->slot->worker;
+    cf_metric_inc(w->m_active_segments, NULL, active - job->active);
+    job->active = active;
+}
+
+static void s_on_progress(void *arg, const cf_worker_progress_t *p)
+{
+    s_job_t *job = arg;
+    cf_worker_t *w = job->slot->worker;
+    int64_t now = s_now_ms();
+    char err[256];
+    if (atomic_load(&w->stop))
+        atomic_store(&job->cancel, true);
+
+    double progress = job->progress_written;
+    if (!strcmp(p->phase, "encode")) {
+        if (!job->encode_started_ms)
+            job->encode_started_ms = now;
+        s_transition(job, CF_STATE_ENCODING);
+        if (p->total > 0)
+            progress = 0.02 + 0.93 * (double)p->done / (double)p->total;
+        job->segments_total = p->segments_total;
+        /* The local renderer runs up to `jobs` segments at once. */
+        int left = p->segments_total - p->segments_done;
+        int jobs =
+            w->opts.render_jobs > 0 ? w->opts.render_jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        s_set_active(job, left < jobs ? left : jobs);
+        if (p->segments_done > job->segments_seen) {
+            const char *done[] = {"done"};
+            cf_metric_inc(w->m_segments, done, p->segments_done - job->segments_seen);
+            char payload[96];
+            snprintf(payload, sizeof payload, "{\"done\":%d,\"total\":%d,\"node\":\"%.40s\"}",
+                     p->segments_done, p->segments_total, w->node_id);
+            cf_db_event_append(w->opts.db, job->id, "segments", payload, NULL, err, sizeof err);
+            job->segments_seen = p->segments_done;
+        }
+    } else if (!strcmp(p->phase, "stitch")) {
+        s_set_active(job, 0);
+        s_transition(job, CF_STATE_ASSEMBLING);
+        progress = 0.96;
+    }
+    if (progress > job->progress_written + 0.004 &&
+        now - job->last_progress_ms >= S_PROGRESS_DB_MS && job->stage >= CF_STATE_ENCODING) {
+        if (cf_db_composition_set_progress(w->opts.db, job->id, progress, err, sizeof err) ==
+            CF_DB_OK)
+            job->progress_written = progress;
+        job->last_progress_ms = now;
+    }
+    if (now - job->last_cancel_ms >= S_CANCEL_CHECK_MS) {
+        s_check_cancel(job);
+        job->last_cancel_ms = now;
+    }
+    if (now - job->last_heartbeat_ms >= S_HEARTBEAT_MS) {
+        cf_queue_heartbeat(job->slot->queue, err, sizeof err);
+        job->last_heartbeat_ms = now;
+    }
+}
+
+/* BLAKE2b-256 of the file, streamed. */
+static int s_hash_file(const char *path, char hex[65], int64_t *size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    crypto_generichash_state state;
+    crypto_generichash_init(&state, NULL, 0, 32);
+    char buf[65536];
+    ssize_t n;
+    *size = 0;
+    while ((n = read(fd, buf, sizeof buf)) > 0) {
+        crypto_generichash_update(&state, (const unsigned char *)buf, (size_t)n);
+        *size += n;
+    }
+    close(fd);
+    if (n < 0)
+        return -1;
+    unsigned char digest[32];
+    crypto_generichash_final(&state, digest, sizeof digest);
+    sodium_bin2hex(hex, 65, digest, sizeof digest);
+    return 0;
+}
+
+/* Records the plan's segments as done by this node. */
+static void s_record_segments(s_job_t *job, const cf_worker_render_result_t *result)
+{
+    cf_worker_t *w = job->slot->worker;
+    char err[256];
+    if (result->segment_count <= 0)
+        return;
+    cf_db_segment_plan_t *plan = calloc((size_t)result->segment_count, sizeof *plan);
+    if (!plan)
+        return;
+    for (int s = 0; s < result->segment_count; s++)
+        plan[s] = (cf_db_segment_plan_t){s, result->segments[s].frame_start,
+                                         result->segments[s].frame_end, NULL};
+    int rc =
+        cf_db_segments_create(w->opts.db, job->id, 0, plan, result->segment_count, err, sizeof err);
+    free(plan);
+    if (rc != CF_DB_OK && rc != CF_DB_CONFLICT) {
+        cf_log_warn("worker", "%s: segments: %s", job->id, err);
+        return;
+    }
+    /* Worker-seconds of the encode phase spread evenly over the segments:
+     * the local renderer does not time them one by one. */
+    int jobs = result->jobs > 0 ? result->jobs : 1;
+    double per_segment = result->seconds *
+                         (jobs < result->segment_count ? jobs : result->segment_count) /
+                         result->segment_count;
+    for (int s = 0; s < result->segment_count; s++) {
+        int64_t frames = result->segments[s].frame_end - result->segments[s].frame_start;
+        cf_db_segment_update_t up = {
+            .fields = CF_SEG_F_STATE | CF_SEG_F_PROGRESS | CF_SEG_F_NODE | CF_SEG_F_FPS |
+                      CF_SEG_F_TIMINGS,
+            .state = CF_SEG_DONE,
+            .progress = 1,
+            .node_id = w->node_id,
+            .encode_fps = per_segment > 0 ? (double)frames / per_segment : 0,
+            .encode_ms = (int64_t)(per_segment * 1000),
+        };
+        if (cf_db_segment_update(w->opts.db, job->id, s, 0, &up, err, sizeof err) != CF_DB_OK)
+            cf_log_warn("worker", "%s: segment %d: %s", job->id, s, err);
+        const char *labels[] = {result->encoder};
+        cf_metric_observe(w->m_encode_seconds, labels, per_segment);
+    }
+}
+
+static void s_render(s_slot_t *slot, const char *id)
+{
+    cf_worker_t *w = slot->worker;
+    char err[1024];
+    cf_db_composition_t comp;
+    memset(&comp, 0, sizeof comp);
+    int rc = cf_db_composition_get(w->opts.db, id, &comp, err, sizeof err);
+    if (rc != CF_DB_OK) {
+        cf_log_warn("worker", "%s: %s", id, err);
+        return;
+    }
+    const char *ext = cf_worker_render_extension(comp.spec_json ? comp.spec_json : "");
+    char relpath[256], out_path[4096], outputs[4096], location[512];
+    snprintf(relpath, sizeof relpath, "outputs/%s.%s", id, ext ? ext : "mp4");
+    snprintf(outputs, sizeof outputs, "%s/outputs", w->data_dir);
+    snprintf(out_path, sizeof out_path, "%s/%s", w->data_dir, relpath);
+    mkdir(outputs, 0755);
+
+    s_job_t job = {.slot = slot, .id = id, .stage = CF_STATE_PLANNING};
+    atomic_init(&job.cancel, false);
+    atomic_fetch_add(&w->in_flight, 1);
+    s_report_load(w);
+    cf_log_info("worker", "%s: rendering \"%s\"", id, comp.title ? comp.title : "");
+    cf_worker_render_result_t result;
+    rc = cf_worker_render(comp.spec_json ? comp.spec_json : "", out_path, outputs, w->opts.blobs,
+                          w->opts.render_jobs, &job.cancel, s_on_progress, &job, S_RENDER_REPORT_MS,
+                          &result, err, sizeof err);
+    s_set_active(&job, 0);
+    const char *outcome;
+    if (rc == 0) {
+        s_transition(&job, CF_STATE_ASSEMBLING);
+        char hash[65];
+        int64_t size = 0;
+        cf_db_output_t output = {location, 0, result.duration_s, hash};
+        if (s_hash_file(out_path, hash, &size) < 0 ||
+            cf_worker_location_format(w->node_id, relpath, location, sizeof location) < 0) {
+            snprintf(err, sizeof err, "cannot read the output %s back", relpath);
+            rc = -1;
+        } else {
+            output.size_bytes = size;
+            s_record_segments(&job, &result);
+            char why[256];
+            rc = cf_db_composition_complete(w->opts.db, id, &output, why, sizeof why);
+            if (rc != CF_DB_OK) {
+                snprintf(err, sizeof err, "%s", why);
+                job.cancelled_by_user = rc == CF_DB_ILLEGAL || rc == CF_DB_TERMINAL;
+                rc = -1;
+            }
+        }
+        if (rc == 0) {
+            const char *labels[] = {result.encoder};
+            cf_metric_set(w->m_render_fps, labels,
+                          result.seconds > 0 ? result.duration_s / result.seconds : 0);
+            cf_log_info("worker", "%s: completed in %.1f s (%s, %lld bytes)", id, result.seconds,
+                        result.encoder, (long long)size);
+        } else {
+            unlink(out_path);
+        }
+    }
+    if (rc != 0) {
+        char why[256];
+        if (job.cancelled_by_user) {
+            outcome = "cancelled";
+            cf_log_info("worker", "%s: stopped: cancelled", id);
+        } else if (atomic_load(&w->stop)) {
+            outcome = "interrupted";
+            cf_db_composition_fail(w->opts.db, id, "node_stopped",
+                                   "the node rendering it was stopped", why, sizeof why);
+        } else {
+            outcome = "failed";
+            cf_log_warn("worker", "%s: failed: %s", id, err);
+            cf_db_composition_fail(w->opts.db, id, "render_failed", err, why, sizeof why);
+            if (job.segments_total > job.segments_seen) {
+                const char *failed[] = {"failed"};
+                cf_metric_inc(w->m_segments, failed, job.segments_total - job.segments_seen);
+            }
+        }
+    } else {
+        outcome = "completed";
+    }
+    const char *labels[] = {outcome};
+    cf_metric_inc(w->m_renders, labels, 1);
+    free(result.segments);
+    cf_db_composition_clear(&comp);
+    atomic_fetch_sub(&w->in_flight, 1);
+    s_report_load(w);
+}
+
+/* ------------------------------------------------------------ threads */
+
+static void *s_slot_main(void *arg)
+{
+    s_slot_t *slot = arg;
+    cf_worker_t *w = slot->worker;
+    char err[512];
+    int64_t last_complaint = 0;
+    while (!atomic_load(&w->stop)) {
+        cf_queue_item_t item;
+        int got = cf_queue_take(slot->queue, 500, &item, err, sizeof err);
+        if (got < 0) {
+            if (s_now_ms() - last_complaint > 10000) {
+                cf_log_warn("worker", "queue: %s", err);
+                last_complaint = s_now_ms();
+            }
+            s_nap(w, 1000);
+            continue;
+        }
+        if (got == 0)
+            continue;
+        /* queued -> planning in Postgres first: exactly one taker wins. */
+        int rc;
+        while ((rc = cf_db_composition_take(w->opts.db, item.id, slot->consumer, err,
+                                            sizeof err)) == CF_DB_UNAVAILABLE &&
+               !atomic_load(&w->stop))
+            s_nap(w, 1000);
+        if (rc == CF_DB_OK)
+            s_render(slot, item.id);
+        else if (rc != CF_DB_UNAVAILABLE)
+            cf_log_debug("worker", "%s: not taken: %s", item.id, err);
+        if (rc == CF_DB_UNAVAILABLE)
+            break; /* stopping: the item stays in our list for the reaper */
+        cf_queue_ack(slot->queue, &item, err, sizeof err);
+    }
+    return NULL;
+}
+
+static void s_purge(cf_worker_t *w)
+{
+    cf_db_purged_t *purged = NULL;
+    int count = 0;
+    char err[256], node[128], rel[512], path[4096];
+    if (cf_db_purge_expired(w->opts.db, w->opts.keep_completed_s, w->opts.keep_failed_s, 500,
+                            &purged, &count, err, sizeof err) != CF_DB_OK)
+        return;
+    for (int i = 0; i < count; i++) {
+        if (purged[i].output_location &&
+            cf_worker_location_parse(purged[i].output_location, node, sizeof node, rel,
+                                     sizeof rel) == 0 &&
+            !strcmp(node, w->node_id)) {
+            snprintf(path, sizeof path, "%s/%s", w->data_dir, rel);
+            unlink(path);
+        }
+    }
+    if (count)
+        cf_log_info("worker", "purged %d expired compositions", count);
+    cf_db_purged_free(&purged, count);
+}
+
+static void *s_maintenance_main(void *arg)
+{
+    cf_worker_t *w = arg;
+    cf_queue_options_t qo;
+    cf_queue_options_default(&qo);
+    qo.url = w->redis_url;
+    qo.prefix = w->redis_prefix;
+    char err[512];
+    cf_queue_t *q = cf_queue_new(&qo, err, sizeof err);
+    if (!q) {
+        cf_log_error("worker", "maintenance: %s", err);
+        return NULL;
+    }
+    int64_t last_reap = 0, last_reconcile = 0, last_purge = s_now_ms(), last_check = 0;
+    while (!atomic_load(&w->stop)) {
+        int64_t now = s_now_ms();
+        if (now - last_reap >= w->opts.reap_interval_ms) {
+            int returned = 0;
+            if (cf_queue_reap(q, &returned, err, sizeof err) == 0 && returned)
+                cf_log_info("worker", "returned %d items of dead consumers to the queue", returned);
+            last_reap = now;
+        }
+        bool needed = false;
+        if (now - last_check >= 2000) {
+            cf_queue_needs_reconcile(q, &needed, err, sizeof err);
+            last_check = now;
+        }
+        if (needed || now - last_reconcile >= w->opts.reconcile_interval_ms) {
+            int pushed = 0;
+            if (cf_queue_reconcile(q, w->opts.db, &pushed, err, sizeof err) == 0) {
+                last_reconcile = now;
+                if (pushed)
+                    cf_log_info("worker", "reconcile: pushed %d queued compositions", pushed);
+            }
+        }
+        if (now - last_purge >= w->opts.purge_interval_ms) {
+            s_purge(w);
+            last_purge = now;
+        }
+        s_nap(w, 500);
+    }
+    cf_queue_destroy(&q);
+    return NULL;
+}
+
+cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t errlen)
+{
+    if (!opts->db || !opts->metrics || !opts->redis_url || !opts->data_dir || !opts->node_id) {
+        snprintf(err, errlen,
+                 "worker: database, metrics, Redis URL, data dir and node id are "
+                 "required");
+        return NULL;
+    }
+    if (sodium_init() < 0) {
+        snprintf(err, errlen, "libsodium cannot be initialised");
+        return NULL;
+    }
+    cf_worker_t *w = calloc(1, sizeof *w);
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    w->opts = *opts;
+    w->redis_url = strdup(opts->redis_url);
+    w->redis_prefix = strdup(opts->redis_prefix ? opts->redis_prefix : "cf:");
+    w->data_dir = strdup(opts->data_dir);
+    w->node_id = strdup(opts->node_id);
+    w->slot_count = opts->slots > 0 ? opts->slots : 1;
+    char metric_err[256];
+    cf_metrics_t *m = opts->metrics;
+    w->m_active_segments =
+        cf_metrics_add(m, CF_METRIC_GAUGE, "active_segments", "Segments encoding on this node now.",
+                       NULL, NULL, 0, metric_err, sizeof metric_err);
+    cf_metric_set(w->m_active_segments, NULL, 0);
+    w->m_segments = cf_metrics_add(m, CF_METRIC_COUNTER, "segments_total",
+                                   "Segments this node finished, by result.", "status", NULL, 0,
+                                   metric_err, sizeof metric_err);
+    w->m_encode_seconds = cf_metrics_add(
+        m, CF_METRIC_HISTOGRAM, "segment_encode_seconds",
+        "Encode time per segment (local renders: the encode phase's worker-seconds spread "
+        "evenly over its segments).",
+        "encoder", cf_metrics_encode_buckets, cf_metrics_encode_bucket_count, metric_err,
+        sizeof metric_err);
+    w->m_renders = cf_metrics_add(m, CF_METRIC_COUNTER, "renders_total",
+                                  "Compositions this node rendered, by result.", "result", NULL, 0,
+                                  metric_err, sizeof metric_err);
+    w->m_render_fps = cf_metrics_add(m, CF_METRIC_GAUGE, "render_speed_ratio",
+                                     "Output seconds per wall second of the last render here.",
+                                     "encoder", NULL, 0, metric_err, sizeof metric_err);
+    w->slots = calloc((size_t)w->slot_count, sizeof *w->slots);
+    if (!w->slots || !w->redis_url || !w->redis_prefix || !w->data_dir || !w->node_id) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < w->slot_count; i++) {
+        s_slot_t *slot = &w->slots[i];
+        slot->worker = w;
+        slot->index = i;
+        snprintf(slot->consumer, sizeof slot->consumer, "%s-%d", w->node_id, i);
+        cf_queue_options_t qo;
+        cf_queue_options_default(&qo);
+        qo.url = w->redis_url;
+        qo.prefix = w->redis_prefix;
+        qo.consumer = slot->consumer;
+        if (!(slot->queue = cf_queue_new(&qo, err, errlen)))
+            goto fail;
+    }
+    if (pthread_create(&w->maintenance, NULL, s_maintenance_main, w) != 0) {
+        snprintf(err, errlen, "cannot start the maintenance thread");
+        goto fail;
+    }
+    w->maintenance_started = true;
+    for (int i = 0; i < w->slot_count; i++) {
+        if (pthread_create(&w->slots[i].thread, NULL, s_slot_main, &w->slots[i]) != 0) {
+            snprintf(err, errlen, "cannot start a render slot");
+            goto fail;
+        }
+        w->slots[i].started = true;
+    }
+    s_report_load(w);
+    cf_log_info("worker", "rendering here: %d slot%s", w->slot_count,
+                w->slot_count == 1 ? "" : "s");
+    return w;
+fail:
+    cf_worker_destroy(&w);
+    return NULL;
+}
+
+void cf_worker_destroy(cf_worker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    cf_worker_t *w = *self_p;
+    atomic_store(&w->stop, true);
+    for (int i = 0; w->slots && i < w->slot_count; i++)
+        if (w->slots[i].started)
+            pthread_join(w->slots[i].thread, NULL);
+    if (w->maintenance_started)
+        pthread_join(w->maintenance, NULL);
+    for (int i = 0; w->slots && i < w->slot_count; i++)
+        cf_queue_destroy(&w->slots[i].queue);
+    free(w->slots);
+    free(w->redis_url);
+    free(w->redis_prefix);
+    free(w->data_dir);
+    free(w->node_id);
+    free(w);
+    *self_p = NULL;
+}

@@ -1,0 +1,72 @@
+/* cf_worker: the single-node renderer. Until distributed rendering lands,
+ * a node with free slots takes compositions from the intake queue and
+ * renders them itself with the media engine (the `clipfarm render` path):
+ *
+ *   take an id (high before default before low) -> queued -> planning in
+ *   Postgres (idempotent: a composition someone else took is dropped) ->
+ *   plan and record the segments -> encoding (segment and composition
+ *   progress, events) -> assembling -> store the output in
+ *   DATA_DIR/outputs/ID.EXT -> completed with location, size, duration and
+ *   hash; or failed with a code and message; or stopped when cancelled.
+ *
+ * Each slot is one thread that owns its queue connection and does every
+ * Postgres and Redis call; the libav work runs in the renderer's own
+ * threads, never on HTTP threads. A maintenance thread reaps items of dead
+ * consumers, reconciles the queue with Postgres and purges expired results
+ * with their files.
+ *
+ * Output locations read "clipfarm://NODE_ID/RELATIVE_PATH": the node that
+ * holds the file and its path under that node's data dir. */
+#ifndef CF_WORKER_H
+#define CF_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct cf_worker_t cf_worker_t;
+typedef struct cf_db cf_db_t;
+typedef struct cf_metrics_t cf_metrics_t;
+typedef struct cf_blob_store_t cf_blob_store_t;
+
+typedef struct {
+    cf_db_t *db;              /* required, borrowed */
+    cf_metrics_t *metrics;    /* required, borrowed */
+    cf_blob_store_t *blobs;   /* resolves blob: sources; may be NULL */
+    const char *redis_url;    /* required */
+    const char *redis_prefix; /* default "cf:" */
+    const char *data_dir;     /* required: outputs and render workspaces */
+    const char *node_id;      /* required: names this node in locations and events */
+    int slots;                /* compositions rendered at once (default 1) */
+    /* Told the free slots and renders in flight after every change (may be
+     * NULL), e.g. cf_node_set_load for heartbeats. */
+    void (*on_load)(void *arg, int free_slots, int in_flight);
+    void *on_load_arg;
+    int render_jobs;           /* encoder threads per render (0: the renderer's default) */
+    int reap_interval_ms;      /* default 5000 */
+    int reconcile_interval_ms; /* default 30000 */
+    int purge_interval_ms;     /* default 600000 */
+    int keep_completed_s;      /* default 7 days */
+    int keep_failed_s;         /* default 24 h */
+} cf_worker_options_t;
+
+void cf_worker_options_default(cf_worker_options_t *opts);
+
+/* Starts the slot threads and the maintenance thread. Returns NULL with a
+ * one-line reason in err. */
+cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t errlen);
+
+/* Stops taking work, cancels renders in progress (their compositions fail
+ * with code "node_stopped", so nothing is left processing forever), joins
+ * every thread and frees. Safe on NULL; NULLs *self_p. */
+void cf_worker_destroy(cf_worker_t **self_p);
+
+/* Writes "clipfarm://NODE_ID/RELPATH" into out. Returns 0, or -1 when it
+ * does not fit. */
+int cf_worker_location_format(const char *node_id, const char *relpath, char *out, size_t outlen);
+
+/* Splits a location into node id and relative path. Returns 0, or -1 when
+ * it is not such a location or the path leaves the data dir (".."). */
+int cf_worker_location_parse(const char *location, char *node_id, size_t node_len, char *relpath,
+                             size_t rel_len);
+
+#endif
