@@ -329,12 +329,16 @@ static void test_list_pagination(void **state)
         s_create(db, i % 5 == 0 ? CF_STATE_PENDING : CF_STATE_QUEUED, ids[i]);
         /* Spread created_at, with ties every other row to exercise the id
          * tie-break. */
-        char sql[256];
-        snprintf(sql, sizeof sql,
-                 "UPDATE compositions SET created_at = '2024-01-01'::timestamptz + %d * "
-                 "interval '1 second' WHERE id = '%s'",
-                 i / 2, ids[i]);
-        s_sql(sql);
+        char seconds[16];
+        snprintf(seconds, sizeof seconds, "%d", i / 2);
+        const char *params[] = {seconds, ids[i]};
+        PGresult *res =
+            PQexecParams(s_raw,
+                         "UPDATE compositions SET created_at = '2024-01-01'::timestamptz"
+                         " + $1::int * interval '1 second' WHERE id = $2",
+                         2, NULL, params, NULL, NULL, 0);
+        assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+        PQclear(res);
     }
     /* Walk every page of 7 and check newest-first order without gaps. */
     char *cursor = NULL, *json = NULL, *next = NULL;

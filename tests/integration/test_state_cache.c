@@ -111,7 +111,10 @@ static int64_t s_version_of(const char *json)
     return strtoll(v + strlen("\"version\" : "), NULL, 10);
 }
 
-static char *s_read(cf_cache_t *cache, cf_db_t *db, const char *id, bool *hit)
+/* noinline: gcc 12's -Wdangling-pointer misreads the inlined copy (the
+ * returned pointer is heap memory, not the local that held it). */
+__attribute__((noinline)) static char *s_read(cf_cache_t *cache, cf_db_t *db, const char *id,
+                                              bool *hit)
 {
     char err[256], *json = NULL;
     if (cf_cache_composition_json(cache, db, id, &json, hit, err, sizeof err) != CF_DB_OK)
