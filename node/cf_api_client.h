@@ -43,6 +43,9 @@ char *cf_api_client_bar(double fraction, int width, char *buf, size_t len);
 /* "3.2 s ago" style age from milliseconds. */
 char *cf_api_client_age(json_t *ms, char *buf, size_t len);
 
+/* Prints the "nodes" of a GET /api/v1/cluster answer as a table. */
+void cf_api_client_print_nodes(json_t *cluster);
+
 /* Checks ID looks like a composition id (a UUID). Returns -1 when fine,
  * else prints why and returns CF_EXIT_USAGE. */
 int cf_api_client_check_id(const char *command, const char *id);
