@@ -38,8 +38,8 @@ int cf_ratelimit_take(redisContext *ctx, const char *key, double rate, double bu
         snprintf(err, errlen, "rate limit needs rate > 0 and burst >= 1");
         return CF_RATELIMIT_ERROR;
     }
-    char bucket[512], rate_text[32], burst_text[32];
-    snprintf(bucket, sizeof bucket, "cf:rl:%s", key);
+    char rate_text[32], burst_text[32];
+    const char *bucket = key;
     snprintf(rate_text, sizeof rate_text, "%.6f", rate);
     snprintf(burst_text, sizeof burst_text, "%.6f", burst);
     /* EVALSHA keeps the request small; after SCRIPT FLUSH or a failover to a

@@ -14,7 +14,7 @@
 /* Results of cf_ratelimit_take. */
 enum { CF_RATELIMIT_ERROR = -1, CF_RATELIMIT_LIMITED = 0, CF_RATELIMIT_ALLOWED = 1 };
 
-/* Takes one token from the bucket named KEY (stored as "cf:rl:KEY") on CTX.
+/* Takes one token from the bucket stored at Redis key KEY on CTX.
  * RATE is in tokens per second (> 0), BURST the bucket size (>= 1).
  * Returns CF_RATELIMIT_ALLOWED, CF_RATELIMIT_LIMITED with *retry_after_s set
  * to the seconds until a token is available, or CF_RATELIMIT_ERROR with a

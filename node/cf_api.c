@@ -507,11 +507,11 @@ static int s_rate_limit(cf_api_req_t *req)
     cf_api_t *api = req->api;
     if (!(api->opts.rate_limit > 0))
         return 0;
-    char bucket[96], err[256];
+    char bucket[160], err[256];
     if (req->key_id[0])
-        snprintf(bucket, sizeof bucket, "key:%s", req->key_id);
+        snprintf(bucket, sizeof bucket, "%srl:key:%s", api->redis_prefix, req->key_id);
     else
-        snprintf(bucket, sizeof bucket, "ip:%s", req->ri->remote_addr);
+        snprintf(bucket, sizeof bucket, "%srl:ip:%s", api->redis_prefix, req->ri->remote_addr);
     redisContext *ctx = cf_api_redis_get(api, err, sizeof err);
     double retry = 0;
     int rc = ctx ? cf_ratelimit_take(ctx, bucket, api->opts.rate_limit, api->opts.rate_burst,

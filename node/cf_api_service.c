@@ -38,6 +38,52 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->auth_cache_ms = api.auth_cache_ms;
 }
 
+int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, size_t capacity)
+{
+    const cf_option_t mine[] = {
+        {"http-threads", "CF_HTTP_THREADS", CF_OPT_INT, &o->http_threads, 1, 10000,
+         "HTTP connections served at once; size it for the keep-alive clients (default 256)", "N"},
+        {"max-body-bytes", "CF_MAX_BODY_BYTES", CF_OPT_INT, &o->max_body_bytes, 1024, 1 << 30,
+         "largest JSON request body (default 1048576)", "N"},
+        {"max-upload-bytes", "CF_MAX_UPLOAD_BYTES", CF_OPT_DOUBLE, &o->max_upload_bytes, 1, 1e15,
+         "largest POST /api/v1/media upload (default 1073741824)", "N"},
+        {"max-header-bytes", "CF_MAX_HEADER_BYTES", CF_OPT_INT, &o->max_header_bytes, 1024, 1 << 20,
+         "largest request line plus headers (default 16384)", "N"},
+        {"http-request-timeout-ms", "CF_HTTP_REQUEST_TIMEOUT_MS", CF_OPT_INT,
+         &o->request_timeout_ms, 100, 3600000,
+         "time to receive a request's headers or body (default 10000)", "MS"},
+        {"http-keepalive-timeout-ms", "CF_HTTP_KEEPALIVE_TIMEOUT_MS", CF_OPT_INT,
+         &o->keep_alive_timeout_ms, 0, 3600000,
+         "idle time before a keep-alive connection is closed (default 2000)", "MS"},
+        {"rate-limit", "CF_RATE_LIMIT", CF_OPT_DOUBLE, &o->rate_limit, 0, 1e9,
+         "API requests per second per key, 0 = off (default 50)", "N"},
+        {"rate-burst", "CF_RATE_BURST", CF_OPT_DOUBLE, &o->rate_burst, 1, 1e9,
+         "requests a key may send at once (default 100)", "N"},
+        {"auth-cache-ms", "CF_AUTH_CACHE_MS", CF_OPT_INT, &o->auth_cache_ms, 0, 60000,
+         "how long a checked API key is trusted; bounds how late a revocation bites (default "
+         "1000)",
+         "MS"},
+        {"insecure-no-auth", "CF_INSECURE_NO_AUTH", CF_OPT_FLAG, &o->insecure_no_auth, 0, 0,
+         "serve /api/v1 without API keys, even on a non-loopback address", NULL},
+        {"no-render", "CF_NO_RENDER", CF_OPT_FLAG, &o->no_render, 0, 0,
+         "serve the API only; take no compositions from the queue", NULL},
+        {"render-jobs", "CF_RENDER_JOBS", CF_OPT_INT, &o->render_jobs, 0, 256,
+         "encoder threads per render (default: one per core)", "N"},
+        {"redis-prefix", "CF_REDIS_PREFIX", CF_OPT_STRING, &o->redis_prefix, 0, 0,
+         "prefix of every Redis key (default cf:); clusters sharing a Redis need their own",
+         "PREFIX"},
+    };
+    size_t used = 0;
+    while (used < capacity && table[used].name)
+        used++;
+    size_t count = sizeof mine / sizeof mine[0];
+    if (used + count + 1 > capacity)
+        return -1;
+    memcpy(table + used, mine, sizeof mine);
+    memset(table + used + count, 0, sizeof *table);
+    return 0;
+}
+
 cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char *err, size_t errlen)
 {
     const cf_config_t *cfg = opts->cfg;
@@ -68,6 +114,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
     cf_cache_options_default(&co);
     co.url = cfg->redis_url;
     co.connections = 16;
+    if (opts->redis_prefix)
+        co.prefix = opts->redis_prefix;
     if (!(self->cache = cf_cache_new(&co, err, errlen)))
         goto fail;
     cf_cache_attach(self->cache, self->db);
@@ -94,6 +142,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
     ao.auth_cache_ms = opts->auth_cache_ms;
     ao.insecure_no_auth = opts->insecure_no_auth;
     ao.redis_url = cfg->redis_url;
+    if (opts->redis_prefix)
+        ao.redis_prefix = opts->redis_prefix;
     ao.data_dir = cfg->data_dir;
     ao.node_id = opts->node_id;
     ao.db = self->db;
@@ -113,6 +163,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.metrics = self->metrics;
         wo.blobs = self->blobs;
         wo.redis_url = cfg->redis_url;
+        if (opts->redis_prefix)
+            wo.redis_prefix = opts->redis_prefix;
         wo.data_dir = cfg->data_dir;
         wo.node_id = opts->node_id;
         wo.slots = cfg->slots > 0 ? cfg->slots : 1;
