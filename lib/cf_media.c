@@ -27,8 +27,13 @@ static void s_log_callback(void *avcl, int level, const char *fmt, va_list vl)
         line[--len] = '\0';
     if (!len)
         return;
-    if (level <= AV_LOG_ERROR)
-        snprintf(s_last_log, sizeof s_last_log, "%.255s", line);
+    if (level <= AV_LOG_ERROR) {
+        /* Kept for error messages without the "[h264_nvenc @ 0x...]" prefix. */
+        const char *text = line;
+        if (text[0] == '[' && strstr(text, "] "))
+            text = strstr(text, "] ") + 2;
+        snprintf(s_last_log, sizeof s_last_log, "%.255s", text);
+    }
     if (cf_log_enabled(CF_LOG_DEBUG))
         cf_log_debug("libav", "%s", line);
 }

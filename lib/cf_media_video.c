@@ -258,15 +258,15 @@ static int s_encode_part(s_seg_t *ctx, const cf_plan_part_t *part, const char *p
                 goto end;
             }
             /* The last frame is shown until its display time ends; a slot
-             * after that (plus half a frame of rounding) means the file is
-             * shorter than it claimed: truncated or damaged. */
+             * still needed after that (plus half a frame of rounding) means
+             * the file is shorter than it claimed: truncated or damaged. */
             int64_t dur = held->pkt_duration > 0 ? held->pkt_duration
                           : src.st->avg_frame_rate.num > 0
                               ? av_rescale_q(1, av_inv_q(src.st->avg_frame_rate), in_tb)
                               : av_rescale_q(1, out_tb, in_tb);
             int64_t end_us = av_rescale_q(held_pts + dur, in_tb, AV_TIME_BASE_Q);
-            int64_t slot_us =
-                clip->start_us + av_rescale(n, (int64_t)1000000 * out->fps_den, out->fps_num);
+            int64_t slot_us = clip->start_us +
+                              av_rescale(n_end - 1, (int64_t)1000000 * out->fps_den, out->fps_num);
             if (slot_us >= end_us + frame_us / 2) {
                 s_fail(ctx, 0,
                        "%s: video ends at %.3f s, before %.3f s needed by clip %d "

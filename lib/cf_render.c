@@ -249,10 +249,10 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
     const char *enc_name = plan->output.encoder == CF_ENCODER_GPU
                                ? (plan->output.codec == CF_CODEC_HEVC ? "hevc_nvenc" : "h264_nvenc")
                                : (plan->output.codec == CF_CODEC_HEVC ? "libx265" : "libx264");
-    cf_log_info("render",
-                "%lld frames at %d/%d fps in %d segments of %d frames, %s, %d jobs x %d threads",
-                (long long)plan->total_frames, plan->output.fps_num, plan->output.fps_den,
-                plan->segment_count, plan->segment_frames, enc_name, jobs, sh.threads_per_task);
+    cf_log_debug("render",
+                 "%lld frames at %d/%d fps in %d segments of %d frames, %s, %d jobs x %d threads",
+                 (long long)plan->total_frames, plan->output.fps_num, plan->output.fps_den,
+                 plan->segment_count, plan->segment_frames, enc_name, jobs, sh.threads_per_task);
 
     int passes = plan->output.video_bitrate > 0 && plan->output.encoder == CF_ENCODER_CPU ? 2 : 1;
     int64_t total_work = plan->total_frames * passes;
