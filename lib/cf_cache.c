@@ -186,9 +186,12 @@ static void s_entry_key(const cf_cache_t *cache, const char *id, char *key, size
     snprintf(key, len, "%sc:%s", cache->prefix, id);
 }
 
-/* The guarded SET. Returns 1 stored, 0 refused (newer there), -1 error. */
+/* The guarded SET, and when CHANNEL is not NULL a PUBLISH of MESSAGE in the
+ * same round trip (pipelined). Returns 1 stored, 0 refused (newer there), -1
+ * error. */
 static int s_guarded_set(cf_cache_t *cache, const char *id, int64_t version, const char *value,
-                         int ttl_ms, char *err, size_t errlen)
+                         int ttl_ms, const char *channel, const char *message, char *err,
+                         size_t errlen)
 {
     s_slot_t *slot = s_acquire(cache, err, errlen);
     if (!slot)
@@ -198,18 +201,26 @@ static int s_guarded_set(cf_cache_t *cache, const char *id, int64_t version, con
     snprintf(ver, sizeof ver, "%" PRId64, version);
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     const char *argv[] = {"EVAL", s_guarded_set_script, "1", key, ver, value, ttl};
-    redisReply *reply = redisCommandArgv(slot->ctx, 7, argv, NULL);
-    if (!reply) {
-        snprintf(err, errlen, "Redis: %s", slot->ctx->errstr);
-        s_release(cache, slot, true);
-        return -1;
+    redisAppendCommandArgv(slot->ctx, 7, argv, NULL);
+    if (channel) {
+        const char *publish[] = {"PUBLISH", channel, message};
+        redisAppendCommandArgv(slot->ctx, 3, publish, NULL);
     }
     int rc = -1;
-    if (reply->type == REDIS_REPLY_INTEGER)
-        rc = (int)reply->integer;
-    else
-        snprintf(err, errlen, "Redis: %s", reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
-    freeReplyObject(reply);
+    for (int i = 0; i < (channel ? 2 : 1); i++) {
+        void *r = NULL;
+        if (redisGetReply(slot->ctx, &r) != REDIS_OK || !r) {
+            snprintf(err, errlen, "Redis: %s", slot->ctx->errstr);
+            s_release(cache, slot, true);
+            return -1;
+        }
+        redisReply *reply = r;
+        if (i == 0 && reply->type == REDIS_REPLY_INTEGER)
+            rc = (int)reply->integer;
+        else if (reply->type == REDIS_REPLY_ERROR)
+            snprintf(err, errlen, "Redis: %s", reply->str);
+        freeReplyObject(reply);
+    }
     s_release(cache, slot, false);
     return rc;
 }
@@ -219,7 +230,8 @@ int cf_cache_invalidate(cf_cache_t *cache, const char *id, int64_t version, char
 {
     char value[24];
     snprintf(value, sizeof value, "%" PRId64, version);
-    return s_guarded_set(cache, id, version, value, cache->opts.tombstone_ttl_ms, err, errlen) < 0
+    return s_guarded_set(cache, id, version, value, cache->opts.tombstone_ttl_ms, NULL, NULL, err,
+                         errlen) < 0
                ? -1
                : 0;
 }
@@ -247,7 +259,7 @@ int cf_cache_fill(cf_cache_t *cache, const char *id, int64_t version, const char
         return -1;
     }
     int ttl = s_json_is_terminal(json) ? cache->opts.terminal_ttl_ms : cache->opts.active_ttl_ms;
-    int stored = s_guarded_set(cache, id, version, value, ttl, err, errlen);
+    int stored = s_guarded_set(cache, id, version, value, ttl, NULL, NULL, err, errlen);
     free(value);
     s_count(cache, stored == 1 ? &cache->stats.fills : &cache->stats.refused_fills);
     return stored;
@@ -316,21 +328,27 @@ int cf_cache_publish(cf_cache_t *cache, const char *id, const char *message, cha
     return ok ? 0 : -1;
 }
 
+/* After a committed write: tombstone for the new version and the progress
+ * message, in one round trip. */
 static void s_on_write(void *arg, const cf_db_write_t *write)
 {
     cf_cache_t *cache = arg;
-    char err[256];
-    if (cf_cache_invalidate(cache, write->id, write->version, err, sizeof err) < 0)
-        cf_log_debug("cache", "invalidating %s v%" PRId64 ": %s", write->id, write->version, err);
+    /* Nothing can be cached or subscribed for an id that did not exist
+     * before this write: skip the round trip. */
+    if (!strcmp(write->event, "created"))
+        return;
+    char err[256], channel[256], tombstone[24], message[512];
     const char *stage = cf_state_stage(write->state);
-    char message[512];
     snprintf(message, sizeof message,
              "{\"id\":\"%s\",\"status\":\"%s\",\"stage\":%s%s%s,\"progress\":%.4f,"
              "\"version\":%" PRId64 ",\"event\":\"%s\"}",
              write->id, cf_state_status(write->state), stage ? "\"" : "", stage ? stage : "null",
              stage ? "\"" : "", write->progress, write->version, write->event);
-    if (cf_cache_publish(cache, write->id, message, err, sizeof err) < 0)
-        cf_log_debug("cache", "publishing progress of %s: %s", write->id, err);
+    snprintf(channel, sizeof channel, "%sprogress:%s", cache->prefix, write->id);
+    snprintf(tombstone, sizeof tombstone, "%" PRId64, write->version);
+    if (s_guarded_set(cache, write->id, write->version, tombstone, cache->opts.tombstone_ttl_ms,
+                      channel, message, err, sizeof err) < 0)
+        cf_log_debug("cache", "invalidating %s v%" PRId64 ": %s", write->id, write->version, err);
 }
 
 void cf_cache_attach(cf_cache_t *cache, cf_db_t *db)
