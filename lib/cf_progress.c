@@ -86,7 +86,9 @@ void cf_progress_update(cf_progress_t *self, const char *phase, int64_t done, in
     }
     bool complete = total > 0 && done >= total;
     double interval = self->mode == CF_PROGRESS_BAR ? 0.1 : 0.5;
-    if (!new_phase && !(complete && done != self->last_done) && now - self->last_draw < interval)
+    if (!new_phase && complete && done == self->last_done)
+        return; /* finished: keep the final figures on screen */
+    if (!new_phase && !complete && now - self->last_draw < interval)
         return;
     self->last_draw = now;
     self->last_done = done;
