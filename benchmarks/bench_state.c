@@ -9,7 +9,8 @@
  *            compositions intake created: one status update per operation
  *   cached   cf_cache_composition_json on 100 compositions (cache hits)
  * Prints one "name=value" line per figure; benchmarks/state compares them
- * with pgbench and redis-benchmark on the same servers. */
+ * with pgbench and redis-benchmark on the same servers.
+ * BENCH_NO_HOOK=1 leaves the cache hook off (what invalidation costs). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
