@@ -84,5 +84,7 @@ reconciled=$(sed -n 's/.*reconciled=\([0-9]*\).*/\1/p' "$work/out")
 discarded=$(sed -n 's/.*discarded=\([0-9]*\).*/\1/p' "$work/out")
 retries=$(sed -n 's/.*db retries=\([0-9]*\).*/\1/p' "$work/out")
 ((reconciled > 0)) || fail "reconcile pushed nothing after losing Redis"
-((discarded > 0 || retries > 0)) || fail "the pool never saw Postgres go away"
+# Postgres' restart killed the pooled connections: the pool must have found
+# them dead and replaced them.
+((discarded > 0)) || fail "the pool never replaced a connection Postgres closed"
 echo "queue_chaos: ok ($n compositions; reconcile restored $reconciled; pool discarded $discarded connections)"
