@@ -165,7 +165,9 @@ int cf_cmd_submit(int argc, char **argv)
         rc = CF_EXIT_OK;
         goto end;
     }
-    if (!client.json)
+    /* On a terminal, say which composition the bar belongs to; in scripts,
+     * stderr carries only errors (one line each). */
+    if (!client.json && isatty(fileno(stderr)))
         fprintf(stderr, "submitted %s\n", id);
     rc = s_wait(&client, id, progress ? progress : "auto");
 end:
