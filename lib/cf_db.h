@@ -357,8 +357,8 @@ typedef struct {
 
 /* The composition's events with id > AFTER_ID in id order, at most LIMIT
  * (1..1000): a Server-Sent Events stream resumes from Last-Event-ID. Free
- * with cf_db_events_free. The events that status, progress and output
- * writes append are made while that write holds the composition's row lock,
+ * with cf_db_events_free. The events that transitions and progress
+ * updates append are made while that write holds the composition's row lock,
  * so they commit in id order and a reader never skips one; events from
  * concurrent cf_db_event_append calls on one composition may commit out of
  * id order. */

@@ -1,0 +1,252 @@
+/* Integration test of lib/cf_state_keeper: retention purge removes expired
+ * compositions and only their local output files under the output root; the
+ * keeper's thread reconciles a queue Redis never saw and reaps a consumer
+ * that went away holding an item. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_db.h"
+#include "cf_migrate.h"
+#include "cf_queue.h"
+#include "cf_redis.h"
+#include "cf_state_keeper.h"
+#include "cf_testutil.h"
+
+static char s_db_url[512];
+static const char *s_redis_url;
+static char s_prefix[64];
+static PGconn *s_raw;
+
+static int s_setup(void **state)
+{
+    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
+    s_redis_url = cf_test_require_env("CF_TEST_REDIS_URL");
+    char err[512], name[64], sql[128];
+    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
+    assert_non_null(admin);
+    snprintf(name, sizeof name, "cf_keeper_%d", (int)getpid());
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+    PGresult *res = PQexec(admin, sql);
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    PQfinish(admin);
+    snprintf(s_db_url, sizeof s_db_url, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
+    s_raw = cf_db_connect(s_db_url, 10, err, sizeof err);
+    assert_non_null(s_raw);
+    cf_migrate_report_t report;
+    if (cf_migrate_run(s_raw, NULL, &report, err, sizeof err) < 0)
+        fail_msg("migrate: %s", err);
+    snprintf(s_prefix, sizeof s_prefix, "cf:ktest:%d:", (int)getpid());
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    char err[256];
+    redisContext *ctx = cf_redis_connect(s_redis_url, 2000, err, sizeof err);
+    if (ctx) {
+        redisReply *keys = redisCommand(ctx, "KEYS %s*", s_prefix);
+        for (size_t i = 0; keys && keys->type == REDIS_REPLY_ARRAY && i < keys->elements; i++)
+            freeReplyObject(redisCommand(ctx, "DEL %s", keys->element[i]->str));
+        freeReplyObject(keys);
+        redisFree(ctx);
+    }
+    PQfinish(s_raw);
+    return 0;
+}
+
+static cf_db_t *s_pool(void)
+{
+    cf_db_options_t opts;
+    cf_db_options_default(&opts);
+    opts.url = s_db_url;
+    opts.pool_size = 4;
+    char err[256];
+    cf_db_t *db = cf_db_new(&opts, err, sizeof err);
+    assert_non_null(db);
+    return db;
+}
+
+static void s_create(cf_db_t *db, char id[CF_DB_ID_LEN])
+{
+    char err[256];
+    cf_db_composition_new_t c = {
+        .priority = CF_PRIORITY_DEFAULT, .spec_json = "{}", .initial_state = CF_STATE_QUEUED};
+    if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
+        fail_msg("create: %s", err);
+}
+
+/* A composition completed with OUTPUT, finished AGE ago. */
+static void s_completed(cf_db_t *db, const char *output, const char *age, char id[CF_DB_ID_LEN])
+{
+    char err[256];
+    s_create(db, id);
+    const cf_state_t path[] = {CF_STATE_PLANNING, CF_STATE_ENCODING, CF_STATE_ASSEMBLING};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cf_db_composition_transition(db, id, path[i], NULL, err, sizeof err),
+                         CF_DB_OK);
+    cf_db_output_t out = {output, 10, 1.0, "h"};
+    assert_int_equal(cf_db_composition_complete(db, id, &out, err, sizeof err), CF_DB_OK);
+    const char *params[] = {id, age};
+    PGresult *res = PQexecParams(
+        s_raw, "UPDATE compositions SET finished_at = now() - $2::interval WHERE id = $1", 2, NULL,
+        params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+}
+
+static bool s_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static int s_count(const char *sql)
+{
+    PGresult *res = PQexec(s_raw, sql);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    int n = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return n;
+}
+
+static void test_purge_removes_output_files(void **state)
+{
+    cf_db_t *db = s_pool();
+    char *root = cf_test_mkdtemp("keeper-root");
+    char *elsewhere = cf_test_mkdtemp("keeper-elsewhere");
+    char inside[512], outside[512], inside_url[600], recent_file[512];
+    snprintf(inside, sizeof inside, "%s/old.mp4", root);
+    snprintf(inside_url, sizeof inside_url, "file://%s/old2.mp4", root);
+    snprintf(outside, sizeof outside, "%s/not-ours.mp4", elsewhere);
+    snprintf(recent_file, sizeof recent_file, "%s/recent.mp4", root);
+    cf_test_write_file(inside, "x");
+    cf_test_write_file(inside_url + 7, "x");
+    cf_test_write_file(outside, "x");
+    cf_test_write_file(recent_file, "x");
+    char a[CF_DB_ID_LEN], b[CF_DB_ID_LEN], c[CF_DB_ID_LEN], d[CF_DB_ID_LEN], e[CF_DB_ID_LEN],
+        f[CF_DB_ID_LEN];
+    s_completed(db, inside, "8 days", a);
+    s_completed(db, inside_url, "8 days", b);
+    s_completed(db, outside, "8 days", c);
+    s_completed(db, "s3://bucket/out.mp4", "8 days", d);
+    s_completed(db, recent_file, "1 day", e);
+    char err[256];
+    s_create(db, f);
+    assert_int_equal(cf_db_composition_fail(db, f, "x", "y", err, sizeof err), CF_DB_OK);
+    PQclear(PQexec(s_raw, "UPDATE compositions SET finished_at = now() - interval '2 days' "
+                          "WHERE status = 'failed'"));
+
+    cf_state_keeper_options_t opts;
+    cf_state_keeper_options_default(&opts);
+    opts.db = db;
+    opts.redis_url = s_redis_url;
+    opts.redis_prefix = s_prefix;
+    opts.output_root = root;
+    opts.start_thread = false;
+    cf_state_keeper_t *keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    assert_non_null(keeper);
+    cf_state_keeper_stats_t done = {0};
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.purged, 5);        /* 4 old completed + the old failed one */
+    assert_int_equal(done.files_removed, 2); /* the two under the root */
+    assert_int_equal(done.files_kept, 2);    /* the one elsewhere, the S3 object */
+    assert_false(s_exists(inside));
+    assert_false(s_exists(inside_url + 7));
+    assert_true(s_exists(outside));
+    assert_true(s_exists(recent_file));
+    assert_int_equal(s_count("SELECT count(*) FROM compositions"), 1);
+    /* Nothing more to do on the next pass. */
+    memset(&done, 0, sizeof done);
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.purged, 0);
+
+    /* An output root that does not exist is refused. */
+    opts.output_root = "/nonexistent/clipfarm-root";
+    assert_null(cf_state_keeper_new(&opts, err, sizeof err));
+    assert_non_null(strstr(err, "output root"));
+    cf_state_keeper_destroy(&keeper);
+    cf_db_destroy(&db);
+    cf_test_rmtree(root);
+    cf_test_rmtree(elsewhere);
+    free(root);
+    free(elsewhere);
+}
+
+static int64_t s_depth(cf_queue_t *q)
+{
+    char err[256];
+    int64_t depth[CF_PRIORITY_COUNT];
+    assert_int_equal(cf_queue_depth(q, depth, err, sizeof err), 0);
+    return depth[0] + depth[1] + depth[2];
+}
+
+static bool s_wait_depth(cf_queue_t *q, int64_t want, int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 50) {
+        if (s_depth(q) == want)
+            return true;
+        usleep(50000);
+    }
+    return s_depth(q) == want;
+}
+
+static void test_thread_reconciles_and_reaps(void **state)
+{
+    cf_db_t *db = s_pool();
+    PQclear(PQexec(s_raw, "DELETE FROM compositions"));
+    char ids[5][CF_DB_ID_LEN], err[256];
+    for (int i = 0; i < 5; i++)
+        s_create(db, ids[i]); /* queued in Postgres, never pushed */
+    cf_queue_options_t qo;
+    cf_queue_options_default(&qo);
+    qo.url = s_redis_url;
+    qo.prefix = s_prefix;
+    cf_queue_t *observer = cf_queue_new(&qo, err, sizeof err);
+    assert_non_null(observer);
+    assert_int_equal(s_depth(observer), 0);
+
+    cf_state_keeper_options_t opts;
+    cf_state_keeper_options_default(&opts);
+    opts.db = db;
+    opts.redis_url = s_redis_url;
+    opts.redis_prefix = s_prefix;
+    opts.reap_interval_ms = 50;
+    opts.reconcile_interval_ms = 100000; /* only on lost data: the first pass */
+    cf_state_keeper_t *keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    assert_non_null(keeper);
+    assert_true(s_wait_depth(observer, 5, 3000));
+
+    /* A consumer takes an item and vanishes without acking it. */
+    qo.consumer = "gone";
+    qo.heartbeat_ttl_ms = 300;
+    cf_queue_t *gone = cf_queue_new(&qo, err, sizeof err);
+    cf_queue_item_t item;
+    assert_int_equal(cf_queue_take(gone, 1000, &item, err, sizeof err), 1);
+    cf_queue_destroy(&gone);
+    assert_int_equal(s_depth(observer), 4);
+    assert_true(s_wait_depth(observer, 5, 3000)); /* after its heartbeat expired */
+    cf_state_keeper_stats_t stats;
+    cf_state_keeper_stats(keeper, &stats);
+    assert_true(stats.reaped >= 1);
+    assert_int_equal(stats.reconciled, 5);
+    assert_true(stats.passes > 2);
+    cf_state_keeper_destroy(&keeper);
+    assert_null(keeper);
+    cf_queue_destroy(&observer);
+    cf_db_destroy(&db);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_purge_removes_output_files),
+        cmocka_unit_test(test_thread_reconciles_and_reaps),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
