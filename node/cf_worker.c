@@ -190,6 +190,13 @@ static void s_on_progress(void *arg, const cf_worker_progress_t *p)
             CF_DB_OK)
             job->progress_written = progress;
         job->last_progress_ms = now;
+        /* Frames for live progress bars (`clipfarm submit --wait`). */
+        if (!strcmp(p->phase, "encode") && p->total > 0) {
+            char payload[96];
+            snprintf(payload, sizeof payload, "{\"done\":%lld,\"total\":%lld}", (long long)p->done,
+                     (long long)p->total);
+            cf_db_event_append(w->opts.db, job->id, "frames", payload, NULL, err, sizeof err);
+        }
     }
     if (now - job->last_cancel_ms >= S_CANCEL_CHECK_MS) {
         s_check_cancel(job);

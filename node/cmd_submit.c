@@ -1,6 +1,7 @@
 /* clipfarm submit COMP.json [--wait]: sends a composition to a node. With
- * --wait it follows the composition to its end, drawing a live progress bar
- * on a terminal, and exits non-zero unless it completed. */
+ * --wait it follows the composition's event stream (Server-Sent Events) to
+ * its end, drawing a live progress bar on a terminal (frames, fps, ETA while
+ * encoding), and exits non-zero unless it completed. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,6 @@
 #include "cf_progress.h"
 
 #define S_MAX_FILE (16 << 20)
-#define S_POLL_MS  300
 
 static char *s_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
@@ -37,55 +37,135 @@ static char *s_read_file(const char *path, size_t *len, char *err, size_t errlen
     return data;
 }
 
-static bool s_terminal(const char *status)
+/* What the event stream told so far. */
+typedef struct {
+    cf_progress_t *bar;
+    char phase[32];
+    int64_t frames_done, frames_total;
+    int64_t last_id;
+    bool ended;
+    char line[8192];
+    size_t line_len;
+    char event[32];
+    char data[8192];
+} s_follow_t;
+
+static void s_draw(s_follow_t *f)
 {
-    return status && (!strcmp(status, "completed") || !strcmp(status, "failed") ||
-                      !strcmp(status, "cancelled"));
+    int64_t total = f->frames_total > 0 ? f->frames_total : 0;
+    int64_t done = f->frames_done;
+    /* Past encoding every frame is done; before it none is. */
+    if (!strcmp(f->phase, "assembling") || !strcmp(f->phase, "completed"))
+        done = total;
+    cf_progress_update(f->bar, f->phase, done, total);
 }
 
-/* Polls the composition until it ends. Returns the exit code. */
+/* One complete Server-Sent Event. */
+static void s_dispatch(s_follow_t *f)
+{
+    json_t *data = json_loads(f->data, 0, NULL);
+    json_t *payload = json_object_get(data, "payload");
+    if (!strcmp(f->event, "end")) {
+        f->ended = true;
+    } else if (!strcmp(f->event, "status") || !strcmp(f->event, "created")) {
+        const char *to = json_string_value(json_object_get(payload, "to"));
+        if (!to)
+            to = json_string_value(json_object_get(payload, "status"));
+        if (to)
+            snprintf(f->phase, sizeof f->phase, "%s", to);
+    } else if (!strcmp(f->event, "frames")) {
+        f->frames_done = json_integer_value(json_object_get(payload, "done"));
+        f->frames_total = json_integer_value(json_object_get(payload, "total"));
+        snprintf(f->phase, sizeof f->phase, "encoding");
+    }
+    json_decref(data);
+    s_draw(f);
+    f->event[0] = f->data[0] = '\0';
+}
+
+/* Feeds stream bytes: lines "id: N", "event: T", "data: J", blank = end. */
+static int s_sink(void *arg, const void *bytes, size_t len)
+{
+    s_follow_t *f = arg;
+    for (const char *p = bytes; p < (const char *)bytes + len; p++) {
+        if (*p != '\n') {
+            if (f->line_len + 1 < sizeof f->line)
+                f->line[f->line_len++] = *p;
+            continue;
+        }
+        f->line[f->line_len] = '\0';
+        f->line_len = 0;
+        if (!f->line[0]) {
+            if (f->event[0])
+                s_dispatch(f);
+        } else if (!strncmp(f->line, "event: ", 7)) {
+            snprintf(f->event, sizeof f->event, "%s", f->line + 7);
+        } else if (!strncmp(f->line, "data: ", 6)) {
+            snprintf(f->data, sizeof f->data, "%s", f->line + 6);
+        } else if (!strncmp(f->line, "id: ", 4)) {
+            f->last_id = strtoll(f->line + 4, NULL, 10);
+        }
+    }
+    return 0;
+}
+
+/* Follows the composition's event stream until it ends (reconnecting with
+ * Last-Event-ID when the connection drops), then reads its final state.
+ * Returns the exit code. */
 static int s_wait(cf_api_client_t *client, const char *id, const char *progress_mode)
 {
-    char path[128];
-    snprintf(path, sizeof path, "/api/v1/compositions/%s", id);
     cf_progress_mode_t mode;
     if (cf_progress_mode_parse(progress_mode, stderr, &mode) < 0)
         mode = CF_PROGRESS_NONE;
-    cf_progress_t *bar = cf_progress_new(mode, stderr);
-    json_t *comp = NULL;
-    int rc, failures = 0;
-    for (;;) {
-        json_decref(comp);
-        comp = NULL;
-        rc = cf_api_client_call(client, "GET", path, NULL, NULL, NULL, 0, &comp);
-        if (rc == CF_EXIT_USAGE && ++failures < 30) {
-            usleep(1000 * 1000); /* the node restarting: give it half a minute */
-            continue;
+    s_follow_t *f = calloc(1, sizeof *f);
+    if (!f) {
+        cf_cli_error(client->command, "out of memory");
+        return CF_EXIT_FAILURE;
+    }
+    f->bar = cf_progress_new(mode, stderr);
+    snprintf(f->phase, sizeof f->phase, "queued");
+    char path[160], err[1024], last[64];
+    snprintf(path, sizeof path, "/api/v1/compositions/%s/events", id);
+    int rc = -1, failures = 0;
+    while (!f->ended) {
+        const char *headers[] = {last, NULL};
+        snprintf(last, sizeof last, "Last-Event-ID: %lld", (long long)f->last_id);
+        cf_httpc_response_t resp;
+        int got = cf_httpc_get_stream(client->http, path, headers, NULL, s_sink, NULL, f, &resp,
+                                      err, sizeof err);
+        if (got == 0 && resp.status >= 400) {
+            char line[1024];
+            cf_httpc_error_line(&resp, line, sizeof line);
+            cf_cli_error(client->command, "%s", line);
+            rc = CF_EXIT_FAILURE;
         }
+        cf_httpc_response_clear(&resp);
         if (rc >= 0)
             break;
-        failures = 0;
-        const char *status = json_string_value(json_object_get(comp, "status"));
-        const char *stage = json_string_value(json_object_get(comp, "stage"));
-        double progress = json_number_value(json_object_get(comp, "progress"));
-        if (bar)
-            cf_progress_update(bar,
-                               stage    ? stage
-                               : status ? status
-                                        : "?",
-                               (int64_t)(progress * 1000), 1000);
-        if (s_terminal(status))
-            break;
-        usleep(S_POLL_MS * 1000);
+        if (!f->ended) {
+            /* Cut off (a node restarting, a proxy timeout): resume shortly. */
+            if (got < 0 && ++failures >= 30) {
+                cf_cli_error(client->command, "%s", err);
+                rc = CF_EXIT_USAGE;
+                break;
+            }
+            usleep(1000 * 1000);
+        }
     }
-    if (bar)
-        cf_progress_finish(bar, NULL);
-    cf_progress_destroy(&bar);
-    if (rc >= 0) {
-        json_decref(comp);
+    if (f->bar)
+        cf_progress_finish(f->bar, NULL);
+    cf_progress_destroy(&f->bar);
+    free(f);
+    if (rc >= 0)
         return rc;
-    }
+
+    snprintf(path, sizeof path, "/api/v1/compositions/%s", id);
+    json_t *comp = NULL;
+    if ((rc = cf_api_client_call(client, "GET", path, NULL, NULL, NULL, 0, &comp)) >= 0)
+        return rc;
     const char *status = json_string_value(json_object_get(comp, "status"));
+    if (!status)
+        status = "unknown";
     if (client->json) {
         cf_api_client_print_json(comp);
     } else if (!strcmp(status, "completed")) {
