@@ -120,7 +120,7 @@ static void s_draw(AVFrame *frame, int index)
 
 /* Encodes synthetic frames with CTX until S_CALIB_MAX_FRAMES or the time
  * budget, then drains it. Returns frames/s, or -1 on an encoding error. */
-static double s_measure(AVCodecContext *ctx)
+static double s_measure(AVCodecContext *ctx, const atomic_int *stop)
 {
     AVFrame *frame = av_frame_alloc();
     AVPacket *pkt = av_packet_alloc();
@@ -136,6 +136,8 @@ static double s_measure(AVCodecContext *ctx)
     int sent = 0;
     while (sent < S_CALIB_MAX_FRAMES &&
            (sent < S_CALIB_MIN_FRAMES || s_now_s() - start < S_CALIB_BUDGET_S)) {
+        if (stop && *stop)
+            goto end;
         if (av_frame_make_writable(frame) < 0)
             goto end;
         s_draw(frame, sent);
@@ -259,14 +261,23 @@ cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count,
     return self;
 }
 
-int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, char *err, size_t errlen)
+int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, const atomic_int *stop, char *err,
+                      size_t errlen)
 {
     int rc = 0;
     err[0] = '\0';
+    double measured[S_MAX_ENCODERS];
     for (int i = 0; i < self->encoder_count; i++) {
         AVCodecContext *ctx = s_open_encoder(self->encoders[i].name);
-        double fps = ctx ? s_measure(ctx) : -1;
+        measured[i] = ctx ? s_measure(ctx, stop) : -1;
         avcodec_free_context(&ctx);
+        if (stop && *stop) {
+            snprintf(err, errlen, "calibration stopped");
+            return -1;
+        }
+    }
+    for (int i = 0; i < self->encoder_count; i++) {
+        double fps = measured[i];
         if (fps > 0) {
             self->encoders[i].fps = fps < 1e6 ? fps : 1e6 - 1;
             continue;
@@ -276,6 +287,8 @@ int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, char *err, size_t e
                  self->encoders[i].name);
         memmove(&self->encoders[i], &self->encoders[i + 1],
                 sizeof self->encoders[0] * (size_t)(self->encoder_count - i - 1));
+        memmove(&measured[i], &measured[i + 1],
+                sizeof measured[0] * (size_t)(self->encoder_count - i - 1));
         self->encoder_count--;
         i--;
         rc = -1;

@@ -13,6 +13,7 @@
 #define CF_CAPS_H
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -31,10 +32,12 @@ cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count,
 
 /* Measures frames/s of every usable encoder with a short synthetic encode
  * (at most ~0.4 s each) and caches the result in DATA_DIR (may be NULL: no
- * cache). Blocking: run it off any latency-sensitive thread. Returns 0, or -1
- * with a reason in err when an encoder that opened fails to encode (it is
- * then dropped from the usable list). */
-int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, char *err, size_t errlen);
+ * cache). Blocking: run it off any latency-sensitive thread; when STOP (may
+ * be NULL) becomes non-zero it gives up within a frame and returns -1 with
+ * nothing changed. Returns 0, or -1 with a reason in err when an encoder that
+ * opened fails to encode (it is then dropped from the usable list). */
+int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, const atomic_int *stop, char *err,
+                      size_t errlen);
 
 void cf_caps_destroy(cf_caps_t **self_p);
 cf_caps_t *cf_caps_dup(const cf_caps_t *self);

@@ -1,51 +1,185 @@
-/* clipfarm node: one cluster node. */
+/* clipfarm node: one cluster node. Applies the migrations, joins the cluster
+ * (identity, discovery, election, control plane: cf_node) and then runs the
+ * node's services until SIGTERM or SIGINT, when it leaves cleanly: the lease
+ * is released if held, peers get a BYE, the registry row is marked left.
+ *
+ * Services start in the order of s_services and stop in reverse; adding one
+ * is a start and a stop function and a line in that table. */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cf_cli.h"
 #include "cf_db.h"
+#include "cf_log.h"
 #include "cf_migrate.h"
+#include "cf_node.h"
+
+typedef struct {
+    cf_config_t cfg;
+    /* Command-specific options. */
+    bool print_config;
+    double lease_ttl_s, peer_grace_s, heartbeat_s, beacon_interval_s, replay_window_s;
+    char *status_file;
+    char *peers;
+    bool no_calibrate;
+    /* Running services. */
+    cf_node_t *node;
+} s_node_cmd_t;
+
+/* ------------------------------------------------------------------ services */
+
+static int s_start_membership(s_node_cmd_t *cmd, char *err, size_t errlen)
+{
+    cf_node_options_t opts;
+    cf_node_options_default(&opts);
+    opts.database_url = cmd->cfg.database_url;
+    opts.data_dir = cmd->cfg.data_dir;
+    opts.secret_file = cmd->cfg.cluster_secret_file;
+    opts.control_addr = cmd->cfg.control_addr;
+    opts.http_addr = cmd->cfg.http_addr;
+    opts.beacon_iface = cmd->cfg.beacon_iface;
+    opts.beacon_port = cmd->cfg.beacon_port;
+    opts.tags = cmd->cfg.tags;
+    opts.tag_count = cmd->cfg.tag_count;
+    opts.slots = cmd->cfg.slots;
+    opts.static_peers = cmd->peers;
+    opts.lease_ttl_ms = (int)(cmd->lease_ttl_s * 1000);
+    opts.peer_grace_ms = (int)(cmd->peer_grace_s * 1000);
+    opts.heartbeat_ms = (int)(cmd->heartbeat_s * 1000);
+    opts.beacon_interval_ms = (int)(cmd->beacon_interval_s * 1000);
+    opts.replay_window_ms = (int)(cmd->replay_window_s * 1000);
+    opts.status_file = cmd->status_file;
+    opts.print_state = true;
+    opts.calibrate = !cmd->no_calibrate;
+    cmd->node = cf_node_new(&opts, err, errlen);
+    return cmd->node ? 0 : -1;
+}
+
+static void s_stop_membership(s_node_cmd_t *cmd)
+{
+    cf_node_destroy(&cmd->node);
+}
+
+static const struct {
+    const char *name;
+    int (*start)(s_node_cmd_t *cmd, char *err, size_t errlen);
+    void (*stop)(s_node_cmd_t *cmd);
+} s_services[] = {
+    {"cluster membership", s_start_membership, s_stop_membership},
+};
+#define S_SERVICE_COUNT (int)(sizeof s_services / sizeof s_services[0])
+
+/* ------------------------------------------------------------------ command */
+
+static int s_migrate(const char *url)
+{
+    char err[1024];
+    PGconn *conn = cf_db_connect(url, 10, err, sizeof err);
+    if (!conn) {
+        cf_cli_error("node", "--database-url: cannot connect: %s", err);
+        return CF_EXIT_USAGE;
+    }
+    cf_migrate_report_t report;
+    int rc = cf_migrate_run(conn, NULL, &report, err, sizeof err);
+    PQfinish(conn);
+    if (rc < 0) {
+        cf_cli_error("node", "%s", err);
+        return CF_EXIT_FAILURE;
+    }
+    cf_log_info("node", "schema at version %d (%d migration(s) applied now)", report.latest_version,
+                report.applied);
+    return CF_EXIT_OK;
+}
 
 int cf_cmd_node(int argc, char **argv)
 {
-    bool print_config = false;
+    s_node_cmd_t cmd = {.lease_ttl_s = 5,
+                        .peer_grace_s = 5,
+                        .heartbeat_s = 1,
+                        .beacon_interval_s = 0.5,
+                        .replay_window_s = 30};
     const cf_option_t extra[] = {
-        {"print-config", NULL, CF_OPT_FLAG, &print_config, 0, 0,
+        {"print-config", NULL, CF_OPT_FLAG, &cmd.print_config, 0, 0,
          "print the effective configuration (secrets masked) and exit", NULL},
+        {"lease-ttl", "CF_LEASE_TTL", CF_OPT_DOUBLE, &cmd.lease_ttl_s, 0.3, 3600,
+         "coordinator lease time to live in seconds (default 5)", "S"},
+        {"peer-grace", "CF_PEER_GRACE", CF_OPT_DOUBLE, &cmd.peer_grace_s, 0.1, 3600,
+         "seconds without a heartbeat before a peer is gone (default 5)", "S"},
+        {"heartbeat-interval", "CF_HEARTBEAT_INTERVAL", CF_OPT_DOUBLE, &cmd.heartbeat_s, 0.02, 600,
+         "seconds between heartbeats and registry updates (default 1)", "S"},
+        {"beacon-interval", "CF_BEACON_INTERVAL", CF_OPT_DOUBLE, &cmd.beacon_interval_s, 0.05, 600,
+         "seconds between beacons (default 0.5)", "S"},
+        {"replay-window", "CF_REPLAY_WINDOW", CF_OPT_DOUBLE, &cmd.replay_window_s, 1, 86400,
+         "beacons further than this many seconds from our clock are dropped (default 30)", "S"},
+        {"status-file", "CF_STATUS_FILE", CF_OPT_STRING, &cmd.status_file, 0, 0,
+         "keep the node's view of the cluster (JSON) in this file", "FILE"},
+        {"peer", "CF_PEERS", CF_OPT_STRING, &cmd.peers, 0, 0,
+         "also connect to these peers: Z85KEY@HOST:PORT[,...] (they admit us only once they "
+         "learned our key from a beacon or the registry)",
+         "LIST"},
+        {"no-calibrate", "CF_NO_CALIBRATE", CF_OPT_FLAG, &cmd.no_calibrate, 0, 0,
+         "do not measure encoder speed (frames/s stay 0 until a calibration is cached)", NULL},
         {0},
     };
-    cf_config_t cfg;
-    int rc = cf_cli_parse(&cfg, "node", extra, 0, 0, argc, argv);
+    int rc = cf_cli_parse(&cmd.cfg, "node", extra, 0, 0, argc, argv);
     if (rc >= 0)
         goto end;
-    if (print_config) {
-        cf_config_print(&cfg, cf_command_find("node")->groups, stdout);
+    if (cmd.print_config) {
+        cf_config_print(&cmd.cfg, cf_command_find("node")->groups, stdout);
         rc = CF_EXIT_OK;
         goto end;
     }
-    if (!cfg.database_url) {
+    rc = CF_EXIT_USAGE;
+    if (!cmd.cfg.database_url) {
         cf_cli_error("node", "--database-url (or CF_DATABASE_URL) is required");
-        rc = CF_EXIT_USAGE;
         goto end;
     }
+    if (!cmd.cfg.cluster_secret_file) {
+        cf_cli_error("node", "--cluster-secret-file (or CF_CLUSTER_SECRET_FILE) is required "
+                             "(create one with: clipfarm secret generate > FILE)");
+        goto end;
+    }
+    if (!cmd.cfg.data_dir) {
+        cf_cli_error("node", "--data-dir (or CF_DATA_DIR) is required");
+        goto end;
+    }
+
+    /* Signals are taken by this thread with sigwait: block them before any
+     * thread starts, so every thread inherits the mask. */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    if ((rc = s_migrate(cmd.cfg.database_url)) != CF_EXIT_OK)
+        goto end;
+
+    int started = 0;
     char err[1024];
-    PGconn *conn = cf_db_connect(cfg.database_url, 10, err, sizeof err);
-    if (!conn) {
-        cf_cli_error("node", "--database-url: cannot connect: %s", err);
-        rc = CF_EXIT_USAGE;
-        goto end;
+    for (; started < S_SERVICE_COUNT; started++) {
+        if (s_services[started].start(&cmd, err, sizeof err) < 0) {
+            cf_cli_error("node", "%s", err);
+            rc = CF_EXIT_USAGE;
+            break;
+        }
+        cf_log_debug("node", "%s started", s_services[started].name);
     }
-    cf_migrate_report_t report;
-    if (cf_migrate_run(conn, NULL, &report, err, sizeof err) < 0) {
-        cf_cli_error("node", "%s", err);
-        PQfinish(conn);
-        rc = CF_EXIT_FAILURE;
-        goto end;
+    if (started == S_SERVICE_COUNT) {
+        int sig = 0;
+        while (sigwait(&signals, &sig) == 0 && sig == SIGHUP)
+            cf_log_info("node", "SIGHUP ignored (restart the node to change its configuration)");
+        cf_log_info("node", "signal %d: leaving the cluster", sig);
+        rc = CF_EXIT_OK;
     }
-    PQfinish(conn);
-    cf_cli_error("node", "schema at version %d; the node's services are not implemented yet",
-                 report.latest_version);
-    rc = CF_EXIT_FAILURE;
+    while (started-- > 0)
+        s_services[started].stop(&cmd);
 end:
-    cf_config_free(&cfg, extra);
+    cf_config_free(&cmd.cfg, extra);
     return rc;
 }
