@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_media.h"
+
 #define S_MAX_ENCODERS     16
 #define S_MAX_TAGS         32
 #define S_CACHE_FILE       "calibration.json"
@@ -237,6 +239,7 @@ cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count,
     cf_caps_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
+    cf_media_init(); /* libav's complaints about absent GPUs go to the debug log */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     self->cores = cores > 0 ? (int)cores : 1;
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
@@ -266,6 +269,7 @@ int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, const atomic_int *s
 {
     int rc = 0;
     err[0] = '\0';
+    cf_media_init();
     double measured[S_MAX_ENCODERS];
     for (int i = 0; i < self->encoder_count; i++) {
         AVCodecContext *ctx = s_open_encoder(self->encoders[i].name);

@@ -21,6 +21,7 @@ typedef struct {
     const cf_secret_t *secret;
     int interval_ms;
     int max_age_ms;
+    bool read_peers;
 } s_args_t;
 
 typedef struct {
@@ -103,6 +104,10 @@ static void s_round(s_self_t *self)
         return;
     }
     self->upserted = true;
+    if (!a->read_peers) {
+        s_report_db(self, true, "");
+        return;
+    }
     cf_db_node_t *rows = NULL;
     int count = 0;
     if (cf_db_cluster_peers(self->db, a->node_id, a->max_age_ms, &rows, &count, timeout, err,
@@ -202,6 +207,7 @@ zactor_t *cf_discovery_new(const cf_discovery_args_t *args)
     copy->secret = args->secret;
     copy->interval_ms = args->interval_ms > 0 ? args->interval_ms : 1000;
     copy->max_age_ms = args->max_age_ms > 0 ? args->max_age_ms : 15000;
+    copy->read_peers = args->read_peers;
     zactor_t *actor = NULL;
     if (copy->url && copy->control && copy->http && copy->capabilities)
         actor = zactor_new(s_actor, copy);

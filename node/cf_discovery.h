@@ -29,7 +29,8 @@ typedef struct {
     const char *capabilities;  /* JSON text */
     const cf_secret_t *secret; /* borrowed, read-only, must outlive the actor */
     int interval_ms;
-    int max_age_ms; /* rows not refreshed for this long are not read */
+    int max_age_ms;  /* rows not refreshed for this long are not read */
+    bool read_peers; /* false: only publish this node's row */
 } cf_discovery_args_t;
 
 /* Starts the registry actor (ARGS copied, except secret). NULL on failure. */

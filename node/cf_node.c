@@ -106,6 +106,7 @@ typedef struct {
     char *data_dir;
     char *beacon_iface;
     int beacon_port;
+    bool registry_discovery;
     char *bind_endpoint;    /* tcp://HOST:PORT */
     char *control_endpoint; /* advertised */
     char *http_endpoint;    /* advertised, "" when none */
@@ -1236,6 +1237,7 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
         .secret = self->secret,
         .interval_ms = cfg->heartbeat_ms,
         .max_age_ms = 3 * cfg->peer_grace_ms > 15000 ? 3 * cfg->peer_grace_ms : 15000,
+        .read_peers = cfg->registry_discovery,
     };
     self->registry = cf_discovery_new(&registry);
     free(caps_text);
@@ -1463,11 +1465,12 @@ static void s_actor(zsock_t *pipe, void *arg)
                     self.beacon ? ", beacons on " : ", no beacons",
                     self.beacon ? self.cfg->beacon_iface : "");
         if (self.cfg->print_state) {
-            printf("node %s: control=%s http=%s key=%s beacons=%s\n", self.my_id,
+            printf("node %s: control=%s http=%s key=%s beacons=%s registry=%s\n", self.my_id,
                    self.cfg->control_endpoint,
                    self.cfg->http_endpoint[0] ? self.cfg->http_endpoint : "none",
                    cf_identity_public_z85(self.identity),
-                   self.beacon ? self.cfg->beacon_iface : "off");
+                   self.beacon ? self.cfg->beacon_iface : "off",
+                   self.cfg->registry_discovery ? "on" : "publish-only");
             fflush(stdout);
         }
         s_print_caps(&self);
@@ -1495,6 +1498,7 @@ void cf_node_options_default(cf_node_options_t *opts)
     opts->heartbeat_ms = 1000;
     opts->beacon_interval_ms = 500;
     opts->replay_window_ms = 30000;
+    opts->registry_discovery = true;
     opts->calibrate = true;
 }
 
@@ -1539,6 +1543,7 @@ static s_config_t *s_config_new(const cf_node_options_t *opts, char *err, size_t
     cfg->data_dir = strdup(opts->data_dir);
     cfg->beacon_iface = opts->beacon_iface ? strdup(opts->beacon_iface) : NULL;
     cfg->beacon_port = opts->beacon_port > 0 ? opts->beacon_port : 5670;
+    cfg->registry_discovery = opts->registry_discovery;
     cfg->static_peers = opts->static_peers ? strdup(opts->static_peers) : NULL;
     cfg->status_file = opts->status_file ? strdup(opts->status_file) : NULL;
     cfg->lease_ttl_ms = opts->lease_ttl_ms;
@@ -1575,6 +1580,10 @@ cf_node_t *cf_node_new(const cf_node_options_t *opts, char *err, size_t errlen)
     if (opts->lease_ttl_ms < 300 || opts->peer_grace_ms < 100 || opts->heartbeat_ms < 20 ||
         opts->beacon_interval_ms < 50 || opts->replay_window_ms < 1000) {
         snprintf(err, errlen, "a timing option is below its minimum");
+        return NULL;
+    }
+    if (!opts->registry_discovery && !opts->beacon_iface) {
+        snprintf(err, errlen, "without the registry, discovery needs --beacon-iface");
         return NULL;
     }
     if (opts->heartbeat_ms * 2 > opts->peer_grace_ms) {

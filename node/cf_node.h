@@ -33,6 +33,8 @@ typedef struct {
     const char *control_addr; /* HOST:PORT the control ROUTER binds and advertises */
     const char *http_addr;    /* HOST:PORT of the REST API, advertised to peers */
     const char *beacon_iface; /* interface to beacon on; NULL: no beacons at all */
+    bool registry_discovery;  /* learn peers from the registry too (default true; the node
+                                 always publishes its own row) */
     int beacon_port;          /* UDP port of beacons (default 5670) */
     char *const *tags;        /* operator tags (borrowed while cf_node_new runs) */
     int tag_count;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_api_service.h"
 #include "cf_cli.h"
 #include "cf_db.h"
 #include "cf_log.h"
@@ -24,9 +25,12 @@ typedef struct {
     double lease_ttl_s, peer_grace_s, heartbeat_s, beacon_interval_s, replay_window_s;
     char *status_file;
     char *peers;
+    char *discovery;
     bool no_calibrate;
+    cf_api_service_options_t api_opts; /* REST API and renderer flags */
     /* Running services. */
     cf_node_t *node;
+    cf_api_service_t *api;
 } s_node_cmd_t;
 
 /* ------------------------------------------------------------------ services */
@@ -40,8 +44,11 @@ static int s_start_membership(s_node_cmd_t *cmd, char *err, size_t errlen)
     opts.secret_file = cmd->cfg.cluster_secret_file;
     opts.control_addr = cmd->cfg.control_addr;
     opts.http_addr = cmd->cfg.http_addr;
-    opts.beacon_iface = cmd->cfg.beacon_iface;
+    /* --discovery registry: no beacons even when an interface is named. */
+    bool registry_only = cmd->discovery && !strcmp(cmd->discovery, "registry");
+    opts.beacon_iface = registry_only ? NULL : cmd->cfg.beacon_iface;
     opts.beacon_port = cmd->cfg.beacon_port;
+    opts.registry_discovery = !cmd->discovery || strcmp(cmd->discovery, "beacon") != 0;
     opts.tags = cmd->cfg.tags;
     opts.tag_count = cmd->cfg.tag_count;
     opts.slots = cmd->cfg.slots;
@@ -63,12 +70,46 @@ static void s_stop_membership(s_node_cmd_t *cmd)
     cf_node_destroy(&cmd->node);
 }
 
+static json_t *s_cluster_view(void *arg)
+{
+    return cf_node_snapshot(arg);
+}
+
+static void s_report_load(void *arg, int free_slots, int in_flight)
+{
+    cf_node_set_load(arg, free_slots, in_flight);
+}
+
+/* The REST API and the single-node renderer (node/cf_api_service.h). */
+static int s_start_api(s_node_cmd_t *cmd, char *err, size_t errlen)
+{
+    if (!cmd->cfg.redis_url) {
+        /* Membership alone (e.g. the cluster tests): no queue, no API. */
+        cf_log_warn("node", "no --redis-url: the REST API and the renderer are not started");
+        return 0;
+    }
+    cmd->api_opts.cfg = &cmd->cfg;
+    cmd->api_opts.node_id = cf_node_id(cmd->node);
+    cmd->api_opts.cluster = s_cluster_view;
+    cmd->api_opts.cluster_arg = cmd->node;
+    cmd->api_opts.on_load = s_report_load;
+    cmd->api_opts.on_load_arg = cmd->node;
+    cmd->api = cf_api_service_new(&cmd->api_opts, err, errlen);
+    return cmd->api ? 0 : -1;
+}
+
+static void s_stop_api(s_node_cmd_t *cmd)
+{
+    cf_api_service_destroy(&cmd->api);
+}
+
 static const struct {
     const char *name;
     int (*start)(s_node_cmd_t *cmd, char *err, size_t errlen);
     void (*stop)(s_node_cmd_t *cmd);
 } s_services[] = {
     {"cluster membership", s_start_membership, s_stop_membership},
+    {"REST API and renderer", s_start_api, s_stop_api},
 };
 #define S_SERVICE_COUNT (int)(sizeof s_services / sizeof s_services[0])
 
@@ -101,7 +142,7 @@ int cf_cmd_node(int argc, char **argv)
                         .heartbeat_s = 1,
                         .beacon_interval_s = 0.5,
                         .replay_window_s = 30};
-    const cf_option_t extra[] = {
+    cf_option_t extra[64] = {
         {"print-config", NULL, CF_OPT_FLAG, &cmd.print_config, 0, 0,
          "print the effective configuration (secrets masked) and exit", NULL},
         {"lease-ttl", "CF_LEASE_TTL", CF_OPT_DOUBLE, &cmd.lease_ttl_s, 0.3, 3600,
@@ -120,10 +161,16 @@ int cf_cmd_node(int argc, char **argv)
          "also connect to these peers: Z85KEY@HOST:PORT[,...] (they admit us only once they "
          "learned our key from a beacon or the registry)",
          "LIST"},
+        {"discovery", "CF_DISCOVERY", CF_OPT_STRING, &cmd.discovery, 0, 0,
+         "how peers are found: both (default), beacon (beacons only; the registry row is still "
+         "published) or registry (no beacons even with --beacon-iface)",
+         "MODE"},
         {"no-calibrate", "CF_NO_CALIBRATE", CF_OPT_FLAG, &cmd.no_calibrate, 0, 0,
          "do not measure encoder speed (frames/s stay 0 until a calibration is cached)", NULL},
         {0},
     };
+    cf_api_service_options_default(&cmd.api_opts);
+    cf_api_service_add_options(&cmd.api_opts, extra, sizeof extra / sizeof extra[0]);
     int rc = cf_cli_parse(&cmd.cfg, "node", extra, 0, 0, argc, argv);
     if (rc >= 0)
         goto end;
@@ -140,6 +187,16 @@ int cf_cmd_node(int argc, char **argv)
     if (!cmd.cfg.cluster_secret_file) {
         cf_cli_error("node", "--cluster-secret-file (or CF_CLUSTER_SECRET_FILE) is required "
                              "(create one with: clipfarm secret generate > FILE)");
+        goto end;
+    }
+    if (cmd.discovery && strcmp(cmd.discovery, "both") && strcmp(cmd.discovery, "beacon") &&
+        strcmp(cmd.discovery, "registry")) {
+        cf_cli_error("node", "--discovery: expected both, beacon or registry, got '%s'",
+                     cmd.discovery);
+        goto end;
+    }
+    if (cmd.discovery && !strcmp(cmd.discovery, "beacon") && !cmd.cfg.beacon_iface) {
+        cf_cli_error("node", "--discovery beacon needs --beacon-iface");
         goto end;
     }
     if (!cmd.cfg.data_dir) {

@@ -1,0 +1,49 @@
+# Must show: 3 nodes discover each other by beacons within 3 s, and by the
+# registry alone (no beacon interface) within 5 s.
+source "$CF_TESTS_DIR/cluster/lib.bash"
+
+cfnet_net 3 || exit $?
+
+# measure LIMIT_MS SOURCE: starts nodes 1..3 (already configured by the
+# caller), waits until every node sees the two others alive, each learned
+# only through SOURCE, and fails past LIMIT_MS after all three are up.
+measure() {
+    local limit=$1 source=$2 i
+    cfnet_wait 30 all_ready 1 2 3 || cl_fail "nodes did not start"
+    local t0
+    t0=$(cfnet_now_ms)
+    cfnet_wait 10 all_see 2 1 2 3 || cl_fail "the nodes did not all see each other ($source)"
+    local elapsed=$(($(cfnet_now_ms) - t0))
+    echo "discovery by $source: $elapsed ms after all nodes were up"
+    ((elapsed <= limit)) || cl_fail "discovery by $source took $elapsed ms (limit $limit ms)"
+    for i in 1 2 3; do
+        local sources
+        sources=$(cfnet_jq "$i" '[.peers[].discovered_by[]] | unique | join(",")')
+        [[ $sources == "$source" ]] || cl_fail "node $i learned peers through '$sources', not only $source"
+        # Each peer's HELLO arrived over the CURVE link (capabilities known).
+        cfnet_jq "$i" '[.peers[] | select(.capabilities.cores >= 1)] | length == 2' >/dev/null ||
+            cl_fail "node $i lacks a peer's capabilities"
+    done
+}
+
+# 1. Beacons only: the registry is not read (--discovery beacon).
+for i in 1 2 3; do cfnet_start "$i" "${CL_TIMING[@]}" --discovery beacon; done
+measure 3000 beacon
+for i in 1 2 3; do
+    [[ $(counter "$i" beacons_accepted) -gt 0 ]] || cl_fail "node $i accepted no beacon"
+    [[ $(counter "$i" beacons_rejected) == 0 ]] || cl_fail "node $i rejected a beacon of its cluster"
+done
+for i in 1 2 3; do cfnet_kill "$i" TERM; done
+for i in 1 2 3; do
+    cfnet_wait 5 bash -c "! kill -0 $(cfnet_pid "$i") 2>/dev/null" || cl_fail "node $i did not stop"
+done
+
+# 2. The registry alone: no beacon interface at all.
+CFNET_BEACONS=0
+for i in 1 2 3; do cfnet_start "$i" "${CL_TIMING[@]}"; done
+measure 5000 registry
+for i in 1 2 3; do
+    [[ $(counter "$i" beacons_sent) == 0 ]] || cl_fail "node $i sent beacons without --beacon-iface"
+    grep -q "beacons=off" "$CFNET_DIR/h$i/out" || cl_fail "node $i does not say beacons are off"
+done
+echo "ok"
