@@ -120,9 +120,10 @@ const char *cf_db_rc_name(int rc)
 
 /* One statement for every transition: $1 id, $2 target state, $3 its status,
  * $4 its stage, $5 who (event payload), $6/$7 error code/message,
- * $8..$11 output. The EXISTS is re-evaluated on the newest row version when a
- * concurrent update got there first, so a transition is only ever applied
- * from a state the table allows. prev reports the state before. */
+ * $8..$11 output, $12 this call's operation id (event payload: tells after
+ * a lost answer whether the statement committed). The EXISTS is re-evaluated on the newest row
+ * version when a concurrent update got there first, so a transition is only ever applied from a
+ * state the table allows. prev reports the state before. */
 #define S_TRANSITION_SQL                                                                           \
     "WITH prev AS (SELECT cf_state(status, stage) AS state FROM compositions WHERE id = "          \
     "$1::uuid),"                                                                                   \
@@ -143,7 +144,7 @@ const char *cf_db_rc_name(int rc)
     "  RETURNING c.id, c.version, c.progress),"                                                    \
     " ev AS (INSERT INTO events (composition_id, type, payload)"                                   \
     "  SELECT upd.id, 'status', jsonb_strip_nulls(jsonb_build_object('from', (SELECT state FROM "  \
-    "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text)) FROM upd)"                         \
+    "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text, 'op', $12::text)) FROM upd)"        \
     " SELECT (SELECT state FROM prev), upd.version, upd.progress"                                  \
     " FROM (SELECT 1) one LEFT JOIN upd ON true"
 
@@ -172,6 +173,7 @@ typedef enum {
     S_KEY_FIND,
     S_KEY_REVOKE,
     S_KEY_LIST,
+    S_OP_APPLIED,
     S_COUNT
 } s_stmt_t;
 
@@ -324,6 +326,12 @@ static const s_stmt_def_t s_stmts[S_COUNT] = {
                     "SELECT id, name, NULL, " S_TS("created_at") ", " S_TS(
                         "revoked_at") " FROM api_keys ORDER BY created_at, id",
                     true},
+    [S_OP_APPLIED] = {"composition_op_applied",
+                      "SELECT c.version, c.progress, cf_state(c.status, c.stage)"
+                      " FROM events e JOIN compositions c ON c.id = e.composition_id"
+                      " WHERE e.composition_id = $1::uuid AND e.type = 'status'"
+                      " AND e.payload->>'op' = $2::text LIMIT 1",
+                      true},
 };
 
 /* SQL of statements whose text needs parameter numbers filled in. Built once
@@ -687,12 +695,15 @@ static int s_classify(PGconn *conn, const PGresult *res, bool *broken, char *err
 /* Runs prepared statement STMT with text parameters (lengths/formats may be
  * NULL; binary ones for bytea). *res_p gets the result on CF_DB_OK (caller
  * PQclear's it). Read-only statements are retried once on a fresh connection
- * when the first one broke under them. */
-static int s_exec(cf_db_t *db, s_stmt_t stmt, int nparams, const char *const *values,
-                  const int *lengths, const int *formats, PGresult **res_p, char *err,
-                  size_t errlen)
+ * when the first one broke under them. *maybe_applied (may be NULL) is set
+ * when a write failed after it was sent: it may have committed. */
+static int s_exec_ex(cf_db_t *db, s_stmt_t stmt, int nparams, const char *const *values,
+                     const int *lengths, const int *formats, PGresult **res_p, bool *maybe_applied,
+                     char *err, size_t errlen)
 {
     int64_t deadline = s_now_ms() + db->opts.acquire_timeout_ms;
+    if (maybe_applied)
+        *maybe_applied = false;
     for (int attempt = 0;; attempt++) {
         s_conn_t *c = NULL;
         int rc = s_acquire(db, deadline, &c, err, errlen);
@@ -726,8 +737,17 @@ static int s_exec(cf_db_t *db, s_stmt_t stmt, int nparams, const char *const *va
         s_release(db, c, broken);
         if (broken && attempt == 0 && s_stmts[stmt].readonly)
             continue;
+        if (broken && maybe_applied && !s_stmts[stmt].readonly)
+            *maybe_applied = true;
         return rc;
     }
+}
+
+static int s_exec(cf_db_t *db, s_stmt_t stmt, int nparams, const char *const *values,
+                  const int *lengths, const int *formats, PGresult **res_p, char *err,
+                  size_t errlen)
+{
+    return s_exec_ex(db, stmt, nparams, values, lengths, formats, res_p, NULL, err, errlen);
 }
 
 int cf_db_ping(cf_db_t *db, char *err, size_t errlen)
@@ -1118,7 +1138,7 @@ static int s_transition(cf_db_t *db, const char *id, cf_state_t to,
         snprintf(size, sizeof size, "%" PRId64, out->size_bytes);
         snprintf(duration, sizeof duration, "%.6f", out->duration_s);
     }
-    const char *params[11] = {
+    const char *params[12] = {
         id,
         cf_state_name(to),
         cf_state_status(to),
@@ -1131,8 +1151,39 @@ static int s_transition(cf_db_t *db, const char *id, cf_state_t to,
         out ? duration : NULL,
         out ? out->hash : NULL,
     };
+    /* A fresh id per call: a repeated delivery of the same queue item is a
+     * new call and is refused, while this call can tell its own commit. */
+    unsigned char raw[8];
+    char op[17];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(op, sizeof op, raw, sizeof raw);
+    params[11] = op;
     PGresult *res = NULL;
-    int rc = s_exec(db, S_TRANSITION, 11, params, NULL, NULL, &res, err, errlen);
+    bool maybe_applied = false;
+    int rc = s_exec_ex(db, S_TRANSITION, 12, params, NULL, NULL, &res, &maybe_applied, err, errlen);
+    /* The connection broke after the statement was sent: did it commit?
+     * Ask (s_exec waits for Postgres to come back, up to the acquire
+     * timeout); if not, it can run again, still as this call. */
+    for (int tries = 0; rc == CF_DB_UNAVAILABLE && maybe_applied && tries < 3; tries++) {
+        const char *lookup[] = {id, op};
+        PGresult *found = NULL;
+        char why[256];
+        if (s_exec(db, S_OP_APPLIED, 2, lookup, NULL, NULL, &found, why, sizeof why) < 0)
+            break; /* still unknown: CF_DB_UNAVAILABLE */
+        if (PQntuples(found) == 1) {
+            int64_t version = s_int64(found, 0, 0);
+            double progress = s_double(found, 0, 1);
+            cf_state_t now = to;
+            cf_state_parse(PQgetvalue(found, 0, 2), &now);
+            PQclear(found);
+            if (from_p)
+                *from_p = CF_STATE_COUNT; /* unknown: the answer was lost */
+            s_notify(db, id, version, now, progress, "status");
+            return CF_DB_OK;
+        }
+        PQclear(found);
+        rc = s_exec_ex(db, S_TRANSITION, 12, params, NULL, NULL, &res, &maybe_applied, err, errlen);
+    }
     if (rc == CF_DB_ILLEGAL) {
         /* The trigger refused (only reachable through a race the WHERE
          * clause did not see): same answer as the WHERE clause gives. */
@@ -1169,6 +1220,10 @@ int cf_db_composition_transition(cf_db_t *db, const char *id, cf_state_t to, cf_
 
 int cf_db_composition_take(cf_db_t *db, const char *id, const char *taker, char *err, size_t errlen)
 {
+    if (!taker || !*taker) {
+        snprintf(err, errlen, "a take needs the taker's name");
+        return CF_DB_INVALID;
+    }
     s_transition_extra_t extra = {.taker = taker};
     return s_transition(db, id, CF_STATE_PLANNING, &extra, NULL, err, errlen);
 }

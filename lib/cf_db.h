@@ -195,7 +195,16 @@ void cf_db_composition_clear(cf_db_composition_t *comp);
 int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const char *cursor,
                            char **json_array_p, char **next_cursor_p, char *err, size_t errlen);
 
-/* Moves a composition to state TO when the transition from its current state
+/* Lost answers: every transition below (take, complete, fail, cancel too)
+ * records a random operation id in its event. When the connection breaks
+ * after the statement was sent, the function waits for Postgres (up to the
+ * acquire timeout), looks the id up, and answers CF_DB_OK when its statement
+ * had committed (*from_p is then CF_STATE_COUNT: unknown), or runs it again
+ * when it had not. Only when Postgres stays away longer does it answer
+ * CF_DB_UNAVAILABLE with the outcome unknown: then a retry that is refused
+ * may mean the first attempt succeeded (check the state).
+ *
+ * Moves a composition to state TO when the transition from its current state
  * is legal (the table in sql/001_schema.sql):
  *   pending -> queued; queued -> planning; planning -> encoding;
  *   encoding -> assembling; assembling -> completed;
@@ -207,9 +216,10 @@ int cf_db_composition_transition(cf_db_t *db, const char *id, cf_state_t to, cf_
                                  char *err, size_t errlen);
 
 /* The queue consumer's step: queued -> planning, attempts + 1, recording
- * TAKER (a node or consumer name) in the "status" event. Idempotent: a
- * composition that is no longer queued is refused with CF_DB_ILLEGAL
- * (already taken or cancelled: drop the queue item). */
+ * TAKER (the consumer's name) in the "status" event. Idempotent: a
+ * composition that is no longer queued (another consumer took it, a
+ * duplicate queue item, cancelled) is refused with CF_DB_ILLEGAL: drop the
+ * item. */
 int cf_db_composition_take(cf_db_t *db, const char *id, const char *taker, char *err,
                            size_t errlen);
 

@@ -260,8 +260,17 @@ static void test_take_cancel_fail_progress_output(void **state)
     /* Progress only while processing. */
     assert_int_equal(cf_db_composition_set_progress(db, id, 0.5, err, sizeof err), CF_DB_ILLEGAL);
     assert_int_equal(cf_db_composition_take(db, id, "consumer-a", err, sizeof err), CF_DB_OK);
-    /* Taking again is refused: idempotent. */
+    /* Taking again is refused, by anyone (a duplicate queue item reaching
+     * the same consumer too): idempotent. */
     assert_int_equal(cf_db_composition_take(db, id, "consumer-b", err, sizeof err), CF_DB_ILLEGAL);
+    assert_int_equal(cf_db_composition_take(db, id, "consumer-a", err, sizeof err), CF_DB_ILLEGAL);
+    assert_int_equal(cf_db_composition_take(db, id, "", err, sizeof err), CF_DB_INVALID);
+    /* Each transition's event carries its own operation id. */
+    char *ops = s_value("SELECT count(DISTINCT payload->>'op') || '/' || count(*) FROM events"
+                        " WHERE composition_id = $1 AND type = 'status'",
+                        id);
+    assert_string_equal(ops, "1/1");
+    free(ops);
     char *attempts = s_value("SELECT attempts FROM compositions WHERE id = $1", id);
     assert_string_equal(attempts, "1");
     free(attempts);

@@ -158,53 +158,25 @@ static void s_redis_cleanup(const char *url, const char *prefix)
 /* ====================================================================== consumer steps */
 
 /* Takes a composition in Postgres, retrying while the database is away.
- * Returns 1 when this consumer's take is the one that applied (also when an
- * attempt committed but its answer was lost: the event trail names the
- * taker), 0 when another consumer had it, -1 when it never got through. */
+ * Returns 1 when this consumer owns it (cf_db_composition_take answers OK
+ * again to the same taker when an attempt committed but its answer was
+ * lost), 0 when another consumer had it, -1 when it never got through. */
 static int s_take_in_db(cf_db_t *db, const char *id, const char *me, int64_t deadline_ms,
                         atomic_int *retries)
 {
-    bool uncertain = false;
     char err[256];
     for (;;) {
         int rc = cf_db_composition_take(db, id, me, err, sizeof err);
         if (rc == CF_DB_OK)
             return 1;
-        if (rc == CF_DB_UNAVAILABLE) {
-            uncertain = true;
-            atomic_fetch_add(retries, 1);
-            if (s_now_ms() > deadline_ms)
-                return -1;
-            s_sleep_ms(50);
-            continue;
-        }
-        if (rc != CF_DB_ILLEGAL) {
+        if (rc == CF_DB_ILLEGAL)
+            return 0;
+        if (rc != CF_DB_UNAVAILABLE || s_now_ms() > deadline_ms) {
             fprintf(stderr, "take %s: %s\n", id, err);
             return -1;
         }
-        if (!uncertain)
-            return 0;
-        /* Did one of our attempts commit? */
-        for (;;) {
-            cf_db_event_t *events = NULL;
-            int n = 0;
-            rc = cf_db_events_since(db, id, 0, 1000, &events, &n, err, sizeof err);
-            if (rc == CF_DB_UNAVAILABLE && s_now_ms() < deadline_ms) {
-                s_sleep_ms(50);
-                continue;
-            }
-            if (rc < 0)
-                return -1;
-            char needle[160];
-            snprintf(needle, sizeof needle, "\"by\": \"%s\"", me);
-            int mine = 0;
-            for (int i = 0; i < n; i++)
-                if (!strcmp(events[i].type, "status") && strstr(events[i].payload_json, needle) &&
-                    strstr(events[i].payload_json, "\"to\": \"planning\""))
-                    mine = 1;
-            cf_db_events_free(&events, n);
-            return mine;
-        }
+        atomic_fetch_add(retries, 1);
+        s_sleep_ms(50);
     }
 }
 
