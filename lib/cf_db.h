@@ -17,10 +17,17 @@
  * is noticed without a round trip) and replaced; while Postgres is down,
  * connecting is retried with exponential backoff until acquire_timeout_ms
  * runs out, then CF_DB_UNAVAILABLE. Reads that fail because the connection
- * broke are retried once on a fresh one; a write whose connection broke
- * mid-statement is reported as CF_DB_UNAVAILABLE (its outcome is unknown;
- * every write here can be repeated safely: creation by idempotency key,
- * transitions because a repeat is refused, not applied twice). */
+ * broke are retried once on a fresh one. A write whose connection broke
+ * after it was sent may or may not have committed:
+ *   - state transitions (take, transition, complete, fail, cancel) find out
+ *     by themselves (an operation id in their event) and answer as if the
+ *     connection had not broken, unless Postgres stays away past the timeout;
+ *   - creation with an idempotency key: repeat it, the key answers;
+ *   - progress and output updates are idempotent: repeat them;
+ *   - creation without a key, cf_db_segments_create (repeat answers
+ *     CF_DB_CONFLICT: check the segments), event appends (may duplicate) and
+ *     API key inserts (CF_DB_CONFLICT) report CF_DB_UNAVAILABLE with the
+ *     outcome unknown. */
 #ifndef CF_DB_H
 #define CF_DB_H
 
