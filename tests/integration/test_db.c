@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cf_db.h"
@@ -673,6 +674,40 @@ static void test_query_plans(void **state)
     cf_db_destroy(&db);
 }
 
+static void test_statement_timeout(void **state)
+{
+    cf_db_options_t opts;
+    cf_db_options_default(&opts);
+    opts.url = s_url;
+    opts.pool_size = 1;
+    opts.statement_timeout_ms = 300;
+    char err[256], id[CF_DB_ID_LEN];
+    cf_db_t *db = cf_db_new(&opts, err, sizeof err);
+    assert_non_null(db);
+    s_create(db, CF_STATE_QUEUED, id);
+    /* Another session holds the row: the cancel waits, then Postgres stops
+     * it at the pool's statement_timeout. */
+    s_sql("BEGIN");
+    const char *params[] = {id};
+    PGresult *res = PQexecParams(s_raw, "SELECT 1 FROM compositions WHERE id = $1 FOR UPDATE", 1,
+                                 NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    PQclear(res);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = cf_db_composition_cancel(db, id, NULL, err, sizeof err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s_sql("COMMIT");
+    assert_int_equal(rc, CF_DB_UNAVAILABLE);
+    assert_non_null(strstr(err, "statement timeout"));
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(waited >= 0.25 && waited < 5);
+    assert_int_equal(s_state_of(id), CF_STATE_QUEUED); /* nothing applied */
+    /* The connection is still good for the next statement. */
+    assert_int_equal(cf_db_composition_cancel(db, id, NULL, err, sizeof err), CF_DB_OK);
+    cf_db_destroy(&db);
+}
+
 static void test_unreachable(void **state)
 {
     cf_db_options_t opts;
@@ -710,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_api_keys),
         cmocka_unit_test(test_retention_purge),
         cmocka_unit_test(test_query_plans),
+        cmocka_unit_test(test_statement_timeout),
         cmocka_unit_test(test_unreachable),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
