@@ -1148,26 +1148,43 @@ static void s_handle_calibrator(s_self_t *self)
 
 /* ------------------------------------------------------------------ set-up */
 
-static int s_add_static_peers(s_self_t *self, char *err, size_t errlen)
+/* Parses one "Z85KEY@HOST:PORT" (a Z85 key may itself hold '@', the address
+ * cannot: split at the last one). Returns 0 with the key and endpoint. */
+static int s_parse_static_peer(char *item, const char **key_p, char *control, size_t len)
 {
-    if (!self->cfg->static_peers || !*self->cfg->static_peers)
+    char *at = strrchr(item, '@');
+    uint8_t raw[32];
+    char host[256], why[128];
+    int port;
+    if (!at)
+        return -1;
+    *at = '\0';
+    if (cf_key_from_z85(item, raw) < 0 ||
+        cf_hostport_parse(at + 1, host, sizeof host, &port, why, sizeof why) < 0)
+        return -1;
+    snprintf(control, len, "tcp://%s:%d", host, port);
+    *key_p = item;
+    return 0;
+}
+
+/* Checks (SELF NULL) or adds the --peer list. */
+static int s_static_peers(s_self_t *self, const char *spec, char *err, size_t errlen)
+{
+    if (!spec || !*spec)
         return 0;
-    char *list = strdup(self->cfg->static_peers);
-    int rc = 0;
-    for (char *save = NULL, *item = strtok_r(list, ",", &save); item && rc == 0;
+    char *list = strdup(spec);
+    int rc = list ? 0 : -1;
+    for (char *save = NULL, *item = list ? strtok_r(list, ",", &save) : NULL; item && rc == 0;
          item = strtok_r(NULL, ",", &save)) {
-        char *at = strchr(item, '@');
-        uint8_t raw[32];
-        char host[256], why[128], control[300];
-        int port;
-        if (!at || (*at = '\0', cf_key_from_z85(item, raw) < 0) ||
-            cf_hostport_parse(at + 1, host, sizeof host, &port, why, sizeof why) < 0) {
-            snprintf(err, errlen, "--peer: expected Z85KEY@HOST:PORT, got '%s'", item);
+        char shown[128], control[300];
+        const char *key = NULL;
+        snprintf(shown, sizeof shown, "%s", item);
+        if (s_parse_static_peer(item, &key, control, sizeof control) < 0) {
+            snprintf(err, errlen, "--peer: expected Z85KEY@HOST:PORT, got '%s'", shown);
             rc = -1;
-            break;
+        } else if (self) {
+            s_peer_learn(self, NULL, key, control, NULL, S_SRC_STATIC);
         }
-        snprintf(control, sizeof control, "tcp://%s:%d", host, port);
-        s_peer_learn(self, NULL, item, control, NULL, S_SRC_STATIC);
     }
     free(list);
     return rc;
@@ -1263,7 +1280,7 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
             }
         }
     }
-    return s_add_static_peers(self, err, errlen);
+    return s_static_peers(self, self->cfg->static_peers, err, errlen);
 }
 
 /* Leaves in bounded time: the lease is released and the registry row marked
@@ -1545,6 +1562,10 @@ static s_config_t *s_config_new(const cf_node_options_t *opts, char *err, size_t
     cfg->beacon_port = opts->beacon_port > 0 ? opts->beacon_port : 5670;
     cfg->registry_discovery = opts->registry_discovery;
     cfg->static_peers = opts->static_peers ? strdup(opts->static_peers) : NULL;
+    if (s_static_peers(NULL, cfg->static_peers, err, errlen) < 0) {
+        s_config_free(&cfg);
+        return NULL;
+    }
     cfg->status_file = opts->status_file ? strdup(opts->status_file) : NULL;
     cfg->lease_ttl_ms = opts->lease_ttl_ms;
     cfg->peer_grace_ms = opts->peer_grace_ms;
