@@ -320,8 +320,18 @@ static const char *s_nvenc_preset(cf_preset_t preset)
     }
 }
 
-int cf_media_open_video_encoder(const cf_plan_output_t *out, int threads, int pass,
-                                const char *stats_path, AVCodecContext **enc_p, char *err,
+int cf_media_preset_lookahead(const cf_plan_output_t *out)
+{
+    /* x264 and x265 preset defaults for ultrafast, medium and slow. */
+    static const int x264[] = {
+        [CF_PRESET_FAST] = 0, [CF_PRESET_BALANCED] = 40, [CF_PRESET_HIGH] = 50};
+    static const int x265[] = {
+        [CF_PRESET_FAST] = 5, [CF_PRESET_BALANCED] = 20, [CF_PRESET_HIGH] = 25};
+    return out->codec == CF_CODEC_HEVC ? x265[out->preset] : x264[out->preset];
+}
+
+int cf_media_open_video_encoder(const cf_plan_output_t *out, int threads, int max_lookahead,
+                                int pass, const char *stats_path, AVCodecContext **enc_p, char *err,
                                 size_t errlen)
 {
     cf_media_init();
@@ -383,6 +393,16 @@ int cf_media_open_video_encoder(const cf_plan_output_t *out, int threads, int pa
             snprintf(num, sizeof num, "%d", out->crf);
             av_dict_set(&opts, "crf", num, 0);
         }
+        /* A shorter lookahead keeps fewer frames in memory (see cf_render's
+         * memory budget); headers do not change, segments still join. */
+        int lookahead = cf_media_preset_lookahead(out);
+        if (max_lookahead != 0 && (max_lookahead < 0 ? 0 : max_lookahead) < lookahead) {
+            lookahead = max_lookahead < 0 ? 0 : max_lookahead;
+            if (out->codec == CF_CODEC_HEVC && lookahead < 5)
+                lookahead = 5; /* x265 needs more than its 4 B-frames */
+            size_t len = strlen(params);
+            snprintf(params + len, sizeof params - len, ":rc-lookahead=%d", lookahead);
+        }
         if (out->codec == CF_CODEC_HEVC) {
             size_t len = strlen(params);
             snprintf(params + len, sizeof params - len, ":log-level=error");
@@ -421,7 +441,7 @@ int cf_media_gpu_check(cf_codec_t codec, char *err, size_t errlen)
                             .gop_frames = 30};
     AVCodecContext *enc = NULL;
     char why[400];
-    if (cf_media_open_video_encoder(&out, 1, 0, NULL, &enc, why, sizeof why) < 0) {
+    if (cf_media_open_video_encoder(&out, 1, 0, 0, NULL, &enc, why, sizeof why) < 0) {
         snprintf(err, errlen, "no NVENC encoder can be opened (%s)", why);
         return -1;
     }

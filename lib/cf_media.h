@@ -43,7 +43,9 @@ typedef struct {
     atomic_int_fast64_t *frames_done; /* += 1 per frame encoded (video and audio at video rate) */
     atomic_bool *cancel;              /* checked per frame; true -> fail with "cancelled" */
     int threads;                      /* codec threads (0: libav's choice) */
-    const char *work_dir;             /* two-pass statistics files go here (default: out dir) */
+    int max_lookahead;    /* x264/x265 rate-control lookahead: 0 the preset's, > 0 at most this
+                             many frames, -1 none (each frame costs memory) */
+    const char *work_dir; /* two-pass statistics files go here (default: out dir) */
 } cf_media_ctl_t;
 
 /* Encodes segment SEGMENT of PLAN into OUT_PATH (MP4, video only).
@@ -75,6 +77,10 @@ int cf_media_stitch(const cf_plan_t *plan, const char *const *segment_paths, con
  * real. Returns 0 when it opens, else -1 with "no NVENC encoder can be
  * opened (...)" in err. */
 int cf_media_gpu_check(cf_codec_t codec, char *err, size_t errlen);
+
+/* The rate-control lookahead (frames) x264/x265 use for OUT's codec and
+ * preset when nothing caps it. */
+int cf_media_preset_lookahead(const cf_plan_output_t *out);
 
 /* Routes libav's log lines into cf_log (debug level) instead of stderr.
  * Called by every function above; idempotent. */

@@ -56,9 +56,10 @@ int cf_media_source_read(cf_media_source_t *src, AVFrame *frame, char *err, size
 void cf_media_source_close(cf_media_source_t *src);
 
 /* Opens the video encoder PLAN_OUT asks for. PASS is 0 (single pass), 1 or 2;
- * STATS_PATH names the two-pass statistics file. Returns 0 or -1. */
-int cf_media_open_video_encoder(const cf_plan_output_t *out, int threads, int pass,
-                                const char *stats_path, AVCodecContext **enc_p, char *err,
+ * STATS_PATH names the two-pass statistics file; MAX_LOOKAHEAD as in
+ * cf_media_ctl_t. Returns 0 or -1. */
+int cf_media_open_video_encoder(const cf_plan_output_t *out, int threads, int max_lookahead,
+                                int pass, const char *stats_path, AVCodecContext **enc_p, char *err,
                                 size_t errlen);
 
 #endif

@@ -198,8 +198,9 @@ static int s_encode_part(s_seg_t *ctx, const cf_plan_part_t *part, const char *p
         s_fail(ctx, AVERROR(ENOMEM), "frames");
         goto end_nosrc;
     }
-    int threads = ctx->ctl ? ctx->ctl->threads : 0;
-    int ret = cf_media_source_open(&src, path, AVMEDIA_TYPE_VIDEO, threads, why, sizeof why);
+    /* One decoder thread: decoding is a small part of the work, and frame
+     * threads would each hold frames (memory) for little gain. */
+    int ret = cf_media_source_open(&src, path, AVMEDIA_TYPE_VIDEO, 1, why, sizeof why);
     if (ret != 0) {
         if (ret == 1)
             s_fail(ctx, 0, "%s: no video stream", path);
@@ -322,8 +323,8 @@ static int s_run_pass(const cf_plan_t *plan, int segment, const char *const *sou
     bool header_written = false;
     char why[512];
     int threads = ctl ? ctl->threads : 0;
-    if (cf_media_open_video_encoder(&plan->output, threads, pass, stats_path, &ctx.enc, why,
-                                    sizeof why) < 0) {
+    if (cf_media_open_video_encoder(&plan->output, threads, ctl ? ctl->max_lookahead : 0, pass,
+                                    stats_path, &ctx.enc, why, sizeof why) < 0) {
         s_fail(&ctx, 0, "%s", why);
         return -1;
     }

@@ -38,13 +38,21 @@ typedef struct {
     atomic_bool *cancel;      /* may be NULL */
     cf_fetch_blob_fn blob_resolver;
     void *blob_arg;
+    /* Peak memory the encoders may use, in bytes: 0 means
+     * CF_RENDER_DEFAULT_MEMORY, < 0 no limit. To stay within it the render
+     * runs fewer segments at once and, when one encoder alone would not fit,
+     * shortens x264/x265's rate-control lookahead (the frames it buffers). */
+    int64_t memory_budget;
 } cf_render_opts_t;
+
+#define CF_RENDER_DEFAULT_MEMORY (300LL << 20)
 
 typedef struct {
     cf_plan_t *plan;  /* what was rendered; the caller owns it */
     char encoder[16]; /* "libx264", "h264_nvenc", ... */
-    int jobs;
-    double seconds; /* wall time */
+    int jobs;         /* segments encoded at once */
+    int lookahead;    /* rate-control lookahead used (frames) */
+    double seconds;   /* wall time */
 } cf_render_result_t;
 
 /* Renders COMP into OUT_PATH. Returns 0 and fills RESULT (may be NULL), or -1

@@ -94,7 +94,7 @@ static void s_print_summary(FILE *out, const char *path, const cf_render_result_
 int cf_cmd_render(int argc, char **argv)
 {
     char *output = NULL, *progress_name = NULL, *work_dir = NULL;
-    int jobs = 0;
+    int jobs = 0, max_memory_mb = 300;
     const cf_option_t extra[] = {
         {"output", NULL, CF_OPT_STRING, &output, 0, 0, "output file (-o); .mp4 or .mkv", "FILE"},
         {"jobs", "CF_RENDER_JOBS", CF_OPT_INT, &jobs, 0, 256,
@@ -103,6 +103,10 @@ int cf_cmd_render(int argc, char **argv)
          "auto (a bar on a terminal), bar, json (one line per update on stdout) or none", "MODE"},
         {"work-dir", "CF_RENDER_WORK_DIR", CF_OPT_STRING, &work_dir, 0, 0,
          "where the temporary workspace goes (default $TMPDIR or /tmp)", "DIR"},
+        {"max-memory", "CF_RENDER_MAX_MEMORY", CF_OPT_INT, &max_memory_mb, 0, 1 << 20,
+         "memory budget of the encoders in MB: fewer segments at once and a shorter "
+         "rate-control lookahead when needed (default 300; 0: no limit)",
+         "MB"},
         {0},
     };
     cf_config_t cfg;
@@ -151,7 +155,9 @@ int cf_cmd_render(int argc, char **argv)
                              .work_parent = work_dir,
                              .progress = s_on_progress,
                              .progress_arg = &state,
-                             .cancel = &s_cancel};
+                             .cancel = &s_cancel,
+                             .memory_budget =
+                                 max_memory_mb > 0 ? (int64_t)max_memory_mb << 20 : -1};
     cf_render_result_t result;
     char err[1024];
     if (cf_render_run(comp, output, &opts, &result, err, sizeof err) < 0) {
