@@ -22,4 +22,11 @@ enum { CF_RATELIMIT_ERROR = -1, CF_RATELIMIT_LIMITED = 0, CF_RATELIMIT_ALLOWED =
 int cf_ratelimit_take(redisContext *ctx, const char *key, double rate, double burst,
                       double *retry_after_s, char *err, size_t errlen);
 
+/* Takes up to WANT tokens at once (a node leasing a few tokens so that
+ * most requests need no round trip to Redis). *granted gets how many were
+ * taken (0 when the bucket is dry, with *retry_after_s set). Returns 0, or -1
+ * with a reason in err. */
+int cf_ratelimit_take_n(redisContext *ctx, const char *key, double rate, double burst, int want,
+                        int *granted, double *retry_after_s, char *err, size_t errlen);
+
 #endif

@@ -512,19 +512,42 @@ static int s_rate_limit(cf_api_req_t *req)
         snprintf(bucket, sizeof bucket, "%srl:key:%s", api->redis_prefix, req->key_id);
     else
         snprintf(bucket, sizeof bucket, "%srl:ip:%s", api->redis_prefix, req->ri->remote_addr);
+    /* A token leased earlier from the shared bucket: no round trip. */
+    unsigned slot = 0;
+    for (const char *p = bucket; *p; p++)
+        slot = slot * 31 + (unsigned char)*p;
+    cf_api_lease_t *lease = &api->leases[slot % CF_API_LEASE_SLOTS];
+    int64_t now = cf_api_now_ms();
+    pthread_mutex_lock(&api->lease_lock);
+    if (lease->tokens > 0 && lease->expires_ms > now && !strcmp(lease->bucket, bucket)) {
+        lease->tokens--;
+        pthread_mutex_unlock(&api->lease_lock);
+        return 0;
+    }
+    pthread_mutex_unlock(&api->lease_lock);
+
     redisContext *ctx = cf_api_redis_get(api, err, sizeof err);
     double retry = 0;
-    int rc = ctx ? cf_ratelimit_take(ctx, bucket, api->opts.rate_limit, api->opts.rate_burst,
-                                     &retry, err, sizeof err)
-                 : CF_RATELIMIT_ERROR;
+    int granted = 0;
+    int rc = ctx ? cf_ratelimit_take_n(ctx, bucket, api->opts.rate_limit, api->opts.rate_burst,
+                                       api->lease_size, &granted, &retry, err, sizeof err)
+                 : -1;
     cf_api_redis_put(api, ctx);
-    if (rc == CF_RATELIMIT_ERROR) {
+    if (rc < 0) {
         cf_metric_inc(api->m_ratelimit_errors, NULL, 1);
         cf_log_debug("api", "rate limit skipped: %s", err);
         return 0;
     }
-    if (rc == CF_RATELIMIT_ALLOWED)
+    if (granted > 0) {
+        /* Keep the rest for the next requests; unused ones lapse after a
+         * second, so a lease never lets a key exceed its bucket by more. */
+        pthread_mutex_lock(&api->lease_lock);
+        snprintf(lease->bucket, sizeof lease->bucket, "%s", bucket);
+        lease->tokens = granted - 1;
+        lease->expires_ms = now + 1000;
+        pthread_mutex_unlock(&api->lease_lock);
         return 0;
+    }
     long seconds = (long)ceil(retry);
     if (seconds < 1)
         seconds = 1;
@@ -760,6 +783,15 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     self->opts.node_id = self->node_id;
     self->loopback = s_is_loopback(host);
     pthread_mutex_init(&self->auth_lock, NULL);
+    pthread_mutex_init(&self->lease_lock, NULL);
+    /* Lease ~50 ms worth of tokens per round trip to Redis, never more than
+     * a quarter of the burst: exact for small limits, cheap for big ones. */
+    double lease = opts->rate_limit * 0.05;
+    if (lease > opts->rate_burst / 4)
+        lease = opts->rate_burst / 4;
+    if (lease > 1000)
+        lease = 1000;
+    self->lease_size = lease >= 1 ? (int)lease : 1;
     s_pool_init(&self->redis_pool, 16);
     s_pool_init(&self->queue_pool, 4);
 
@@ -872,6 +904,8 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
         snprintf(err, errlen, "cannot serve HTTP on %s: %s", opts->http_addr, why);
         goto fail;
     }
+    if (cf_api_cache_start(self, err, errlen) < 0)
+        goto fail;
     mg_set_request_handler(self->ctx, "/", s_handle, self);
     struct mg_server_port bound[4];
     int nports = mg_get_server_ports(self->ctx, 4, bound);
@@ -892,6 +926,7 @@ void cf_api_destroy(cf_api_t **self_p)
     atomic_store(&self->stopping, true);
     if (self->ctx)
         mg_stop(self->ctx);
+    cf_api_cache_stop(self);
     if (self->opts.metrics) {
         cf_metrics_remove_collect(self->opts.metrics, s_collect, self);
         cf_metrics_remove_collect(self->opts.metrics, cf_api_cluster_collect, self);
@@ -899,6 +934,7 @@ void cf_api_destroy(cf_api_t **self_p)
     s_pool_drain(&self->redis_pool, s_redis_destroy);
     s_pool_drain(&self->queue_pool, s_queue_destroy);
     pthread_mutex_destroy(&self->auth_lock);
+    pthread_mutex_destroy(&self->lease_lock);
     free(self->http_addr);
     free(self->redis_url);
     free(self->redis_prefix);

@@ -237,13 +237,13 @@ int cf_api_h_composition_get(cf_api_req_t *req)
     if (!cf_api_is_uuid(req->id))
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     char *json = NULL, err[256];
-    int rc = cf_cache_composition_json(req->api->opts.cache, req->api->opts.db, req->id, &json,
-                                       NULL, err, sizeof err);
+    size_t len = 0;
+    int rc = cf_api_composition_json(req->api, req->id, &json, &len, err, sizeof err);
     if (rc == CF_DB_NOT_FOUND)
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     if (rc != CF_DB_OK)
         return cf_api_send_db_error(req, rc, "composition", err);
-    int status = cf_api_send_json_text(req, 200, json, strlen(json), NULL);
+    int status = cf_api_send_json_text(req, 200, json, len, NULL);
     free(json);
     return status;
 }
@@ -255,6 +255,7 @@ int cf_api_h_composition_cancel(cf_api_req_t *req)
     cf_state_t from = CF_STATE_PENDING;
     char err[256];
     int rc = cf_db_composition_cancel(req->api->opts.db, req->id, &from, err, sizeof err);
+    cf_api_cache_forget(req->api, req->id); /* the client reads its own write here */
     if (rc == CF_DB_NOT_FOUND)
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     if (rc == CF_DB_TERMINAL)
@@ -273,8 +274,8 @@ int cf_api_h_composition_segments(cf_api_req_t *req)
     cf_api_t *api = req->api;
     char *json = NULL, err[256];
     /* An unknown composition has no segments either: tell them apart. */
-    int rc = cf_cache_composition_json(api->opts.cache, api->opts.db, req->id, &json, NULL, err,
-                                       sizeof err);
+    size_t len = 0;
+    int rc = cf_api_composition_json(api, req->id, &json, &len, err, sizeof err);
     free(json);
     if (rc == CF_DB_NOT_FOUND)
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);

@@ -33,6 +33,23 @@ typedef struct {
 
 #define CF_API_AUTH_CACHE_SLOTS 256
 
+typedef struct {
+    char bucket[160];
+    int tokens;
+    int64_t expires_ms;
+} cf_api_lease_t;
+
+#define CF_API_LEASE_SLOTS 256
+
+typedef struct {
+    char id[40];
+    char *json;
+    size_t len;
+    int64_t expires_ms;
+} cf_api_local_entry_t;
+
+#define CF_API_LOCAL_SLOTS 4096
+
 struct cf_api_t {
     cf_api_options_t opts; /* strings below are owned copies */
     char *http_addr;
@@ -62,6 +79,20 @@ struct cf_api_t {
 
     pthread_mutex_t auth_lock;
     cf_api_auth_entry_t auth_cache[CF_API_AUTH_CACHE_SLOTS];
+
+    /* Rate-limit tokens leased from the Redis buckets (cf_api.c). */
+    pthread_mutex_t lease_lock;
+    cf_api_lease_t leases[CF_API_LEASE_SLOTS];
+    int lease_size;
+
+    /* In-process composition cache (cf_api_cache.c). */
+    pthread_mutex_t local_lock;
+    cf_api_local_entry_t local[CF_API_LOCAL_SLOTS];
+    uint64_t local_seq;  /* grows with every invalidation */
+    bool local_coherent; /* subscribed to invalidations: entries may be kept */
+    redisContext *local_ctx;
+    pthread_t local_thread;
+    bool local_started;
 };
 
 typedef struct cf_api_route_t cf_api_route_t;
@@ -174,6 +205,15 @@ void cf_api_redis_put(cf_api_t *api, redisContext *ctx);
 struct cf_queue;
 struct cf_queue *cf_api_queue_get(cf_api_t *api);
 void cf_api_queue_put(cf_api_t *api, struct cf_queue *q);
+
+/* The composition's JSON from the in-process cache, else from cf_cache
+ * (Redis, then Postgres). Returns cf_db_rc_t codes; *json_p is the caller's. */
+int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t *len_p, char *err,
+                            size_t errlen);
+/* Drops ID's in-process entry (after a write made here). */
+void cf_api_cache_forget(cf_api_t *api, const char *id);
+int cf_api_cache_start(cf_api_t *api, char *err, size_t errlen);
+void cf_api_cache_stop(cf_api_t *api);
 
 /* Monotonic clock in milliseconds. */
 int64_t cf_api_now_ms(void);

@@ -276,10 +276,13 @@ static int s_serve_remote(cf_api_req_t *req, const char *node_id)
         return cf_api_send_error(req, 404, "output_missing", NULL,
                                  "this node does not hold the output of %s", req->id);
     char base[300], err[512];
-    if (s_peer_url(api, node_id, base, sizeof base) < 0)
-        return cf_api_send_error(req, 503, "node_unavailable", NULL,
-                                 "the output of %s is on node %s, which is not reachable now",
-                                 req->id, node_id);
+    if (s_peer_url(api, node_id, base, sizeof base) < 0) {
+        char message[512];
+        snprintf(message, sizeof message,
+                 "the output of %s is on node %s, which is not reachable now", req->id, node_id);
+        json_t *detail = json_pack("{s:s,s:s}", "code", "node_unavailable", "message", message);
+        return cf_api_send_error_json(req, 503, detail, "Retry-After: 2\r\n");
+    }
     cf_httpc_t *client = cf_httpc_new(base, NULL, 2000, 30000, err, sizeof err);
     if (!client)
         return cf_api_send_error(req, 500, "internal", NULL, "%s", err);

@@ -179,7 +179,13 @@ expect_error 416 range_not_satisfiable "range past the end"
 grep -qi "^Content-Range: bytes \*/$size$" <<<"$headers" || fail "416 Content-Range: $headers"
 api_curl -H "If-None-Match: $etag" "$B/api/v1/compositions/$id1/output"
 expect_status 304 "If-None-Match"
-# From node A, which does not hold the file: fetched from node B.
+# From node A, which does not hold the file: fetched from node B (once A
+# has discovered B through the registry; until then A says 503).
+for ((i = 0; i < 100; i++)); do
+    api_curl -o /dev/null "$A/api/v1/compositions/$id1/output"
+    [[ $status == 503 ]] || break
+    sleep 0.1
+done
 curl -sf -H "Authorization: Bearer $API_KEY" -o "$API_WORK/via-a" "$A/api/v1/compositions/$id1/output" \
     || fail "download through the other node: $(api_node_log a | tail -3)"
 cmp "$API_WORK/via-a" "$out" || fail "output through the other node differs"

@@ -25,7 +25,7 @@ static const char s_shared_body[] =
 typedef struct {
     int index;
     int requests, errors;
-    char first_error[512];
+    char first_error[1024];
     char ids[S_MAX_IDS][40];
     bool cancelled[S_MAX_IDS];
     int id_count;

@@ -94,6 +94,26 @@ static void test_unreachable(void **state)
     redisFree(ctx);
 }
 
+static void test_take_many(void **state)
+{
+    redisContext *ctx = s_connect();
+    char key[128], err[256];
+    s_unique(key, sizeof key, "many");
+    int granted = -1;
+    double retry = 0;
+    /* A bucket of 10 that barely refills, taken 4 at a time: 4, 4, 2, 0. */
+    int want[] = {4, 4, 4, 4};
+    int expect[] = {4, 4, 2, 0};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(
+            cf_ratelimit_take_n(ctx, key, 0.001, 10, want[i], &granted, &retry, err, sizeof err),
+            0);
+        assert_int_equal(granted, expect[i]);
+    }
+    assert_true(retry > 100); /* one token at 0.001/s is ~1000 s away */
+    redisFree(ctx);
+}
+
 typedef struct {
     const char *key;
     int allowed;
@@ -138,6 +158,7 @@ int main(void)
         cmocka_unit_test(test_burst_then_limited),
         cmocka_unit_test(test_survives_script_flush),
         cmocka_unit_test(test_unreachable),
+        cmocka_unit_test(test_take_many),
         cmocka_unit_test(test_concurrent_takers_share_one_bucket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

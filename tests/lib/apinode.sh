@@ -49,26 +49,32 @@ api_setup() {
 api_node_start() {
     local name=$1
     shift
-    local port cport
-    port=$(cf_free_port) || fail "no free port"
-    cport=$(cf_free_port) || fail "no free port"
+    local port cport attempt i
     mkdir -p "$API_WORK/$name"
-    # shellcheck disable=SC2086
-    ${CF_NODE_CMD:-$CF_BIN node} --database-url "$API_DB" --redis-url "$CF_TEST_REDIS_URL" \
-        --redis-prefix "$API_PREFIX" --http-addr "127.0.0.1:$port" \
-        --control-addr "127.0.0.1:$cport" --data-dir "$API_WORK/$name/data" \
-        --cluster-secret-file "$API_SECRET" "$@" >"$API_WORK/$name/log" 2>&1 &
-    API_PIDS[$name]=$!
-    local i
-    for ((i = 0; i < 200; i++)); do
-        if curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; then
-            API_URL=http://127.0.0.1:$port
-            printf -v "API_URL_$name" '%s' "$API_URL"
-            API_PORT=$port
-            return 0
-        fi
-        kill -0 "${API_PIDS[$name]}" 2>/dev/null || break
-        sleep 0.1
+    # A port free when we looked may be taken by the time the node binds it
+    # (ephemeral ports of other tests' connections): then try other ports.
+    for attempt in 1 2 3; do
+        port=$(cf_free_port) || fail "no free port"
+        cport=$(cf_free_port) || fail "no free port"
+        # shellcheck disable=SC2086
+        ${CF_NODE_CMD:-$CF_BIN node} --database-url "$API_DB" --redis-url "$CF_TEST_REDIS_URL" \
+            --redis-prefix "$API_PREFIX" --http-addr "127.0.0.1:$port" \
+            --control-addr "127.0.0.1:$cport" --data-dir "$API_WORK/$name/data" \
+            --cluster-secret-file "$API_SECRET" "$@" >"$API_WORK/$name/log" 2>&1 &
+        API_PIDS[$name]=$!
+        for ((i = 0; i < 300; i++)); do
+            if curl -sf -o /dev/null "http://127.0.0.1:$port/healthz"; then
+                API_URL=http://127.0.0.1:$port
+                printf -v "API_URL_$name" '%s' "$API_URL"
+                API_PORT=$port
+                return 0
+            fi
+            kill -0 "${API_PIDS[$name]}" 2>/dev/null || break
+            sleep 0.1
+        done
+        wait "${API_PIDS[$name]}" 2>/dev/null
+        unset "API_PIDS[$name]"
+        grep -q 'Address already in use' "$API_WORK/$name/log" || break
     done
     cat "$API_WORK/$name/log" >&2
     fail "node $name did not come up on port $port"
