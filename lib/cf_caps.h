@@ -31,7 +31,7 @@ typedef struct cf_caps_t cf_caps_t;
 cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count, int slots);
 
 /* Measures frames/s of every usable encoder with a short synthetic encode
- * (at most ~0.4 s each) and caches the result in DATA_DIR (may be NULL: no
+ * (about a quarter of a second each) and caches the result in DATA_DIR (may be NULL: no
  * cache). Blocking: run it off any latency-sensitive thread; when STOP (may
  * be NULL) becomes non-zero it gives up within a frame and returns -1 with
  * nothing changed. Returns 0, or -1 with a reason in err when an encoder that

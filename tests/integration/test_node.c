@@ -1,0 +1,370 @@
+/* Integration test of a node in-process (node/cf_node.c against the Postgres
+ * tests/run starts) and of its capabilities (lib/cf_caps.c): the probe, the
+ * calibration and its cache; the snapshot, counters, load and coordinator
+ * state other threads read; the bounded, clean shutdown. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_caps.h"
+#include "cf_db.h"
+#include "cf_identity.h"
+#include "cf_migrate.h"
+#include "cf_node.h"
+#include "cf_testutil.h"
+
+static char *s_dir;
+
+static int s_setup(void **state)
+{
+    s_dir = cf_test_mkdtemp("node");
+    return s_dir ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    cf_test_rmtree(s_dir);
+    free(s_dir);
+    return 0;
+}
+
+static int64_t s_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------ caps */
+
+static void s_caps_probe_and_calibrate(void **state)
+{
+    char data_dir[1024], cache[1100], err[512];
+    snprintf(data_dir, sizeof data_dir, "%s/caps", s_dir);
+    mkdir(data_dir, 0700);
+    char *tags[] = {"gpu", "site=lab"};
+    cf_caps_t *caps = cf_caps_probe(data_dir, tags, 2, 3);
+    assert_non_null(caps);
+    assert_int_equal(cf_caps_cores(caps), (int)sysconf(_SC_NPROCESSORS_ONLN));
+    assert_true(cf_caps_memory_mb(caps) > 0);
+    assert_int_equal(cf_caps_slots(caps), 3);
+    assert_int_equal(cf_caps_tag_count(caps), 2);
+    assert_string_equal(cf_caps_tag(caps, 1), "site=lab");
+    /* Debian's libavcodec has libx264; whatever else opened is a candidate. */
+    assert_true(cf_caps_has_encoder(caps, "libx264"));
+    for (int i = 0; i < cf_caps_encoder_count(caps); i++) {
+        bool candidate = false;
+        for (const char *const *c = cf_caps_candidates; *c; c++)
+            candidate |= !strcmp(*c, cf_caps_encoder_name(caps, i));
+        assert_true(candidate);
+        assert_true(cf_caps_encoder_fps(caps, i) == 0); /* not measured yet */
+    }
+    assert_false(cf_caps_calibrated(caps));
+
+    /* A stop request ends calibration early and changes nothing. */
+    atomic_int stop = 1;
+    assert_int_equal(cf_caps_calibrate(caps, data_dir, &stop, err, sizeof err), -1);
+    assert_false(cf_caps_calibrated(caps));
+    snprintf(cache, sizeof cache, "%s/calibration.json", data_dir);
+    assert_int_not_equal(access(cache, F_OK), 0);
+
+    int64_t t0 = s_ms();
+    if (cf_caps_calibrate(caps, data_dir, NULL, err, sizeof err) < 0)
+        fail_msg("calibrate: %s", err);
+    int64_t took = s_ms() - t0;
+    print_message("calibration took %lld ms for %d encoder(s)\n", (long long)took,
+                  cf_caps_encoder_count(caps));
+    assert_true(cf_caps_calibrated(caps));
+    for (int i = 0; i < cf_caps_encoder_count(caps); i++)
+        assert_true(cf_caps_encoder_fps(caps, i) > 0);
+    assert_int_equal(access(cache, F_OK), 0);
+
+    /* The next start reads the cache instead of measuring again. */
+    cf_caps_t *again = cf_caps_probe(data_dir, NULL, 0, 1);
+    assert_true(cf_caps_calibrated(again));
+    assert_int_equal(cf_caps_encoder_count(again), cf_caps_encoder_count(caps));
+    for (int i = 0; i < cf_caps_encoder_count(caps); i++)
+        assert_true(cf_caps_encoder_fps(again, i) == cf_caps_encoder_fps(caps, i));
+    cf_caps_destroy(&again);
+
+    /* A cache measured elsewhere (another core count) is not trusted. */
+    json_t *root = json_load_file(cache, 0, NULL);
+    assert_non_null(root);
+    json_object_set_new(root, "cores", json_integer(cf_caps_cores(caps) + 7));
+    assert_int_equal(json_dump_file(root, cache, 0), 0);
+    json_decref(root);
+    again = cf_caps_probe(data_dir, NULL, 0, 1);
+    assert_false(cf_caps_calibrated(again));
+    cf_caps_destroy(&again);
+    cf_test_write_file(cache, "not json");
+    again = cf_caps_probe(data_dir, NULL, 0, 1);
+    assert_false(cf_caps_calibrated(again));
+    cf_caps_destroy(&again);
+
+    /* The JSON and the summary line carry everything. */
+    json_t *json = cf_caps_to_json(caps);
+    assert_int_equal(json_integer_value(json_object_get(json, "slots")), 3);
+    assert_true(json_is_true(json_object_get(json, "calibrated")));
+    json_t *first = json_array_get(json_object_get(json, "encoders"), 0);
+    assert_string_equal(json_string_value(json_object_get(first, "name")),
+                        cf_caps_encoder_name(caps, 0));
+    assert_true(json_real_value(json_object_get(first, "fps")) > 0);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(json, "tags"), 0)), "gpu");
+    json_decref(json);
+    char *summary = cf_caps_summary(caps);
+    assert_non_null(strstr(summary, "slots=3 encoders=libx264("));
+    assert_non_null(strstr(summary, " fps)"));
+    assert_non_null(strstr(summary, "tags=gpu,site=lab"));
+    free(summary);
+
+    cf_caps_t *copy = cf_caps_dup(caps);
+    cf_caps_destroy(&caps);
+    assert_string_equal(cf_caps_tag(copy, 0), "gpu");
+    cf_caps_destroy(&copy);
+    assert_null(copy);
+}
+
+/* ------------------------------------------------------------------ node */
+
+static char s_url[512];
+
+static void s_fresh_database(void)
+{
+    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
+    char err[512], name[64], sql[128];
+    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
+    assert_non_null(admin);
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+    snprintf(name, sizeof name, "cf_node_%d_%ld", (int)getpid(), (long)random() % 100000);
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+    PGresult *res = PQexec(admin, sql);
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+    PQfinish(admin);
+    snprintf(s_url, sizeof s_url, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
+    PGconn *conn = cf_db_connect(s_url, 10, err, sizeof err);
+    assert_non_null(conn);
+    cf_migrate_report_t report;
+    if (cf_migrate_run(conn, NULL, &report, err, sizeof err) < 0)
+        fail_msg("migrate: %s", err);
+    PQfinish(conn);
+}
+
+static char *s_query(const char *sql)
+{
+    char err[512];
+    PGconn *conn = cf_db_connect(s_url, 10, err, sizeof err);
+    assert_non_null(conn);
+    PGresult *res = PQexec(conn, sql);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    char *value = strdup(PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    PQfinish(conn);
+    return value;
+}
+
+static int s_free_port(void)
+{
+    return 20000 + (int)(random() % 30000);
+}
+
+static void s_options(cf_node_options_t *opts, char *data_dir, char *secret, char *control,
+                      char *http)
+{
+    cf_node_options_default(opts);
+    opts->database_url = s_url;
+    opts->data_dir = data_dir;
+    opts->secret_file = secret;
+    opts->control_addr = control;
+    opts->http_addr = http;
+    opts->lease_ttl_ms = 2000;
+    opts->heartbeat_ms = 100;
+    opts->peer_grace_ms = 500;
+    opts->calibrate = false;
+}
+
+static void s_node_alone(void **state)
+{
+    s_fresh_database();
+    char data_dir[1024], secret_path[1100], control[64], http[64], status[1100];
+    char hex[CF_SECRET_HEX_LEN], text[80], err[512];
+    snprintf(data_dir, sizeof data_dir, "%s/node", s_dir);
+    snprintf(secret_path, sizeof secret_path, "%s/secret", s_dir);
+    snprintf(status, sizeof status, "%s/status.json", s_dir);
+    cf_secret_generate_hex(hex);
+    snprintf(text, sizeof text, "%s\n", hex);
+    cf_test_write_file(secret_path, text);
+    snprintf(control, sizeof control, "127.0.0.1:%d", s_free_port());
+    snprintf(http, sizeof http, "127.0.0.1:%d", s_free_port());
+
+    cf_node_options_t opts;
+    s_options(&opts, data_dir, secret_path, control, http);
+    opts.status_file = status;
+    char *tags[] = {"edge"};
+    opts.tags = tags;
+    opts.tag_count = 1;
+    opts.slots = 4;
+
+    /* Bad options are refused with a reason. */
+    cf_node_options_t bad = opts;
+    bad.heartbeat_ms = 400; /* grace 500 < 2 x heartbeat */
+    assert_null(cf_node_new(&bad, err, sizeof err));
+    assert_non_null(strstr(err, "--peer-grace"));
+    bad = opts;
+    bad.static_peers = "not-a-peer";
+    assert_null(cf_node_new(&bad, err, sizeof err));
+    assert_non_null(strstr(err, "--peer"));
+    bad = opts;
+    bad.control_addr = "0.0.0.0:7070"; /* a wildcard needs an interface to advertise */
+    assert_null(cf_node_new(&bad, err, sizeof err));
+    assert_non_null(strstr(err, "wildcard"));
+    bad = opts;
+    bad.secret_file = data_dir; /* not a file */
+    assert_null(cf_node_new(&bad, err, sizeof err));
+    assert_non_null(strstr(err, "--cluster-secret-file"));
+
+    cf_node_t *node = cf_node_new(&opts, err, sizeof err);
+    if (!node)
+        fail_msg("cf_node_new: %s", err);
+    const char *id = cf_node_id(node);
+    assert_int_equal(strlen(id), 36);
+
+    /* Alone, it becomes coordinator at epoch 1. */
+    int64_t epoch = 0;
+    for (int i = 0; i < 100 && !cf_node_is_coordinator(node, &epoch); i++)
+        usleep(50 * 1000);
+    assert_true(cf_node_is_coordinator(node, &epoch));
+    assert_int_equal(epoch, 1);
+    cf_node_set_load(node, 3, 1);
+    usleep(400 * 1000);
+
+    json_t *snap = cf_node_snapshot(node);
+    assert_non_null(snap);
+    assert_string_equal(json_string_value(json_object_get(snap, "id")), id);
+    assert_string_equal(json_string_value(json_object_get(snap, "role")), "coordinator");
+    assert_int_equal(json_integer_value(json_object_get(snap, "epoch")), 1);
+    assert_string_equal(json_string_value(json_object_get(snap, "coordinator")), id);
+    char expect[80];
+    snprintf(expect, sizeof expect, "tcp://%s", control);
+    assert_string_equal(json_string_value(json_object_get(snap, "control_endpoint")), expect);
+    snprintf(expect, sizeof expect, "http://%s", http);
+    assert_string_equal(json_string_value(json_object_get(snap, "http_endpoint")), expect);
+    assert_int_equal(json_array_size(json_object_get(snap, "peers")), 0);
+    assert_int_equal(json_integer_value(json_object_get(snap, "free_slots")), 3);
+    assert_int_equal(json_integer_value(json_object_get(snap, "in_flight")), 1);
+    json_t *caps = json_object_get(snap, "capabilities");
+    assert_int_equal(json_integer_value(json_object_get(caps, "slots")), 4);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(caps, "tags"), 0)),
+                        "edge");
+    json_t *counters = json_object_get(snap, "counters");
+    for (int i = 0; i < CF_NODE_COUNTER_COUNT; i++) {
+        assert_non_null(cf_node_counter_name(i));
+        assert_non_null(cf_node_counter_help(i));
+        assert_true(json_is_integer(json_object_get(counters, cf_node_counter_name(i))));
+    }
+    assert_int_equal(cf_node_counter(node, CF_NODE_ELECTIONS_WON), 1);
+    assert_true(cf_node_counter(node, CF_NODE_FENCED_WRITES_APPLIED) >= 1);
+    assert_int_equal(cf_node_counter(node, CF_NODE_BEACONS_SENT), 0); /* no --beacon-iface */
+    json_decref(snap);
+
+    /* The status file holds the same view. */
+    json_t *file = json_load_file(status, 0, NULL);
+    assert_non_null(file);
+    assert_string_equal(json_string_value(json_object_get(file, "role")), "coordinator");
+    json_decref(file);
+
+    /* Its row, the lease and the published view are in Postgres. */
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT state || ' ' || free_slots FROM nodes WHERE id = '%s'", id);
+    char *value = s_query(sql);
+    assert_string_equal(value, "up 3");
+    free(value);
+    value = s_query("SELECT holder::text || ' ' || epoch FROM coordinator_lease");
+    snprintf(expect, sizeof expect, "%s 1", id);
+    assert_string_equal(value, expect);
+    free(value);
+    value = s_query("SELECT coordinator::text FROM cluster_view");
+    assert_string_equal(value, id);
+    free(value);
+
+    /* A second node in the same process is refused (one ZAP handler per
+     * process), and that failure leaves the first one running. */
+    char data_dir2[1100], control2[64];
+    snprintf(data_dir2, sizeof data_dir2, "%s/node2", s_dir);
+    snprintf(control2, sizeof control2, "127.0.0.1:%d", s_free_port());
+    cf_node_options_t opts2;
+    s_options(&opts2, data_dir2, secret_path, control2, NULL);
+    assert_null(cf_node_new(&opts2, err, sizeof err));
+    assert_non_null(strstr(err, "ZAP"));
+    assert_true(cf_node_is_coordinator(node, NULL));
+
+    /* Leaving: bounded, the lease released, the row marked left. */
+    char saved_id[37];
+    snprintf(saved_id, sizeof saved_id, "%s", id);
+    int64_t t0 = s_ms();
+    cf_node_destroy(&node);
+    int64_t took = s_ms() - t0;
+    assert_null(node);
+    assert_true(took < 2000);
+    value = s_query("SELECT coalesce(holder::text, 'none') || ' ' || epoch FROM coordinator_lease");
+    assert_string_equal(value, "none 1");
+    free(value);
+    snprintf(sql, sizeof sql, "SELECT state FROM nodes WHERE id = '%s'", saved_id);
+    value = s_query(sql);
+    assert_string_equal(value, "left");
+    free(value);
+    file = json_load_file(status, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(file, "role")), "worker");
+    json_decref(file);
+
+    /* Started again on the same data dir: same identity, next epoch. */
+    node = cf_node_new(&opts, err, sizeof err);
+    assert_non_null(node);
+    assert_string_equal(cf_node_id(node), saved_id);
+    for (int i = 0; i < 100 && !cf_node_is_coordinator(node, &epoch); i++)
+        usleep(50 * 1000);
+    assert_int_equal(epoch, 2);
+    cf_node_destroy(&node);
+}
+
+/* Postgres away: the node starts anyway (no coordinator) and still leaves
+ * within its bound. */
+static void s_node_without_database(void **state)
+{
+    char data_dir[1024], secret_path[1100], control[64], hex[CF_SECRET_HEX_LEN], text[80];
+    char err[512];
+    snprintf(data_dir, sizeof data_dir, "%s/nodb", s_dir);
+    snprintf(secret_path, sizeof secret_path, "%s/secret-nodb", s_dir);
+    cf_secret_generate_hex(hex);
+    snprintf(text, sizeof text, "%s\n", hex);
+    cf_test_write_file(secret_path, text);
+    snprintf(control, sizeof control, "127.0.0.1:%d", s_free_port());
+    cf_node_options_t opts;
+    s_options(&opts, data_dir, secret_path, control, NULL);
+    snprintf(s_url, sizeof s_url, "postgresql://postgres@127.0.0.1:%d/none", s_free_port());
+    cf_node_t *node = cf_node_new(&opts, err, sizeof err);
+    if (!node)
+        fail_msg("%s", err);
+    usleep(800 * 1000);
+    assert_false(cf_node_is_coordinator(node, NULL));
+    json_t *snap = cf_node_snapshot(node);
+    assert_true(json_is_false(json_object_get(snap, "database_reachable")));
+    json_decref(snap);
+    int64_t t0 = s_ms();
+    cf_node_destroy(&node);
+    assert_true(s_ms() - t0 < 2000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(s_caps_probe_and_calibrate),
+        cmocka_unit_test(s_node_alone),
+        cmocka_unit_test(s_node_without_database),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}
