@@ -17,9 +17,9 @@
 #define S_MAX_TAGS         32
 #define S_CACHE_FILE       "calibration.json"
 #define S_CACHE_VERSION    1
-#define S_CALIB_MAX_FRAMES 30
+#define S_CALIB_MAX_FRAMES 24
 #define S_CALIB_MIN_FRAMES 5
-#define S_CALIB_BUDGET_S   0.4
+#define S_CALIB_BUDGET_S   0.25
 #define S_CALIB_FPS        25
 
 const char *const cf_caps_candidates[] = {
