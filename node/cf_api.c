@@ -844,6 +844,11 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     self->m_db_up = cf_metrics_add(m, CF_METRIC_GAUGE, "database_up",
                                    "1 when the last scrape could query Postgres.", NULL, NULL, 0,
                                    metric_err, sizeof metric_err);
+    self->m_local_cache = cf_metrics_add(
+        m, CF_METRIC_COUNTER, "api_local_cache_total",
+        "Composition reads by the node's in-process cache: hit, miss, or bypass (while the "
+        "invalidation subscription is down).",
+        "result", NULL, 0, metric_err, sizeof metric_err);
     self->m_node_counters = cf_metrics_add(
         m, CF_METRIC_COUNTER, "cluster_counter_total",
         "Cluster membership counters of this node (beacons, messages, handshakes, elections).",
@@ -871,25 +876,12 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
         snprintf(ports, sizeof ports, "[%s]:%d", host, port);
     else
         snprintf(ports, sizeof ports, "%s:%d", host, port);
-    const char *options[] = {"listening_ports",
-                             ports,
-                             "num_threads",
-                             threads,
-                             "request_timeout_ms",
-                             timeout,
-                             "keep_alive_timeout_ms",
-                             keepalive,
-                             "enable_keep_alive",
-                             "yes",
-                             "max_request_size",
-                             header_bytes,
-                             "listen_backlog",
-                             "1024",
-                             "connection_queue",
-                             "1024",
-                             "decode_url",
-                             "yes",
-                             NULL};
+    const char *options[] = {"listening_ports", ports, "num_threads", threads, "request_timeout_ms",
+                             timeout, "keep_alive_timeout_ms", keepalive, "enable_keep_alive",
+                             "yes", "max_request_size", header_bytes, "listen_backlog", "1024",
+                             "connection_queue", "1024", "decode_url", "yes",
+                             /* Answers are small and written whole: send them now. */
+                             "tcp_nodelay", "1", NULL};
     struct mg_callbacks callbacks;
     memset(&callbacks, 0, sizeof callbacks);
     callbacks.http_error = s_http_error;

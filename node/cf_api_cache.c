@@ -81,6 +81,8 @@ int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t
     uint64_t seq = api->local_seq;
     bool coherent = api->local_coherent;
     pthread_mutex_unlock(&api->local_lock);
+    const char *result[] = {*json_p ? "hit" : coherent ? "miss" : "bypass"};
+    cf_metric_inc(api->m_local_cache, result, 1);
     if (*json_p)
         return CF_DB_OK;
 

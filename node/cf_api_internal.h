@@ -73,6 +73,7 @@ struct cf_api_t {
     cf_metric_t *m_messages_rejected;
     cf_metric_t *m_encode_fps; /* node_encode_fps{encoder} (calibration) */
     cf_metric_t *m_db_up;
+    cf_metric_t *m_local_cache; /* api_local_cache_total{result} */
 
     cf_api_pool_t redis_pool; /* redisContext * for rate limits and pings */
     cf_api_pool_t queue_pool; /* cf_queue_t * producers */
