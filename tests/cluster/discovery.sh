@@ -33,10 +33,7 @@ for i in 1 2 3; do
     [[ $(counter "$i" beacons_accepted) -gt 0 ]] || cl_fail "node $i accepted no beacon"
     [[ $(counter "$i" beacons_rejected) == 0 ]] || cl_fail "node $i rejected a beacon of its cluster"
 done
-for i in 1 2 3; do cfnet_kill "$i" TERM; done
-for i in 1 2 3; do
-    cfnet_wait 5 bash -c "! kill -0 $(cfnet_pid "$i") 2>/dev/null" || cl_fail "node $i did not stop"
-done
+cl_finish # every node leaves cleanly
 
 # 2. The registry alone: no beacon interface at all.
 CFNET_BEACONS=0
@@ -46,4 +43,5 @@ for i in 1 2 3; do
     [[ $(counter "$i" beacons_sent) == 0 ]] || cl_fail "node $i sent beacons without --beacon-iface"
     grep -q "beacons=off" "$CFNET_DIR/h$i/out" || cl_fail "node $i does not say beacons are off"
 done
+cl_finish
 echo "ok"

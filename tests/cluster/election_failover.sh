@@ -67,4 +67,5 @@ cfnet_wait 5 bash -c "[[ \$(PGCONNECT_TIMEOUT=5 psql postgresql://postgres@127.0
 # Still exactly one, for a while.
 for _ in $(seq 30); do sample "${survivors[@]}"; sleep 0.05; done
 one_coordinator "${survivors[@]}" || cl_fail "not exactly one coordinator at the end"
+cl_finish
 echo "ok: never more than $max_seen coordinator at once"

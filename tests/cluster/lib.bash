@@ -49,3 +49,27 @@ coordinators() {
     echo "${out[@]}"
 }
 one_coordinator() { [[ $(coordinators "$@" | wc -w) == 1 ]]; }
+
+# cl_finish: the end of every test. Stops each node still running with
+# SIGTERM: it must exit with status 0 within 2 s (a clean leave, and under
+# the sanitizers no leak or error at exit); no node log may hold a
+# sanitizer report.
+cl_finish() {
+    local i pid status t0
+    for ((i = 1; i <= CFNET_COUNT; i++)); do
+        pid=$(cfnet_pid "$i")
+        [[ -n $pid && ! -e $CFNET_DIR/h$i/killed ]] || continue
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -CONT "$pid" 2>/dev/null
+        t0=$(cfnet_now_ms)
+        kill -TERM "$pid"
+        wait "$pid"
+        status=$?
+        ((status == 0)) || cl_fail "node $i exited with status $status after SIGTERM"
+        (($(cfnet_now_ms) - t0 <= 2000)) || cl_fail "node $i took more than 2 s to leave"
+    done
+    if grep -lE "ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:" \
+        "$CFNET_DIR"/h*/err; then
+        cl_fail "a sanitizer reported a problem in a node (see above)"
+    fi
+}

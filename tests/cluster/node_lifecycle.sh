@@ -81,4 +81,5 @@ stop "$w"
     cl_fail "not every row is marked left"
 [[ $(cfnet_psql -c "SELECT holder IS NULL FROM coordinator_lease") == t ]] ||
     cl_fail "the last coordinator kept the lease"
+cl_finish
 echo "ok"

@@ -85,4 +85,5 @@ cfnet_wait 10 bash -c "jq -e '.role == \"worker\" and .epoch == $new_epoch and .
     cl_fail "the old coordinator does not follow the new one"
 cfnet_wait 10 all_see 2 1 2 3 || cl_fail "the cluster did not heal"
 one_coordinator 1 2 3 || cl_fail "not exactly one coordinator after healing"
+cl_finish
 echo "ok"

@@ -47,5 +47,6 @@ grep -q "refused a CURVE handshake from $(cfnet_addr 4)" "$CFNET_DIR/h1/err" ||
 [[ $(counter 4 messages_received) == 0 ]] || cl_fail "node 4 received control messages"
 [[ $(counter 4 beacons_bad_mac) -gt 0 ]] || cl_fail "node 4 did not reject the cluster's beacons"
 [[ $(counter 4 registry_rejected) -ge 3 ]] || cl_fail "node 4 did not reject the cluster's rows"
+cl_finish
 echo "ok: node 4 refused $(counter 1 zap_denied) times by node 1," \
     "its beacons rejected $(counter 2 beacons_bad_mac) times by node 2"
