@@ -1,0 +1,69 @@
+# A coordinator that is paused (SIGSTOP: a long GC pause, a frozen VM) wakes
+# up after another node took over. It must not act as coordinator again:
+# the others keep following the new one (its LEADER messages, if it sends
+# any, carry the old epoch and are ignored), it steps down at once, and no
+# write it makes under its old epoch reaches Postgres.
+source "$CF_TESTS_DIR/cluster/lib.bash"
+
+cfnet_up 3 "${CL_TIMING[@]}" || exit $?
+cfnet_wait 30 all_ready 1 2 3 || cl_fail "nodes did not start"
+cfnet_wait 10 all_see 2 1 2 3 || cl_fail "the nodes did not find each other"
+cfnet_wait 10 one_coordinator 1 2 3 || cl_fail "no coordinator"
+old=$(coordinators 1 2 3)
+old_id=$(node_id "$old")
+old_epoch=$(epoch "$old")
+others=()
+for i in 1 2 3; do [[ $i != "$old" ]] && others+=("$i"); done
+
+echo "coordinator: node $old, epoch $old_epoch; SIGSTOP"
+cfnet_pause "$old"
+cfnet_wait $((CL_TTL + 2)) bash -c "
+    for i in ${others[*]}; do
+        jq -e 'select(.role == \"coordinator\" and .epoch > $old_epoch)' $CFNET_DIR/h\$i/status.json && exit 0
+    done; exit 1" || cl_fail "no new coordinator while node $old was paused"
+new=$(coordinators "${others[@]}")
+new_id=$(node_id "$new")
+new_epoch=$(epoch "$new")
+echo "new coordinator: node $new, epoch $new_epoch"
+cfnet_wait 5 all_see 1 "${others[@]}" || cl_fail "the others do not see each other"
+applied=$(counter "$old" fenced_writes_applied)
+
+cfnet_resume "$old"
+t0=$(cfnet_now_ms)
+stepped_down=
+# For 3 s: the others never follow the old coordinator again, and at most
+# one node claims the current epoch.
+while (($(cfnet_now_ms) - t0 < 3000)); do
+    for i in "${others[@]}"; do
+        [[ $(cfnet_jq "$i" .coordinator) == "$new_id" ]] ||
+            cl_fail "node $i follows $(cfnet_jq "$i" .coordinator), not the new coordinator"
+    done
+    claims=0
+    for i in 1 2 3; do
+        cfnet_jq "$i" "select(.role == \"coordinator\" and .epoch >= $new_epoch)" >/dev/null &&
+            claims=$((claims + 1))
+    done
+    ((claims <= 1)) || cl_fail "$claims nodes claim epoch $new_epoch"
+    if [[ -z $stepped_down && $(role "$old") == worker ]]; then
+        stepped_down=$(($(cfnet_now_ms) - t0))
+    fi
+    sleep 0.05
+done
+[[ -n $stepped_down ]] || cl_fail "the old coordinator did not step down"
+echo "old coordinator stepped down $stepped_down ms after waking up"
+((stepped_down <= 1000)) || cl_fail "stepping down took $stepped_down ms"
+cfnet_wait 5 bash -c "jq -e '.fence.pending == 0' $(cfnet_status "$old")" ||
+    cl_fail "the old coordinator's writes are still pending"
+[[ $(counter "$old" fenced_writes_applied) == "$applied" ]] ||
+    cl_fail "a write of the woken coordinator was applied"
+[[ $(cfnet_psql -c "SELECT holder || ' ' || epoch FROM coordinator_lease") == "$new_id $new_epoch" ]] ||
+    cl_fail "the lease moved"
+[[ $(cfnet_psql -c "SELECT coordinator || ' ' || epoch FROM cluster_view") == "$new_id $new_epoch" ]] ||
+    cl_fail "cluster_view is not the new coordinator's"
+cfnet_wait 5 bash -c "jq -e '.coordinator == \"$new_id\" and .epoch == $new_epoch' $(cfnet_status "$old")" ||
+    cl_fail "the old coordinator does not follow the new one"
+stale=0
+for i in "${others[@]}"; do stale=$((stale + $(counter "$i" messages_stale_epoch))); done
+cl_finish
+echo "ok: $stale stale-epoch message(s) from the woken node ignored," \
+    "$(counter "$old" fenced_writes_rejected) of its write(s) refused"
