@@ -9,7 +9,9 @@ unset CF_PG_PORT
 cf_pg_start "$API_WORK/pg" || fail "private postgres"
 trap 'api_cleanup_all' EXIT
 api_cleanup_all() {
+    local rc=$?
     cf_pg_stop
+    (exit "$rc")
     api_cleanup
 }
 API_DB=$CF_PG_URL

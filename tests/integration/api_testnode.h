@@ -173,12 +173,32 @@ static inline void api_testnode_start(api_testnode_t *node, const char *const *e
     cf_httpc_destroy(&client);
 }
 
-/* SIGTERM, then SIGKILL after 10 s; removes its directory. */
+/* The end of the node's log (its last 16 KiB: where a sanitizer report
+ * lands), for checks and failure messages; a static buffer. */
+static inline const char *api_testnode_log(const api_testnode_t *node)
+{
+    static char text[16384];
+    char path[600];
+    snprintf(path, sizeof path, "%s/log", node->dir);
+    FILE *f = fopen(path, "r");
+    size_t n = 0;
+    if (f) {
+        if (fseek(f, -(long)(sizeof text - 1), SEEK_END) != 0)
+            rewind(f);
+        n = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+    }
+    text[n] = '\0';
+    return text;
+}
+
+/* SIGTERM, then SIGKILL after 10 s; removes its directory. The node must
+ * leave cleanly: exit 0 and no sanitizer report in its log. */
 static inline void api_testnode_stop(api_testnode_t *node)
 {
     if (node->pid > 0) {
         kill(node->pid, SIGTERM);
-        int status;
+        int status = 0;
         double deadline = api_now() + 10;
         while (waitpid(node->pid, &status, WNOHANG) == 0) {
             if (api_now() > deadline) {
@@ -188,26 +208,15 @@ static inline void api_testnode_stop(api_testnode_t *node)
             }
             usleep(50 * 1000);
         }
+        const char *log = api_testnode_log(node);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || strstr(log, "Sanitizer"))
+            fail_msg("node did not stop cleanly (status %d): %s", status, log);
     }
     if (node->dir) {
         cf_test_rmtree(node->dir);
         free(node->dir);
     }
     memset(node, 0, sizeof *node);
-}
-
-/* The node's log, for failure messages (static buffer). */
-static inline const char *api_testnode_log(const api_testnode_t *node)
-{
-    static char text[4096];
-    char path[600];
-    snprintf(path, sizeof path, "%s/log", node->dir);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    text[n] = '\0';
-    if (f)
-        fclose(f);
-    return text;
 }
 
 #endif

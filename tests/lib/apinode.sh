@@ -23,15 +23,30 @@ API_WORK=$(mktemp -d "${TMPDIR:-/tmp}/cf-api.XXXXXX")
 declare -A API_PIDS=()
 API_KEY=""
 
+# A node must leave cleanly on SIGTERM: exit 0, and (under the sanitizer
+# pass) no AddressSanitizer/LeakSanitizer report in its log.
+api_check_exit() {
+    local name=$1 code=$2
+    if [[ $code != 0 ]] || grep -q 'Sanitizer' "$API_WORK/$name/log" 2>/dev/null; then
+        echo "node $name exited with $code:" >&2
+        tail -n 40 "$API_WORK/$name/log" >&2
+        return 1
+    fi
+}
+
 api_cleanup() {
-    local name
+    local rc=$? name code bad=0
     for name in "${!API_PIDS[@]}"; do
         kill -TERM "${API_PIDS[$name]}" 2>/dev/null
     done
     for name in "${!API_PIDS[@]}"; do
         wait "${API_PIDS[$name]}" 2>/dev/null
+        code=$?
+        api_check_exit "$name" "$code" || bad=1
     done
     rm -rf "$API_WORK"
+    ((bad && rc == 0)) && exit 1
+    exit "$rc"
 }
 trap api_cleanup EXIT
 
@@ -81,11 +96,13 @@ api_node_start() {
 }
 
 api_node_stop() {
-    local name=$1 pid=${API_PIDS[$1]:-}
+    local name=$1 pid=${API_PIDS[$1]:-} code
     [[ -n $pid ]] || return 0
     kill -TERM "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
+    code=$?
     unset "API_PIDS[$name]"
+    api_check_exit "$name" "$code" || fail "node $name did not stop cleanly"
 }
 
 api_node_log() {
