@@ -31,7 +31,7 @@ static void s_encoders(json_t *node, char *names, size_t names_len, char *fps, s
 
 void cf_api_client_print_nodes(json_t *cluster)
 {
-    printf("%-36s  %-21s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %s\n", "NODE", "ADDRESS", "ROLE",
+    printf("%-36s  %-28s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %s\n", "NODE", "ADDRESS", "ROLE",
            "STATE", "ENCODERS", "FPS", "LOAD", "IN-FLIGHT", "LAST SEEN");
     size_t i;
     json_t *node;
@@ -52,7 +52,7 @@ void cf_api_client_print_nodes(json_t *cluster)
         char flight[16] = "-";
         if (json_is_integer(in_flight))
             snprintf(flight, sizeof flight, "%lld", (long long)json_integer_value(in_flight));
-        printf("%-36s  %-21s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %s%s\n", id ? id : "-",
+        printf("%-36s  %-28s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %s%s\n", id ? id : "-",
                addr ? addr : "-", role ? role : "-", state ? state : "-", names, fps, load, flight,
                cf_api_client_age(json_object_get(node, "last_seen_ms_ago"), age, sizeof age),
                json_is_true(json_object_get(node, "self")) ? " (answered)" : "");
