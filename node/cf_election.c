@@ -142,6 +142,8 @@ static void s_handle_pipe(s_self_t *self)
             char why[96];
             snprintf(why, sizeof why, "a peer announced epoch %" PRIu64, epoch);
             s_step_down(self, why, "", (int64_t)epoch);
+            /* Our epoch is over: never renew it again. */
+            self->last_epoch = 0;
             self->next_attempt_ms = zclock_mono();
         }
     }

@@ -10,8 +10,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+#include <zmq.h>
+
 #include "cf_caps.h"
 #include "cf_db.h"
+#include "cf_db_cluster.h"
+#include "cf_discovery.h"
+#include "cf_proto.h"
 #include "cf_identity.h"
 #include "cf_migrate.h"
 #include "cf_node.h"
@@ -359,11 +365,304 @@ static void s_node_without_database(void **state)
     assert_true(s_ms() - t0 < 2000);
 }
 
+/* ------------------------------------------------------------------ protocol */
+
+/* A hand-made peer F speaks the protocol to a real node N: it gets in only
+ * through a registry row signed with the cluster secret; N ignores messages
+ * carrying an epoch older than it has seen, steps down when a newer epoch
+ * exists, drops malformed messages and answers ASSIGN with REJECT. F's
+ * sockets live in their own ZeroMQ context: N's ZAP handler serves N's. */
+typedef struct {
+    void *ctx, *router, *dealer;
+    char id[37], pub[41], sec[41], endpoint[128];
+} s_fake_t;
+
+static void s_fake_send(s_fake_t *f, cf_msg_t *msg)
+{
+    uint8_t *data;
+    size_t size;
+    char err[256];
+    if (cf_msg_encode(msg, &data, &size, err, sizeof err) < 0)
+        fail_msg("encode: %s", err);
+    assert_int_equal(zmq_send(f->dealer, data, size, 0), (int)size);
+    free(data);
+    cf_msg_clear(msg);
+}
+
+/* Receives the next message on F's ROUTER of TYPE (others are skipped);
+ * false after TIMEOUT_MS. */
+static bool s_fake_recv(s_fake_t *f, cf_msg_type_t type, cf_msg_t *msg, int timeout_ms)
+{
+    int64_t deadline = s_ms() + timeout_ms;
+    while (s_ms() < deadline) {
+        zmq_pollitem_t item = {f->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, (long)(deadline - s_ms())) <= 0)
+            continue;
+        char routing[256], payload[CF_PROTO_MAX_SIZE];
+        int more = 0;
+        size_t more_size = sizeof more;
+        assert_true(zmq_recv(f->router, routing, sizeof routing, 0) >= 0);
+        int n = zmq_recv(f->router, payload, sizeof payload, 0);
+        zmq_getsockopt(f->router, ZMQ_RCVMORE, &more, &more_size);
+        assert_false(more);
+        char err[256];
+        if (cf_msg_decode((uint8_t *)payload, (size_t)n, msg, err, sizeof err) < 0)
+            fail_msg("the node sent a malformed message: %s", err);
+        if (msg->type == type)
+            return true;
+        cf_msg_clear(msg);
+    }
+    return false;
+}
+
+static json_t *s_peer_view(cf_node_t *node, const char *id)
+{
+    json_t *snap = cf_node_snapshot(node);
+    json_t *peers = json_object_get(snap, "peers"), *found = NULL;
+    for (size_t i = 0; i < json_array_size(peers); i++) {
+        json_t *peer = json_array_get(peers, i);
+        if (!strcmp(json_string_value(json_object_get(peer, "id")) ?: "", id))
+            found = json_incref(peer);
+    }
+    json_decref(snap);
+    return found;
+}
+
+/* Waits until EXPR (using node) holds, up to 5 s. */
+#define S_EVENTUALLY(expr)                                                                         \
+    do {                                                                                           \
+        int64_t until_ = s_ms() + 5000;                                                            \
+        while (!(expr) && s_ms() < until_)                                                         \
+            usleep(20 * 1000);                                                                     \
+        if (!(expr))                                                                               \
+            fail_msg("not true within 5 s: %s", #expr);                                            \
+    } while (0)
+
+static bool s_peer_state(cf_node_t *node, const char *id, const char *state)
+{
+    json_t *peer = s_peer_view(node, id);
+    bool ok = peer && !strcmp(json_string_value(json_object_get(peer, "state")), state);
+    json_decref(peer);
+    return ok;
+}
+
+static bool s_snapshot_is(cf_node_t *node, const char *role, int64_t epoch, const char *coordinator)
+{
+    json_t *snap = cf_node_snapshot(node);
+    const char *c = json_string_value(json_object_get(snap, "coordinator"));
+    bool ok = !strcmp(json_string_value(json_object_get(snap, "role")), role) &&
+              json_integer_value(json_object_get(snap, "epoch")) == epoch &&
+              (!coordinator || (c && !strcmp(c, coordinator)));
+    json_decref(snap);
+    return ok;
+}
+
+static void s_protocol_with_fake_peer(void **state)
+{
+    s_fresh_database();
+    char data_dir[1024], secret_path[1100], control[64], hex[CF_SECRET_HEX_LEN], text[80];
+    char err[512];
+    snprintf(data_dir, sizeof data_dir, "%s/proto-node", s_dir);
+    snprintf(secret_path, sizeof secret_path, "%s/secret-proto", s_dir);
+    cf_secret_generate_hex(hex);
+    snprintf(text, sizeof text, "%s\n", hex);
+    cf_test_write_file(secret_path, text);
+    snprintf(control, sizeof control, "127.0.0.1:%d", s_free_port());
+    cf_node_options_t opts;
+    s_options(&opts, data_dir, secret_path, control, NULL);
+    opts.peer_grace_ms = 3000; /* F heartbeats by hand */
+    cf_node_t *node = cf_node_new(&opts, err, sizeof err);
+    if (!node)
+        fail_msg("%s", err);
+    S_EVENTUALLY(cf_node_is_coordinator(node, NULL));
+    json_t *snap = cf_node_snapshot(node);
+    char node_key[41], node_id[37], node_endpoint[128];
+    snprintf(node_key, sizeof node_key, "%s",
+             json_string_value(json_object_get(snap, "public_key")));
+    snprintf(node_id, sizeof node_id, "%s", cf_node_id(node));
+    snprintf(node_endpoint, sizeof node_endpoint, "%s",
+             json_string_value(json_object_get(snap, "control_endpoint")));
+    json_decref(snap);
+
+    /* F: identity, a CURVE ROUTER for N to connect to. */
+    s_fake_t f = {.ctx = zmq_ctx_new()};
+    uint8_t pk[32], sk[32];
+    crypto_box_keypair(pk, sk);
+    cf_key_to_z85(pk, f.pub);
+    cf_key_to_z85(sk, f.sec);
+    cf_identity_new_uuid(f.id);
+    int one = 1, linger = 0;
+    f.router = zmq_socket(f.ctx, ZMQ_ROUTER);
+    zmq_setsockopt(f.router, ZMQ_CURVE_SERVER, &one, sizeof one);
+    zmq_setsockopt(f.router, ZMQ_CURVE_SECRETKEY, f.sec, 40);
+    zmq_setsockopt(f.router, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_bind(f.router, "tcp://127.0.0.1:*"), 0);
+    size_t len = sizeof f.endpoint;
+    zmq_getsockopt(f.router, ZMQ_LAST_ENDPOINT, f.endpoint, &len);
+
+    /* A stranger first: unknown key, refused by ZAP, nothing delivered. */
+    void *stranger = zmq_socket(f.ctx, ZMQ_DEALER);
+    uint8_t spk[32], ssk[32];
+    char s_pub[41], s_sec[41];
+    crypto_box_keypair(spk, ssk);
+    cf_key_to_z85(spk, s_pub);
+    cf_key_to_z85(ssk, s_sec);
+    zmq_setsockopt(stranger, ZMQ_CURVE_SERVERKEY, node_key, 40);
+    zmq_setsockopt(stranger, ZMQ_CURVE_PUBLICKEY, s_pub, 40);
+    zmq_setsockopt(stranger, ZMQ_CURVE_SECRETKEY, s_sec, 40);
+    zmq_setsockopt(stranger, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(stranger, node_endpoint);
+    zmq_send(stranger, "x", 1, ZMQ_DONTWAIT);
+    S_EVENTUALLY(cf_node_counter(node, CF_NODE_ZAP_DENIED) >= 1);
+    assert_int_equal(cf_node_counter(node, CF_NODE_MESSAGES_RECEIVED), 0);
+    assert_int_equal(cf_node_counter(node, CF_NODE_MESSAGES_MALFORMED), 0);
+    zmq_close(stranger);
+
+    /* A registry row with a forged MAC is rejected... */
+    cf_db_cluster_t *db = cf_db_cluster_new(s_url);
+    cf_db_node_t row = {.control_endpoint = f.endpoint, .http_endpoint = "", .capabilities = "{}"};
+    snprintf(row.id, sizeof row.id, "%s", f.id);
+    snprintf(row.public_key, sizeof row.public_key, "%s", f.pub);
+    memset(row.mac, 'f', 64);
+    assert_int_equal(cf_db_cluster_node_upsert(db, &row, true, 3000, err, sizeof err), CF_DBC_OK);
+    S_EVENTUALLY(cf_node_counter(node, CF_NODE_REGISTRY_REJECTED) == 1);
+    assert_null(s_peer_view(node, f.id));
+    /* ... one signed with the cluster secret is trusted. */
+    cf_secret_t *secret = cf_secret_load(secret_path, NULL, err, sizeof err);
+    assert_non_null(secret);
+    cf_discovery_row_mac(secret, f.id, f.endpoint, "", f.pub, row.mac);
+    assert_int_equal(cf_db_cluster_node_upsert(db, &row, false, 3000, err, sizeof err), CF_DBC_OK);
+    cf_secret_destroy(&secret);
+    S_EVENTUALLY(s_peer_state(node, f.id, "connecting"));
+
+    /* N links to F and introduces itself. */
+    cf_msg_t msg;
+    assert_true(s_fake_recv(&f, CF_MSG_HELLO, &msg, 5000));
+    assert_string_equal(msg.hello.node_id, node_id);
+    assert_true(msg.hello.want_hello);
+    cf_msg_clear(&msg);
+
+    /* F links to N (its key is admitted now) and says HELLO. */
+    f.dealer = zmq_socket(f.ctx, ZMQ_DEALER);
+    zmq_setsockopt(f.dealer, ZMQ_CURVE_SERVERKEY, node_key, 40);
+    zmq_setsockopt(f.dealer, ZMQ_CURVE_PUBLICKEY, f.pub, 40);
+    zmq_setsockopt(f.dealer, ZMQ_CURVE_SECRETKEY, f.sec, 40);
+    zmq_setsockopt(f.dealer, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(f.dealer, node_endpoint), 0);
+    cf_msg_init(&msg, CF_MSG_HELLO);
+    snprintf(msg.hello.node_id, sizeof msg.hello.node_id, "%s", f.id);
+    cf_msg_set_str(&msg.hello.software, "fake 1");
+    cf_msg_set_str(&msg.hello.control_endpoint, f.endpoint);
+    cf_msg_set_str(&msg.hello.http_endpoint, "");
+    msg.hello.cores = 64;
+    msg.hello.slots = 8;
+    cf_proto_strlist_add(&msg.hello.encoders, "h264_nvenc");
+    cf_proto_f64list_add(&msg.hello.encoder_fps, 900);
+    msg.hello.want_hello = true;
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(s_peer_state(node, f.id, "alive"));
+    json_t *peer = s_peer_view(node, f.id);
+    json_t *caps = json_object_get(peer, "capabilities");
+    assert_int_equal(json_integer_value(json_object_get(caps, "cores")), 64);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(caps, "encoders"), 0), "name")),
+                        "h264_nvenc");
+    json_decref(peer);
+    /* It answers want_hello with its own HELLO. */
+    bool answered = false;
+    while (!answered && s_fake_recv(&f, CF_MSG_HELLO, &msg, 3000)) {
+        answered = !msg.hello.want_hello;
+        cf_msg_clear(&msg);
+    }
+    assert_true(answered);
+
+    /* F has seen epoch 5: N, at epoch 1, is no longer coordinator. */
+    cf_msg_init(&msg, CF_MSG_HEARTBEAT);
+    msg.heartbeat.epoch = 5;
+    msg.heartbeat.free_slots = 8;
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(s_snapshot_is(node, "worker", 5, NULL));
+    assert_false(cf_node_is_coordinator(node, NULL));
+    assert_int_equal(cf_node_counter(node, CF_NODE_LEASES_LOST), 1);
+
+    /* A LEADER of an older epoch is ignored and counted. */
+    cf_msg_init(&msg, CF_MSG_LEADER);
+    msg.leader.epoch = 3;
+    snprintf(msg.leader.node_id, sizeof msg.leader.node_id, "%s", f.id);
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(cf_node_counter(node, CF_NODE_MESSAGES_STALE_EPOCH) == 1);
+    assert_false(s_snapshot_is(node, "worker", 5, f.id));
+    /* The current one is followed. */
+    cf_msg_init(&msg, CF_MSG_LEADER);
+    msg.leader.epoch = 5;
+    snprintf(msg.leader.node_id, sizeof msg.leader.node_id, "%s", f.id);
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(s_snapshot_is(node, "worker", 5, f.id));
+
+    /* Malformed: garbage, a two-frame message, a LEADER naming another node,
+     * a HELLO claiming another id. Each dropped and counted. */
+    uint64_t malformed = cf_node_counter(node, CF_NODE_MESSAGES_MALFORMED);
+    zmq_send(f.dealer, "\x93\x01\x63\xc1", 4, 0);
+    zmq_send(f.dealer, "a", 1, ZMQ_SNDMORE);
+    zmq_send(f.dealer, "b", 1, 0);
+    cf_msg_init(&msg, CF_MSG_LEADER);
+    msg.leader.epoch = 6;
+    snprintf(msg.leader.node_id, sizeof msg.leader.node_id, "%s", node_id);
+    s_fake_send(&f, &msg);
+    cf_msg_init(&msg, CF_MSG_HELLO);
+    snprintf(msg.hello.node_id, sizeof msg.hello.node_id, "%s", node_id);
+    cf_msg_set_str(&msg.hello.software, "impostor");
+    cf_msg_set_str(&msg.hello.control_endpoint, f.endpoint);
+    cf_msg_set_str(&msg.hello.http_endpoint, "");
+    msg.hello.cores = 1;
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(cf_node_counter(node, CF_NODE_MESSAGES_MALFORMED) == malformed + 4);
+    assert_true(s_snapshot_is(node, "worker", 5, f.id));
+
+    /* ASSIGN at the current epoch: a REJECT comes back; at an older one:
+     * ignored. */
+    cf_msg_init(&msg, CF_MSG_ASSIGN);
+    msg.assign.epoch = 4;
+    snprintf(msg.assign.composition, sizeof msg.assign.composition, "%s", f.id);
+    msg.assign.segment = 7;
+    msg.assign.frame_count = 10;
+    cf_msg_set_str(&msg.assign.encoder, "libx264");
+    cf_msg_set_str(&msg.assign.spec, "{}");
+    s_fake_send(&f, &msg);
+    cf_msg_init(&msg, CF_MSG_ASSIGN);
+    msg.assign.epoch = 5;
+    snprintf(msg.assign.composition, sizeof msg.assign.composition, "%s", f.id);
+    msg.assign.segment = 9;
+    msg.assign.frame_count = 10;
+    cf_msg_set_str(&msg.assign.encoder, "libx264");
+    cf_msg_set_str(&msg.assign.spec, "{}");
+    s_fake_send(&f, &msg);
+    assert_true(s_fake_recv(&f, CF_MSG_REJECT, &msg, 3000));
+    assert_int_equal(msg.reject.epoch, 5);
+    assert_int_equal(msg.reject.segment, 9); /* not 7: that one was stale */
+    assert_string_equal(msg.reject.composition, f.id);
+    cf_msg_clear(&msg);
+    assert_int_equal(cf_node_counter(node, CF_NODE_MESSAGES_STALE_EPOCH), 2);
+
+    /* BYE: F has left. */
+    cf_msg_init(&msg, CF_MSG_BYE);
+    cf_msg_set_str(&msg.bye.reason, "test over");
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(s_peer_state(node, f.id, "left"));
+
+    zmq_close(f.dealer);
+    zmq_close(f.router);
+    zmq_ctx_term(f.ctx);
+    cf_db_cluster_destroy(&db);
+    cf_node_destroy(&node);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(s_caps_probe_and_calibrate),
         cmocka_unit_test(s_node_alone),
+        cmocka_unit_test(s_protocol_with_fake_peer),
         cmocka_unit_test(s_node_without_database),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
