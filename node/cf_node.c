@@ -1592,27 +1592,45 @@ static s_config_t *s_config_new(const cf_node_options_t *opts, char *err, size_t
     return cfg;
 }
 
-cf_node_t *cf_node_new(const cf_node_options_t *opts, char *err, size_t errlen)
+int cf_node_check_options(const cf_node_options_t *opts, char *err, size_t errlen)
 {
     if (!opts->database_url || !opts->data_dir || !opts->secret_file) {
         snprintf(err, errlen, "a node needs a database URL, a data dir and a cluster secret file");
-        return NULL;
+        return -1;
     }
     if (opts->lease_ttl_ms < 300 || opts->peer_grace_ms < 100 || opts->heartbeat_ms < 20 ||
         opts->beacon_interval_ms < 50 || opts->replay_window_ms < 1000) {
         snprintf(err, errlen, "a timing option is below its minimum");
-        return NULL;
+        return -1;
     }
     if (!opts->registry_discovery && !opts->beacon_iface) {
         snprintf(err, errlen, "without the registry, discovery needs --beacon-iface");
-        return NULL;
+        return -1;
     }
     if (opts->heartbeat_ms * 2 > opts->peer_grace_ms) {
         snprintf(err, errlen,
                  "--peer-grace (%d ms) must be at least twice --heartbeat-interval (%d ms)",
                  opts->peer_grace_ms, opts->heartbeat_ms);
-        return NULL;
+        return -1;
     }
+    s_config_t *cfg = s_config_new(opts, err, errlen);
+    if (!cfg)
+        return -1;
+    s_config_free(&cfg);
+    char why[512];
+    cf_secret_t *secret = cf_secret_load(opts->secret_file, NULL, why, sizeof why);
+    if (!secret) {
+        snprintf(err, errlen, "--cluster-secret-file: %s", why);
+        return -1;
+    }
+    cf_secret_destroy(&secret);
+    return 0;
+}
+
+cf_node_t *cf_node_new(const cf_node_options_t *opts, char *err, size_t errlen)
+{
+    if (cf_node_check_options(opts, err, errlen) < 0)
+        return NULL;
     /* czmq would otherwise install its own SIGINT/SIGTERM handler and stop
      * every socket on a signal; the caller decides what a signal means. */
     zsys_handler_set(NULL);

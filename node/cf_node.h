@@ -55,6 +55,11 @@ typedef struct {
 /* Fills OPTS with the defaults above (pointers NULL). */
 void cf_node_options_default(cf_node_options_t *opts);
 
+/* Checks OPTS without starting anything: timings, addresses, --peer list,
+ * the secret file. Returns 0, or -1 with a one-line reason naming the
+ * option in err. cf_node_new runs it too. */
+int cf_node_check_options(const cf_node_options_t *opts, char *err, size_t errlen);
+
 /* Loads (or creates) the identity, probes capabilities, binds the control
  * socket and starts discovery and the election. Returns the node, or NULL
  * with a one-line reason in err (bad option, unreadable secret, address in

@@ -35,32 +35,37 @@ typedef struct {
 
 /* ------------------------------------------------------------------ services */
 
+static void s_membership_options(s_node_cmd_t *cmd, cf_node_options_t *opts)
+{
+    cf_node_options_default(opts);
+    opts->database_url = cmd->cfg.database_url;
+    opts->data_dir = cmd->cfg.data_dir;
+    opts->secret_file = cmd->cfg.cluster_secret_file;
+    opts->control_addr = cmd->cfg.control_addr;
+    opts->http_addr = cmd->cfg.http_addr;
+    /* --discovery registry: no beacons even when an interface is named. */
+    bool registry_only = cmd->discovery && !strcmp(cmd->discovery, "registry");
+    opts->beacon_iface = registry_only ? NULL : cmd->cfg.beacon_iface;
+    opts->beacon_port = cmd->cfg.beacon_port;
+    opts->registry_discovery = !cmd->discovery || strcmp(cmd->discovery, "beacon") != 0;
+    opts->tags = cmd->cfg.tags;
+    opts->tag_count = cmd->cfg.tag_count;
+    opts->slots = cmd->cfg.slots;
+    opts->static_peers = cmd->peers;
+    opts->lease_ttl_ms = (int)(cmd->lease_ttl_s * 1000);
+    opts->peer_grace_ms = (int)(cmd->peer_grace_s * 1000);
+    opts->heartbeat_ms = (int)(cmd->heartbeat_s * 1000);
+    opts->beacon_interval_ms = (int)(cmd->beacon_interval_s * 1000);
+    opts->replay_window_ms = (int)(cmd->replay_window_s * 1000);
+    opts->status_file = cmd->status_file;
+    opts->print_state = true;
+    opts->calibrate = !cmd->no_calibrate;
+}
+
 static int s_start_membership(s_node_cmd_t *cmd, char *err, size_t errlen)
 {
     cf_node_options_t opts;
-    cf_node_options_default(&opts);
-    opts.database_url = cmd->cfg.database_url;
-    opts.data_dir = cmd->cfg.data_dir;
-    opts.secret_file = cmd->cfg.cluster_secret_file;
-    opts.control_addr = cmd->cfg.control_addr;
-    opts.http_addr = cmd->cfg.http_addr;
-    /* --discovery registry: no beacons even when an interface is named. */
-    bool registry_only = cmd->discovery && !strcmp(cmd->discovery, "registry");
-    opts.beacon_iface = registry_only ? NULL : cmd->cfg.beacon_iface;
-    opts.beacon_port = cmd->cfg.beacon_port;
-    opts.registry_discovery = !cmd->discovery || strcmp(cmd->discovery, "beacon") != 0;
-    opts.tags = cmd->cfg.tags;
-    opts.tag_count = cmd->cfg.tag_count;
-    opts.slots = cmd->cfg.slots;
-    opts.static_peers = cmd->peers;
-    opts.lease_ttl_ms = (int)(cmd->lease_ttl_s * 1000);
-    opts.peer_grace_ms = (int)(cmd->peer_grace_s * 1000);
-    opts.heartbeat_ms = (int)(cmd->heartbeat_s * 1000);
-    opts.beacon_interval_ms = (int)(cmd->beacon_interval_s * 1000);
-    opts.replay_window_ms = (int)(cmd->replay_window_s * 1000);
-    opts.status_file = cmd->status_file;
-    opts.print_state = true;
-    opts.calibrate = !cmd->no_calibrate;
+    s_membership_options(cmd, &opts);
     cmd->node = cf_node_new(&opts, err, errlen);
     return cmd->node ? 0 : -1;
 }
@@ -204,6 +209,15 @@ int cf_cmd_node(int argc, char **argv)
         goto end;
     }
 
+    /* Bad cluster options are usage errors, found before touching anything. */
+    cf_node_options_t check;
+    char err[1024];
+    s_membership_options(&cmd, &check);
+    if (cf_node_check_options(&check, err, sizeof err) < 0) {
+        cf_cli_error("node", "%s", err);
+        goto end;
+    }
+
     /* Signals are taken by this thread with sigwait: block them before any
      * thread starts, so every thread inherits the mask. */
     sigset_t signals;
@@ -218,7 +232,6 @@ int cf_cmd_node(int argc, char **argv)
         goto end;
 
     int started = 0;
-    char err[1024];
     for (; started < S_SERVICE_COUNT; started++) {
         if (s_services[started].start(&cmd, err, sizeof err) < 0) {
             cf_cli_error("node", "%s", err);
