@@ -225,6 +225,20 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
         goto end;
     }
 
+    /* Fail before any work when the output cannot be written. */
+    char *out_copy = strdup(out_path);
+    if (!out_copy) {
+        snprintf(err, errlen, "out of memory");
+        goto end;
+    }
+    const char *out_dir = dirname(out_copy);
+    if (access(out_dir, W_OK) < 0) {
+        snprintf(err, errlen, "cannot write %s: %s: %s", out_path, out_dir, strerror(errno));
+        free(out_copy);
+        goto end;
+    }
+    free(out_copy);
+
     ws = cf_workspace_new(opts->work_parent, "clipfarm-render", err, errlen);
     if (!ws)
         goto end;

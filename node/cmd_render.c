@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cf_cli.h"
 #include "cf_comp.h"
@@ -96,7 +97,10 @@ int cf_cmd_render(int argc, char **argv)
     char *output = NULL, *progress_name = NULL, *work_dir = NULL;
     int jobs = 0, max_memory_mb = 300;
     const cf_option_t extra[] = {
-        {"output", NULL, CF_OPT_STRING, &output, 0, 0, "output file (-o); .mp4 or .mkv", "FILE"},
+        {"output", NULL, CF_OPT_STRING, &output, 0, 0,
+         "output file (-o); a .mkv or .mp4 name picks the container, else the composition's "
+         "output.container does",
+         "FILE"},
         {"jobs", "CF_RENDER_JOBS", CF_OPT_INT, &jobs, 0, 256,
          "segments encoded at once (-j; default: one per CPU)", "N"},
         {"progress", NULL, CF_OPT_STRING, &progress_name, 0, 0,
@@ -141,6 +145,11 @@ int cf_cmd_render(int argc, char **argv)
         goto end_config;
     }
     cf_comp_errors_free(&errors);
+    const char *ext = strrchr(output, '.');
+    if (ext && !strcasecmp(ext, ".mkv"))
+        comp->container = CF_CONTAINER_MKV;
+    else if (ext && (!strcasecmp(ext, ".mp4") || !strcasecmp(ext, ".m4v")))
+        comp->container = CF_CONTAINER_MP4;
 
     /* JSON lines go to stdout for programs; the bar to stderr, a terminal. */
     bool json = mode == CF_PROGRESS_JSON;
