@@ -234,7 +234,7 @@ grep -q '^Content-Type: text/plain; version=0.0.4' <<<"$headers" || fail "metric
 for want in 'http_requests_total{method="GET",route="/api/v1/compositions/{id}",status="200"}' \
     'http_request_duration_seconds_bucket{' 'compositions_total{status="completed"}' \
     'segments_total{status="done"}' 'segment_encode_seconds_bucket{' 'queue_depth{priority="high"}' \
-    'active_segments ' '# TYPE node_encode_fps gauge' '# TYPE cluster_beacons_rejected_total counter' \
+    'active_segments ' 'node_encode_fps{encoder="libx264"} ' '# TYPE cluster_beacons_rejected_total counter' \
     '# TYPE cluster_messages_rejected_total counter'; do
     grep -qF "$want" <<<"$body" || fail "metrics lack $want"
 done
