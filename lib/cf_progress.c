@@ -12,6 +12,7 @@
 struct cf_progress_t {
     cf_progress_mode_t mode;
     FILE *out;
+    char unit[24];
     char phase[32];
     double phase_start; /* when the phase's first work was seen */
     int64_t phase_base; /* done at phase_start */
@@ -51,7 +52,14 @@ cf_progress_t *cf_progress_new(cf_progress_mode_t mode, FILE *out)
     self->mode = mode;
     self->out = out;
     self->phase_start = -1;
+    snprintf(self->unit, sizeof self->unit, "frames");
     return self;
+}
+
+void cf_progress_set_unit(cf_progress_t *self, const char *unit)
+{
+    if (self && unit && *unit)
+        snprintf(self->unit, sizeof self->unit, "%s", unit);
 }
 
 char *cf_progress_format_duration(double seconds, char *buf, size_t len)
@@ -100,12 +108,13 @@ void cf_progress_update(cf_progress_t *self, const char *phase, int64_t done, in
     if (percent > 100)
         percent = 100;
 
+    bool frames = !strcmp(self->unit, "frames");
     if (self->mode == CF_PROGRESS_JSON) {
         fprintf(self->out,
-                "{\"phase\":\"%s\",\"done\":%lld,\"total\":%lld,\"percent\":%.1f,\"fps\":%.1f,"
-                "\"eta_seconds\":%.1f}\n",
-                self->phase, (long long)done, (long long)total, percent, rate,
-                eta >= 0 ? eta : -1.0);
+                "{\"phase\":\"%s\",\"done\":%lld,\"total\":%lld,\"percent\":%.1f,"
+                "\"%s\":%.1f,\"eta_seconds\":%.1f,\"unit\":\"%s\"}\n",
+                self->phase, (long long)done, (long long)total, percent,
+                frames ? "fps" : "per_second", rate, eta >= 0 ? eta : -1.0, self->unit);
         fflush(self->out);
         return;
     }
@@ -116,9 +125,15 @@ void cf_progress_update(cf_progress_t *self, const char *phase, int64_t done, in
     bar[S_BAR_WIDTH] = '\0';
     char eta_text[32], line[200];
     cf_progress_format_duration(eta, eta_text, sizeof eta_text);
-    int len =
-        snprintf(line, sizeof line, "%-7s [%s] %3.0f%%  %lld/%lld frames  %5.1f fps  ETA %s",
-                 self->phase, bar, percent, (long long)done, (long long)total, rate, eta_text);
+    int len;
+    if (!strcmp(self->unit, "bytes"))
+        len = snprintf(line, sizeof line, "%-7s [%s] %3.0f%%  %.1f/%.1f MiB  %5.1f MiB/s  ETA %s",
+                       self->phase, bar, percent, (double)done / 1048576.0,
+                       (double)total / 1048576.0, rate / 1048576.0, eta_text);
+    else
+        len = snprintf(line, sizeof line, "%-7s [%s] %3.0f%%  %lld/%lld %s  %5.1f %s%s  ETA %s",
+                       self->phase, bar, percent, (long long)done, (long long)total, self->unit,
+                       rate, frames ? "fps" : self->unit, frames ? "" : "/s", eta_text);
     /* Pad over what a longer previous line left behind. */
     fprintf(self->out, "\r%s%*s", line, self->last_len > len ? self->last_len - len : 0, "");
     fflush(self->out);

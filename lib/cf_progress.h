@@ -25,6 +25,11 @@ int cf_progress_mode_parse(const char *name, FILE *out, cf_progress_mode_t *mode
 /* Draws on OUT (not owned). Returns NULL on ENOMEM. */
 cf_progress_t *cf_progress_new(cf_progress_mode_t mode, FILE *out);
 
+/* Names what done/total count: "frames" (the default; speed shown as fps),
+ * "bytes" (shown in MiB and MiB/s), or any other word (shown as is, speed as
+ * WORD/s). UNIT is copied. */
+void cf_progress_set_unit(cf_progress_t *self, const char *unit);
+
 /* Reports DONE of TOTAL units in PHASE (a short word: "fetch", "encode").
  * The bar redraws at most every 100 ms, JSON lines at most every
  * 500 ms, and always when the phase changes or done reaches total. */
