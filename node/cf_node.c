@@ -448,7 +448,13 @@ static void s_heartbeat_round(s_self_t *self)
     msg.heartbeat.free_slots = (uint64_t)(free_slots < 0 ? 0 : free_slots > 256 ? 256 : free_slots);
     msg.heartbeat.in_flight = (uint64_t)(in_flight < 0 ? 0 : in_flight > 65536 ? 65536 : in_flight);
     msg.heartbeat.epoch = self->highest_epoch;
+    int64_t now = zclock_mono();
     for (s_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers)) {
+        /* The HELLO sent at connection time can be lost (the link may not be
+         * writable yet when the handshake event arrives): ask again until
+         * the peer's HELLO is in. */
+        if (!peer->hello_received && now - peer->hello_requested_ms > S_HELLO_RETRY_MS)
+            s_send_hello(self, peer, true);
         s_send(self, peer, &msg);
         if (self->leader)
             s_send_leader(self, peer);

@@ -144,8 +144,9 @@ static void s_fresh_database(void)
     char err[512], name[64], sql[128];
     PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
     assert_non_null(admin);
-    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
-    snprintf(name, sizeof name, "cf_node_%d_%ld", (int)getpid(), (long)random() % 100000);
+    static int count;
+    snprintf(name, sizeof name, "cf_node_%d_%ld_%d", (int)getpid(), (long)time(NULL) % 100000,
+             ++count);
     snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
     PGresult *res = PQexec(admin, sql);
     assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
@@ -659,6 +660,7 @@ static void s_protocol_with_fake_peer(void **state)
 
 int main(void)
 {
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid()); /* for free ports */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(s_caps_probe_and_calibrate),
         cmocka_unit_test(s_node_alone),
