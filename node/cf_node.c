@@ -707,8 +707,12 @@ static void s_handle_zap(s_self_t *self)
     bool allowed = false;
     if (version && !strcmp(version, "1.0") && mechanism && !strcmp(mechanism, "CURVE") &&
         credentials && zframe_size(credentials) == 32 &&
-        cf_key_to_z85(zframe_data(credentials), key) == 0)
-        allowed = zhashx_lookup(self->peers, key) != NULL;
+        cf_key_to_z85(zframe_data(credentials), key) == 0) {
+        /* Only keys that authenticated themselves: a --peer entry is ours
+         * to dial, not a reason to let that key in. */
+        s_peer_t *peer = zhashx_lookup(self->peers, key);
+        allowed = peer && (peer->sources & (S_SRC_BEACON | S_SRC_REGISTRY));
+    }
     if (allowed) {
         s_count(self, CF_NODE_ZAP_ALLOWED);
     } else {

@@ -458,6 +458,18 @@ static bool s_snapshot_is(cf_node_t *node, const char *role, int64_t epoch, cons
     return ok;
 }
 
+static void *s_fake_dealer(s_fake_t *f, const char *node_key, const char *node_endpoint)
+{
+    int linger = 0;
+    void *dealer = zmq_socket(f->ctx, ZMQ_DEALER);
+    zmq_setsockopt(dealer, ZMQ_CURVE_SERVERKEY, node_key, 40);
+    zmq_setsockopt(dealer, ZMQ_CURVE_PUBLICKEY, f->pub, 40);
+    zmq_setsockopt(dealer, ZMQ_CURVE_SECRETKEY, f->sec, 40);
+    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(dealer, node_endpoint), 0);
+    return dealer;
+}
+
 static void s_protocol_with_fake_peer(void **state)
 {
     s_fresh_database();
@@ -469,21 +481,6 @@ static void s_protocol_with_fake_peer(void **state)
     snprintf(text, sizeof text, "%s\n", hex);
     cf_test_write_file(secret_path, text);
     snprintf(control, sizeof control, "127.0.0.1:%d", s_free_port());
-    cf_node_options_t opts;
-    s_options(&opts, data_dir, secret_path, control, NULL);
-    opts.peer_grace_ms = 3000; /* F heartbeats by hand */
-    cf_node_t *node = cf_node_new(&opts, err, sizeof err);
-    if (!node)
-        fail_msg("%s", err);
-    S_EVENTUALLY(cf_node_is_coordinator(node, NULL));
-    json_t *snap = cf_node_snapshot(node);
-    char node_key[41], node_id[37], node_endpoint[128];
-    snprintf(node_key, sizeof node_key, "%s",
-             json_string_value(json_object_get(snap, "public_key")));
-    snprintf(node_id, sizeof node_id, "%s", cf_node_id(node));
-    snprintf(node_endpoint, sizeof node_endpoint, "%s",
-             json_string_value(json_object_get(snap, "control_endpoint")));
-    json_decref(snap);
 
     /* F: identity, a CURVE ROUTER for N to connect to. */
     s_fake_t f = {.ctx = zmq_ctx_new()};
@@ -501,23 +498,51 @@ static void s_protocol_with_fake_peer(void **state)
     size_t len = sizeof f.endpoint;
     zmq_getsockopt(f.router, ZMQ_LAST_ENDPOINT, f.endpoint, &len);
 
-    /* A stranger first: unknown key, refused by ZAP, nothing delivered. */
-    void *stranger = zmq_socket(f.ctx, ZMQ_DEALER);
-    uint8_t spk[32], ssk[32];
-    char s_pub[41], s_sec[41];
-    crypto_box_keypair(spk, ssk);
-    cf_key_to_z85(spk, s_pub);
-    cf_key_to_z85(ssk, s_sec);
-    zmq_setsockopt(stranger, ZMQ_CURVE_SERVERKEY, node_key, 40);
-    zmq_setsockopt(stranger, ZMQ_CURVE_PUBLICKEY, s_pub, 40);
-    zmq_setsockopt(stranger, ZMQ_CURVE_SECRETKEY, s_sec, 40);
-    zmq_setsockopt(stranger, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_connect(stranger, node_endpoint);
-    zmq_send(stranger, "x", 1, ZMQ_DONTWAIT);
+    /* N knows F only as a --peer to dial. */
+    char static_peer[200];
+    snprintf(static_peer, sizeof static_peer, "%s@%s", f.pub, f.endpoint + strlen("tcp://"));
+    cf_node_options_t opts;
+    s_options(&opts, data_dir, secret_path, control, NULL);
+    opts.peer_grace_ms = 3000; /* F heartbeats by hand */
+    opts.static_peers = static_peer;
+    cf_node_t *node = cf_node_new(&opts, err, sizeof err);
+    if (!node)
+        fail_msg("%s", err);
+    S_EVENTUALLY(cf_node_is_coordinator(node, NULL));
+    json_t *snap = cf_node_snapshot(node);
+    char node_key[41], node_id[37], node_endpoint[128];
+    snprintf(node_key, sizeof node_key, "%s",
+             json_string_value(json_object_get(snap, "public_key")));
+    snprintf(node_id, sizeof node_id, "%s", cf_node_id(node));
+    snprintf(node_endpoint, sizeof node_endpoint, "%s",
+             json_string_value(json_object_get(snap, "control_endpoint")));
+    json_decref(snap);
+
+    /* N dials its --peer and introduces itself. */
+    cf_msg_t msg;
+    assert_true(s_fake_recv(&f, CF_MSG_HELLO, &msg, 5000));
+    assert_string_equal(msg.hello.node_id, node_id);
+    assert_true(msg.hello.want_hello);
+    cf_msg_clear(&msg);
+
+    /* But a --peer key is not admitted: F's handshake is refused, nothing
+     * it sends is delivered. So is a stranger's. */
+    f.dealer = s_fake_dealer(&f, node_key, node_endpoint);
+    zmq_send(f.dealer, "x", 1, ZMQ_DONTWAIT);
     S_EVENTUALLY(cf_node_counter(node, CF_NODE_ZAP_DENIED) >= 1);
+    s_fake_t stranger = f;
+    crypto_box_keypair(pk, sk);
+    cf_key_to_z85(pk, stranger.pub);
+    cf_key_to_z85(sk, stranger.sec);
+    void *stranger_dealer = s_fake_dealer(&stranger, node_key, node_endpoint);
+    zmq_send(stranger_dealer, "x", 1, ZMQ_DONTWAIT);
+    S_EVENTUALLY(cf_node_counter(node, CF_NODE_ZAP_DENIED) >= 2);
+    usleep(200 * 1000);
+    assert_int_equal(cf_node_counter(node, CF_NODE_ZAP_ALLOWED), 0);
     assert_int_equal(cf_node_counter(node, CF_NODE_MESSAGES_RECEIVED), 0);
     assert_int_equal(cf_node_counter(node, CF_NODE_MESSAGES_MALFORMED), 0);
-    zmq_close(stranger);
+    zmq_close(stranger_dealer);
+    zmq_close(f.dealer);
 
     /* A registry row with a forged MAC is rejected... */
     cf_db_cluster_t *db = cf_db_cluster_new(s_url);
@@ -536,20 +561,8 @@ static void s_protocol_with_fake_peer(void **state)
     cf_secret_destroy(&secret);
     S_EVENTUALLY(s_peer_state(node, f.id, "connecting"));
 
-    /* N links to F and introduces itself. */
-    cf_msg_t msg;
-    assert_true(s_fake_recv(&f, CF_MSG_HELLO, &msg, 5000));
-    assert_string_equal(msg.hello.node_id, node_id);
-    assert_true(msg.hello.want_hello);
-    cf_msg_clear(&msg);
-
-    /* F links to N (its key is admitted now) and says HELLO. */
-    f.dealer = zmq_socket(f.ctx, ZMQ_DEALER);
-    zmq_setsockopt(f.dealer, ZMQ_CURVE_SERVERKEY, node_key, 40);
-    zmq_setsockopt(f.dealer, ZMQ_CURVE_PUBLICKEY, f.pub, 40);
-    zmq_setsockopt(f.dealer, ZMQ_CURVE_SECRETKEY, f.sec, 40);
-    zmq_setsockopt(f.dealer, ZMQ_LINGER, &linger, sizeof linger);
-    assert_int_equal(zmq_connect(f.dealer, node_endpoint), 0);
+    /* F links to N again (its key is admitted now) and says HELLO. */
+    f.dealer = s_fake_dealer(&f, node_key, node_endpoint);
     cf_msg_init(&msg, CF_MSG_HELLO);
     snprintf(msg.hello.node_id, sizeof msg.hello.node_id, "%s", f.id);
     cf_msg_set_str(&msg.hello.software, "fake 1");
