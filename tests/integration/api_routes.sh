@@ -182,8 +182,9 @@ expect_status 304 "If-None-Match"
 # From node A, which does not hold the file: fetched from node B (once A
 # has discovered B through the registry; until then A says 503).
 for ((i = 0; i < 100; i++)); do
-    api_curl -o /dev/null "$A/api/v1/compositions/$id1/output"
-    [[ $status == 503 ]] || break
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $API_KEY" \
+        "$A/api/v1/compositions/$id1/output")
+    [[ $code == 503 ]] || break
     sleep 0.1
 done
 curl -sf -H "Authorization: Bearer $API_KEY" -o "$API_WORK/via-a" "$A/api/v1/compositions/$id1/output" \
@@ -202,6 +203,31 @@ last_id=$(grep '^id: ' <<<"$events" | tail -n 1 | cut -d' ' -f2)
 resumed=$(curl -s -N --max-time 20 -H "Authorization: Bearer $API_KEY" -H "Last-Event-ID: $((last_id - 1))" \
     "$A/api/v1/compositions/$id1/events")
 [[ $(grep -c '^id: ' <<<"$resumed") == 1 ]] || fail "Last-Event-ID did not resume: $resumed"
+
+# Cancelling a composition while it renders stops the render.
+api_media "$API_WORK/long.mp4" 10
+api_curl -X POST -H 'Content-Type: application/json' \
+    -d "{\"title\":\"long\",\"clips\":[{\"source\":\"file://$API_WORK/long.mp4\"}],\"output\":{\"width\":1280,\"height\":720,\"fps\":30,\"preset\":\"high\"}}" \
+    "$B/api/v1/compositions"
+expect_status 202 "long composition"
+long=$(jq -r .id <<<"$body")
+for ((i = 0; i < 300; i++)); do
+    api_curl "$B/api/v1/compositions/$long"
+    [[ $(jq -r .stage <<<"$body") == encoding ]] && break
+    sleep 0.1
+done
+[[ $(jq -r .stage <<<"$body") == encoding ]] || fail "long composition never encoding: $body"
+api_curl -X DELETE "$A/api/v1/compositions/$long"
+expect_status 200 "cancel while rendering"
+[[ $(jq -r .status <<<"$body") == cancelled ]] || fail "cancel while rendering: $body"
+for ((i = 0; i < 100; i++)); do
+    grep -q "$long: stopped: cancelled" "$API_WORK/b/log" && break
+    sleep 0.1
+done
+grep -q "$long: stopped: cancelled" "$API_WORK/b/log" || fail "the render went on after the cancel"
+api_curl "$B/metrics"
+grep -q '^renders_total{result="cancelled"} 1$' <<<"$body" || fail "cancelled render not counted"
+[[ ! -e $API_WORK/b/data/outputs/$long.mp4 ]] || fail "a cancelled render left an output"
 
 # ---------------------------------------------------------------- media
 api_curl -X POST -H 'Content-Type: video/mp4' --data-binary "@$API_WORK/a.mp4" "$B/api/v1/media"
