@@ -54,6 +54,7 @@ typedef struct {
 } cf_plan_output_t;
 
 typedef struct {
+    char *source;             /* the composition's reference (file://, http(s)://, blob:) */
     int64_t start_us, end_us; /* trim in the source, end resolved */
     int64_t first_frame;      /* output frame where the clip starts */
     int64_t frames;
@@ -104,6 +105,18 @@ int64_t cf_plan_frames_for(int64_t duration_us, int fps_num, int fps_den);
 
 /* The 48 kHz sample where output frame FRAME starts (rounded to nearest). */
 int64_t cf_plan_sample_at(int64_t frame, int fps_num, int fps_den);
+
+/* Writes the whole plan as JSON (compact), e.g. for a coordinator to hand
+ * segments to other nodes or to keep beside the composition. Returns a
+ * string the caller frees, or NULL on ENOMEM. */
+char *cf_plan_to_json(const cf_plan_t *plan);
+
+/* Reads a plan written by cf_plan_to_json. The input is untrusted: every
+ * field is type- and range-checked and the plan must be consistent (clips
+ * and segments tile the timeline, parts stay inside their clips, audio
+ * ranges follow the frames). Returns a new plan, or NULL with a one-line
+ * reason in err. */
+cf_plan_t *cf_plan_from_json(const char *text, size_t len, char *err, size_t errlen);
 
 /* Fills ORDER (segment_count entries) with segment indexes, longest first
  * (ties by index), the dispatch order that shortens the tail. */

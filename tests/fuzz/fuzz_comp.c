@@ -2,7 +2,8 @@
  * planner (lib/cf_plan.c), which take JSON from the REST API. A rejected
  * composition must come with at least one problem; an accepted one must
  * survive a round trip through cf_comp_to_json, and its plan (sources as
- * long as the trims need) must account for every frame and sample. */
+ * long as the trims need) must account for every frame and sample and
+ * survive a round trip through cf_plan_to_json / cf_plan_from_json. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,17 @@ static void s_check_plan(const cf_comp_t *comp)
     }
     if (covered != plan->total_frames || plan->segment_frames % plan->output.gop_frames)
         abort();
+    /* A plan survives its JSON form unchanged. */
+    char *json = cf_plan_to_json(plan);
+    if (!json)
+        abort();
+    cf_plan_t *back = cf_plan_from_json(json, strlen(json), err, sizeof err);
+    char *again = back ? cf_plan_to_json(back) : NULL;
+    if (!again || strcmp(json, again))
+        abort();
+    free(json);
+    free(again);
+    cf_plan_destroy(&back);
     cf_plan_destroy(&plan);
 }
 

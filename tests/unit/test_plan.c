@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /* Unit tests for lib/cf_plan.c: the frame math. Frame counts are checked
  * against values worked out by hand from ceil((end - start) * fps). */
 #include <stdio.h>
@@ -272,13 +273,77 @@ static void test_encoder_and_order(void **state)
     cf_comp_destroy(&comp);
 }
 
+static void test_json_round_trip(void **state)
+{
+    static const cf_plan_source_t sources[] = {
+        {20000000, true}, {5000000, false}, {3000000, true}, {8000000, true}};
+    cf_plan_t *plan = s_plan("{\"clips\": ["
+                             "{\"source\": \"file:///a\", \"start\": 1.01, \"end\": 13.337},"
+                             "{\"source\": \"https://h/b.mov\", \"start\": 0.5, \"end\": 1.7},"
+                             "{\"source\": \"file:///c\", \"start\": 2.0, \"end\": 2.01},"
+                             "{\"source\": \"file:///d\", \"start\": 0.333}],"
+                             "\"output\": {\"fps\": 29.97, \"container\": \"mkv\"},"
+                             " \"segment_seconds\": 4}",
+                             sources);
+    char *json = cf_plan_to_json(plan);
+    assert_non_null(json);
+    char err[256];
+    cf_plan_t *back = cf_plan_from_json(json, strlen(json), err, sizeof err);
+    if (!back)
+        fail_msg("%s", err);
+    s_check_invariants(back);
+    assert_int_equal(back->total_frames, 637);
+    assert_int_equal(back->segment_count, 6);
+    assert_string_equal(back->clips[1].source, "https://h/b.mov");
+    assert_false(back->clips[1].has_audio);
+    assert_int_equal(back->output.container, CF_CONTAINER_MKV);
+    assert_int_equal(back->output.fps_num, 30000);
+    assert_int_equal(back->segments[3].part_count, 4);
+    char *again = cf_plan_to_json(back);
+    assert_string_equal(json, again);
+
+    /* Tampered plans are refused with a reason. */
+    static const struct {
+        const char *from, *to, *why;
+    } edits[] = {
+        {"\"frames\":370", "\"frames\":371",
+         "plan: clips[0]: frames or samples do not match its trim"},
+        {"\"encoder\":\"cpu\"", "\"encoder\":\"auto\"", "plan: output.encoder: must be cpu or gpu"},
+        {"\"total_samples\":1020219", "\"total_samples\":1020218",
+         "plan: totals do not match the clips"},
+        {"\"version\":1", "\"version\":2", "plan: version: out of range"},
+        {"\"width\":1280", "\"width\":\"1280\"", "plan: output.width: must be an integer"},
+        {"\"segment_frames\":120", "\"segment_frames\":119",
+         "plan: output: inconsistent size, rate, GOP or segment length"},
+        {"\"clip_frame\":360", "\"clip_frame\":359", "plan: segments[3]: does not match the clips"},
+        {"\"has_audio\":false", "\"has_audio\":0", "plan: clips[1].has_audio: must be a boolean"},
+    };
+    for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+        char *pos = strstr(json, edits[i].from);
+        if (!pos)
+            fail_msg("edit %zu: '%s' not in %s", i, edits[i].from, json);
+        char *bad = NULL;
+        assert_true(asprintf(&bad, "%.*s%s%s", (int)(pos - json), json, edits[i].to,
+                             pos + strlen(edits[i].from)) > 0);
+        assert_null(cf_plan_from_json(bad, strlen(bad), err, sizeof err));
+        if (strcmp(err, edits[i].why))
+            fail_msg("edit %zu: got '%s', expected '%s'", i, err, edits[i].why);
+        free(bad);
+    }
+    assert_null(cf_plan_from_json("[", 1, err, sizeof err));
+    free(json);
+    free(again);
+    cf_plan_destroy(&back);
+    cf_plan_destroy(&plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_frames_for),        cmocka_unit_test(test_sample_at),
         cmocka_unit_test(test_ntsc_timeline),     cmocka_unit_test(test_film_and_gop),
         cmocka_unit_test(test_many_short_clips),  cmocka_unit_test(test_range_errors),
-        cmocka_unit_test(test_encoder_and_order),
+        cmocka_unit_test(test_encoder_and_order), cmocka_unit_test(test_json_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
