@@ -49,7 +49,9 @@ typedef struct {
 } cf_media_ctl_t;
 
 /* Encodes segment SEGMENT of PLAN into OUT_PATH (MP4, video only).
- * SOURCE_PATHS holds a local file for each clip of the plan. Seeks each
+ * SOURCE_PATHS holds a local file for each clip of the plan (NULL for clips
+ * the segment does not use: a node given one segment of a plan fetches only
+ * the sources that segment's parts name). Seeks each
  * source accurately (to the keyframe before, then decodes and drops), maps
  * source frames to output frames (output frame n of a clip trimmed at start
  * shows the source frame displayed at start + n/fps, as FFmpeg's fps filter

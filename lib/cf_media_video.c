@@ -363,6 +363,10 @@ static int s_run_pass(const cf_plan_t *plan, int segment, const char *const *sou
 
     for (int p = 0; p < ctx.seg->part_count; p++) {
         const cf_plan_part_t *part = &ctx.seg->parts[p];
+        if (!source_paths[part->clip]) {
+            s_fail(&ctx, 0, "clip %d has no local source file", part->clip);
+            goto end;
+        }
         if (s_encode_part(&ctx, part, source_paths[part->clip]) < 0)
             goto end;
     }
