@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,13 +18,16 @@ const double cf_metrics_encode_buckets[] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 const size_t cf_metrics_encode_bucket_count =
     sizeof cf_metrics_encode_buckets / sizeof cf_metrics_encode_buckets[0];
 
+/* Values are atomics so that updates need only the metric's read lock:
+ * request threads never wait for one another to count (no lock convoys on
+ * the hot path); the write lock is taken to add a series or drop them all. */
 typedef struct s_series_t {
     struct s_series_t *next;
     uint64_t hash;
     char *values[CF_METRICS_MAX_LABELS];
-    double value; /* counter/gauge value, histogram sum */
-    uint64_t count;
-    uint64_t *buckets; /* histogram: per-bucket (not cumulative) counts */
+    _Atomic uint64_t value_bits; /* double: counter/gauge value, histogram sum */
+    _Atomic uint64_t count;
+    _Atomic uint64_t *buckets; /* histogram: per-bucket (not cumulative) counts */
 } s_series_t;
 
 struct cf_metric_t {
@@ -35,7 +39,7 @@ struct cf_metric_t {
     size_t label_count;
     double *bounds;
     size_t bound_count;
-    pthread_mutex_t lock;
+    pthread_rwlock_t lock; /* read: find a series and update it; write: add, reset */
     s_series_t *series;
 };
 
@@ -79,7 +83,7 @@ static void s_metric_free(cf_metric_t *metric)
     free(metric->name);
     free(metric->help);
     free(metric->bounds);
-    pthread_mutex_destroy(&metric->lock);
+    pthread_rwlock_destroy(&metric->lock);
     free(metric);
 }
 
@@ -139,7 +143,12 @@ cf_metric_t *cf_metrics_add(cf_metrics_t *self, cf_metric_kind_t kind, const cha
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&metric->lock, NULL);
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* A new series (a first 404, say) must not wait behind a stream of readers. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&metric->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
     metric->kind = kind;
     metric->name = strdup(name);
     metric->help = strdup(help ? help : "");
@@ -195,8 +204,36 @@ static uint64_t s_hash_values(const cf_metric_t *metric, const char *const *valu
     return hash;
 }
 
-/* Finds or creates the series for VALUES; call with metric->lock held.
- * Returns NULL only when out of memory (the update is then dropped). */
+static double s_load(const _Atomic uint64_t *bits)
+{
+    uint64_t raw = atomic_load_explicit(bits, memory_order_relaxed);
+    double value;
+    memcpy(&value, &raw, sizeof value);
+    return value;
+}
+
+static void s_store(_Atomic uint64_t *bits, double value)
+{
+    uint64_t raw;
+    memcpy(&raw, &value, sizeof raw);
+    atomic_store_explicit(bits, raw, memory_order_relaxed);
+}
+
+static void s_add(_Atomic uint64_t *bits, double delta)
+{
+    uint64_t old = atomic_load_explicit(bits, memory_order_relaxed), next;
+    do {
+        double value;
+        memcpy(&value, &old, sizeof value);
+        value += delta;
+        memcpy(&next, &value, sizeof next);
+    } while (!atomic_compare_exchange_weak_explicit(bits, &old, next, memory_order_relaxed,
+                                                    memory_order_relaxed));
+}
+
+/* Finds or creates the series for VALUES; call with metric->lock held (for
+ * writing when CREATE). Returns NULL when absent (not CREATE) or out of
+ * memory (the update is then dropped). */
 static s_series_t *s_series_get(cf_metric_t *metric, const char *const *values, int create)
 {
     uint64_t hash = s_hash_values(metric, values);
@@ -221,7 +258,7 @@ static s_series_t *s_series_get(cf_metric_t *metric, const char *const *values, 
             return NULL;
         }
     if (metric->kind == CF_METRIC_HISTOGRAM &&
-        !(series->buckets = calloc(metric->bound_count, sizeof(uint64_t)))) {
+        !(series->buckets = calloc(metric->bound_count, sizeof(_Atomic uint64_t)))) {
         s_series_free(series);
         return NULL;
     }
@@ -233,67 +270,74 @@ static s_series_t *s_series_get(cf_metric_t *metric, const char *const *values, 
     return series;
 }
 
+/* Runs UPDATE on the series for VALUES: under the read lock when the series
+ * exists, else under the write lock after creating it. */
+#define S_WITH_SERIES(metric, values, update)                                                      \
+    do {                                                                                           \
+        pthread_rwlock_rdlock(&(metric)->lock);                                                    \
+        s_series_t *series = s_series_get(metric, values, 0);                                      \
+        if (!series) {                                                                             \
+            pthread_rwlock_unlock(&(metric)->lock);                                                \
+            pthread_rwlock_wrlock(&(metric)->lock);                                                \
+            series = s_series_get(metric, values, 1);                                              \
+        }                                                                                          \
+        if (series) {                                                                              \
+            update;                                                                                \
+        }                                                                                          \
+        pthread_rwlock_unlock(&(metric)->lock);                                                    \
+    } while (0)
+
 void cf_metric_inc(cf_metric_t *metric, const char *const *values, double delta)
 {
     if (!metric || metric->kind == CF_METRIC_HISTOGRAM ||
         (metric->kind == CF_METRIC_COUNTER && !(delta >= 0)))
         return;
-    pthread_mutex_lock(&metric->lock);
-    s_series_t *series = s_series_get(metric, values, 1);
-    if (series)
-        series->value += delta;
-    pthread_mutex_unlock(&metric->lock);
+    S_WITH_SERIES(metric, values, s_add(&series->value_bits, delta));
 }
 
 void cf_metric_set(cf_metric_t *metric, const char *const *values, double value)
 {
     if (!metric || metric->kind == CF_METRIC_HISTOGRAM)
         return;
-    pthread_mutex_lock(&metric->lock);
-    s_series_t *series = s_series_get(metric, values, 1);
-    if (series)
-        series->value = value;
-    pthread_mutex_unlock(&metric->lock);
+    S_WITH_SERIES(metric, values, s_store(&series->value_bits, value));
 }
 
 void cf_metric_observe(cf_metric_t *metric, const char *const *values, double value)
 {
     if (!metric || metric->kind != CF_METRIC_HISTOGRAM || isnan(value))
         return;
-    pthread_mutex_lock(&metric->lock);
-    s_series_t *series = s_series_get(metric, values, 1);
-    if (series) {
-        size_t i = 0;
-        while (i < metric->bound_count && value > metric->bounds[i])
-            i++;
-        if (i < metric->bound_count)
-            series->buckets[i]++;
-        series->count++;
-        series->value += value;
-    }
-    pthread_mutex_unlock(&metric->lock);
+    size_t bucket = 0;
+    while (bucket < metric->bound_count && value > metric->bounds[bucket])
+        bucket++;
+    S_WITH_SERIES(metric, values, {
+        if (bucket < metric->bound_count)
+            atomic_fetch_add_explicit(&series->buckets[bucket], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&series->count, 1, memory_order_relaxed);
+        s_add(&series->value_bits, value);
+    });
 }
 
 void cf_metric_reset(cf_metric_t *metric)
 {
     if (!metric)
         return;
-    pthread_mutex_lock(&metric->lock);
+    pthread_rwlock_wrlock(&metric->lock);
     s_series_free(metric->series);
     metric->series = NULL;
-    pthread_mutex_unlock(&metric->lock);
+    pthread_rwlock_unlock(&metric->lock);
 }
 
 double cf_metric_value(cf_metric_t *metric, const char *const *values)
 {
     if (!metric)
         return 0;
-    pthread_mutex_lock(&metric->lock);
+    pthread_rwlock_rdlock(&metric->lock);
     s_series_t *series = s_series_get(metric, values, 0);
     double value = 0;
     if (series)
-        value = metric->kind == CF_METRIC_HISTOGRAM ? (double)series->count : series->value;
-    pthread_mutex_unlock(&metric->lock);
+        value = metric->kind == CF_METRIC_HISTOGRAM ? (double)atomic_load(&series->count)
+                                                    : s_load(&series->value_bits);
+    pthread_rwlock_unlock(&metric->lock);
     return value;
 }
 
@@ -439,24 +483,28 @@ static void s_render_metric(s_buf_t *buf, cf_metric_t *metric)
     s_buf_printf(buf, "# HELP %s ", metric->name);
     s_buf_escaped(buf, metric->help, 0);
     s_buf_printf(buf, "\n# TYPE %s %s\n", metric->name, type_names[metric->kind]);
-    pthread_mutex_lock(&metric->lock);
+    pthread_rwlock_rdlock(&metric->lock);
     for (s_series_t *s = metric->series; s; s = s->next) {
         if (metric->kind != CF_METRIC_HISTOGRAM) {
             s_buf_put(buf, metric->name, strlen(metric->name));
             s_buf_labels(buf, metric, s, NULL);
             s_buf_put(buf, " ", 1);
-            s_buf_number(buf, s->value);
+            s_buf_number(buf, s_load(&s->value_bits));
             s_buf_put(buf, "\n", 1);
             continue;
         }
+        /* Read the count first: buckets may only have grown since, so the
+         * exposition stays monotone (+Inf >= every bucket) while writers run. */
+        uint64_t count = atomic_load(&s->count);
+        double sum = s_load(&s->value_bits);
         uint64_t cumulative = 0;
         for (size_t i = 0; i <= metric->bound_count; i++) {
             char le[64];
             if (i < metric->bound_count) {
-                cumulative += s->buckets[i];
+                cumulative += atomic_load(&s->buckets[i]);
                 snprintf(le, sizeof le, "%.15g", metric->bounds[i]);
             } else {
-                cumulative = s->count;
+                cumulative = cumulative > count ? cumulative : count;
                 snprintf(le, sizeof le, "+Inf");
             }
             s_buf_printf(buf, "%s_bucket", metric->name);
@@ -466,12 +514,12 @@ static void s_render_metric(s_buf_t *buf, cf_metric_t *metric)
         s_buf_printf(buf, "%s_sum", metric->name);
         s_buf_labels(buf, metric, s, NULL);
         s_buf_put(buf, " ", 1);
-        s_buf_number(buf, s->value);
+        s_buf_number(buf, sum);
         s_buf_printf(buf, "\n%s_count", metric->name);
         s_buf_labels(buf, metric, s, NULL);
-        s_buf_printf(buf, " %llu\n", (unsigned long long)s->count);
+        s_buf_printf(buf, " %llu\n", (unsigned long long)cumulative);
     }
-    pthread_mutex_unlock(&metric->lock);
+    pthread_rwlock_unlock(&metric->lock);
 }
 
 char *cf_metrics_render(cf_metrics_t *self, size_t *len_out)
