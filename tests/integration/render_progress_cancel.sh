@@ -13,8 +13,8 @@ cleanup() {
 trap cleanup EXIT
 mkdir "$dir/work"
 
-ffmpeg -v error -f lavfi -i testsrc2=size=320x180:rate=30:duration=20 \
-    -f lavfi -i sine=frequency=440:sample_rate=48000:duration=20 \
+ffmpeg -v error -f lavfi -i testsrc2=size=320x180:rate=30:duration=60 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000:duration=60 \
     -c:v libx264 -preset ultrafast -c:a aac -shortest "$dir/src.mp4" || fail "ffmpeg source"
 
 # 1. A short render with the bar forced on (stderr is not a terminal here).
