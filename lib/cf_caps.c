@@ -152,8 +152,11 @@ static double s_measure(AVCodecContext *ctx, const atomic_int *stop)
     if (avcodec_send_frame(ctx, NULL) < 0)
         goto end;
     int rc;
-    while ((rc = avcodec_receive_packet(ctx, pkt)) == 0)
+    while ((rc = avcodec_receive_packet(ctx, pkt)) == 0) {
         av_packet_unref(pkt);
+        if (stop && *stop)
+            goto end;
+    }
     if (rc != AVERROR_EOF)
         goto end;
     double elapsed = s_now_s() - start;

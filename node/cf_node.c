@@ -13,11 +13,13 @@
 #include <inttypes.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cf_beacon.h"
@@ -167,8 +169,7 @@ typedef struct {
     zactor_t *election;
     zactor_t *registry;
     zactor_t *fence;
-    zactor_t *calibrator;
-    atomic_int calibration_stop;
+    struct s_calibration_t *calibration; /* while the calibration thread runs */
 
     zhashx_t *peers; /* key -> s_peer_t */
     int monitor_seq;
@@ -1109,42 +1110,86 @@ static void s_handle_fence(s_self_t *self)
 
 /* ------------------------------------------------------------------ calibration */
 
-typedef struct {
+/* The calibration runs in a detached thread: an encoder cannot be
+ * interrupted mid-frame, and under load (or a sanitizer) draining one can
+ * take longer than a node may take to leave. The job is shared by the thread
+ * and the actor and freed by whichever lets go last. */
+typedef struct s_calibration_t {
+    atomic_int refs;
+    atomic_int stop;
+    atomic_int done; /* caps holds the result */
+    int fds[2];      /* the thread writes one byte to [1] when it finishes */
     cf_caps_t *caps;
     char *data_dir;
-    atomic_int *stop;
 } s_calibration_t;
 
-static void s_calibrator(zsock_t *pipe, void *arg)
+static void s_calibration_release(s_calibration_t **job_p)
 {
-    s_calibration_t *job = arg;
-    zsock_signal(pipe, 0);
-    char err[512];
-    int rc = cf_caps_calibrate(job->caps, job->data_dir, job->stop, err, sizeof err);
-    if (rc < 0 && atomic_load(job->stop)) {
-        cf_caps_destroy(&job->caps);
-    } else {
-        if (rc < 0)
-            cf_log_warn("node", "calibration: %s", err);
-        zsock_send(pipe, "sp", "CALIBRATED", job->caps); /* hands the caps over */
-        job->caps = NULL;
-    }
-    /* Wait for $TERM so the actor's owner decides when it ends. */
-    char *command = zstr_recv(pipe);
-    free(command);
+    s_calibration_t *job = *job_p;
+    *job_p = NULL;
+    if (!job || atomic_fetch_sub(&job->refs, 1) != 1)
+        return;
     cf_caps_destroy(&job->caps);
     free(job->data_dir);
+    close(job->fds[0]);
+    close(job->fds[1]);
     free(job);
 }
 
-static void s_handle_calibrator(s_self_t *self)
+static void *s_calibrator(void *arg)
 {
-    char *command = NULL;
-    void *caps = NULL;
-    if (zsock_recv(self->calibrator, "sp", &command, &caps) == 0 && command &&
-        !strcmp(command, "CALIBRATED") && caps) {
+    s_calibration_t *job = arg;
+    char err[512];
+    int rc = cf_caps_calibrate(job->caps, job->data_dir, &job->stop, err, sizeof err);
+    if (!atomic_load(&job->stop)) {
+        if (rc < 0)
+            cf_log_warn("node", "calibration: %s", err);
+        atomic_store(&job->done, 1);
+    }
+    /* Never blocks or raises SIGPIPE: the socket stays open until the
+     * last reference goes. */
+    (void)!send(job->fds[1], "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    s_calibration_release(&job);
+    return NULL;
+}
+
+static void s_start_calibration(s_self_t *self)
+{
+    s_calibration_t *job = calloc(1, sizeof *job);
+    if (!job)
+        return;
+    job->fds[0] = job->fds[1] = -1;
+    atomic_store(&job->refs, 2);
+    job->caps = cf_caps_dup(self->caps);
+    job->data_dir = strdup(self->cfg->data_dir);
+    pthread_attr_t attr;
+    pthread_t thread;
+    bool started = false;
+    if (job->caps && job->data_dir &&
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, job->fds) == 0 &&
+        pthread_attr_init(&attr) == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        started = pthread_create(&thread, &attr, s_calibrator, job) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started) {
+        cf_log_warn("node", "cannot start the calibration; encoder speeds stay unknown");
+        atomic_store(&job->refs, 1);
+        s_calibration_release(&job);
+        return;
+    }
+    self->calibration = job;
+}
+
+static void s_handle_calibration(s_self_t *self)
+{
+    s_calibration_t *job = self->calibration;
+    char byte;
+    (void)!read(job->fds[0], &byte, 1);
+    if (atomic_load(&job->done) && job->caps) {
         cf_caps_destroy(&self->caps);
-        self->caps = caps;
+        self->caps = job->caps;
+        job->caps = NULL;
         s_print_caps(self);
         /* Peers and the registry learn the figures. */
         for (s_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers))
@@ -1152,8 +1197,20 @@ static void s_handle_calibrator(s_self_t *self)
         self->last_free_slots = -1;
         self->dirty = true;
     }
-    free(command);
-    zactor_destroy(&self->calibrator);
+    s_calibration_release(&self->calibration);
+}
+
+/* At shutdown: stop it, give it a moment to finish, then let it go. */
+static void s_stop_calibration(s_self_t *self)
+{
+    s_calibration_t *job = self->calibration;
+    if (!job)
+        return;
+    atomic_store(&job->stop, 1);
+    struct pollfd pfd = {.fd = job->fds[0], .events = POLLIN};
+    if (poll(&pfd, 1, 300) <= 0)
+        cf_log_debug("node", "leaving while the calibration winds down");
+    s_calibration_release(&self->calibration);
 }
 
 /* ------------------------------------------------------------------ set-up */
@@ -1276,20 +1333,8 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
         snprintf(err, errlen, "cannot start the cluster threads");
         return -1;
     }
-    if (cfg->calibrate && !cf_caps_calibrated(self->caps)) {
-        s_calibration_t *job = calloc(1, sizeof *job);
-        if (job) {
-            job->caps = cf_caps_dup(self->caps);
-            job->data_dir = strdup(cfg->data_dir);
-            job->stop = &self->calibration_stop;
-            self->calibrator = job->caps && job->data_dir ? zactor_new(s_calibrator, job) : NULL;
-            if (!self->calibrator) {
-                cf_caps_destroy(&job->caps);
-                free(job->data_dir);
-                free(job);
-            }
-        }
-    }
+    if (cfg->calibrate && !cf_caps_calibrated(self->caps))
+        s_start_calibration(self);
     return s_static_peers(self, self->cfg->static_peers, err, errlen);
 }
 
@@ -1297,7 +1342,7 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
  * left at the same time, each within 500 ms, while peers get a BYE. */
 static void s_self_stop(s_self_t *self)
 {
-    atomic_store(&self->calibration_stop, 1);
+    s_stop_calibration(self);
     if (self->election)
         zstr_send(self->election, "$TERM");
     if (self->registry)
@@ -1313,7 +1358,6 @@ static void s_self_stop(s_self_t *self)
     zactor_destroy(&self->election);
     zactor_destroy(&self->registry);
     zactor_destroy(&self->fence);
-    zactor_destroy(&self->calibrator);
     zactor_destroy(&self->beacon);
     if (self->leader) {
         s_count(self, CF_NODE_LEASES_LOST);
@@ -1372,8 +1416,11 @@ static void s_run(s_self_t *self)
         S_ADD(self->election, S_ITEM_ELECTION, NULL);
         S_ADD(self->registry, S_ITEM_REGISTRY, NULL);
         S_ADD(self->fence, S_ITEM_FENCE, NULL);
-        if (self->calibrator)
-            S_ADD(self->calibrator, S_ITEM_CALIBRATOR, NULL);
+        if (self->calibration) {
+            items[n] = (zmq_pollitem_t){NULL, self->calibration->fds[0], ZMQ_POLLIN, 0};
+            kinds[n] = S_ITEM_CALIBRATOR;
+            owners[n++] = NULL;
+        }
         for (s_peer_t *peer = zhashx_first(self->peers); peer && n < MAX_ITEMS;
              peer = zhashx_next(self->peers))
             if (peer->monitor)
@@ -1419,7 +1466,8 @@ static void s_run(s_self_t *self)
                     s_handle_fence(self);
                     break;
                 case S_ITEM_CALIBRATOR:
-                    s_handle_calibrator(self);
+                    if (self->calibration)
+                        s_handle_calibration(self);
                     break;
                 case S_ITEM_MONITOR:
                     /* The peer may have been dropped by an earlier item in

@@ -62,7 +62,10 @@ for i in "${survivors[@]}"; do
     cfnet_wait 5 bash -c "jq -e '.peers[] | select(.id == \"$old_id\") | .state == \"gone\"' $(cfnet_status "$i")" ||
         cl_fail "node $i does not see the old coordinator gone"
 done
-cfnet_wait 5 bash -c "[[ \$(PGCONNECT_TIMEOUT=5 psql postgresql://postgres@127.0.0.1:$CFNET_PG_PORT/clipfarm -qAtX -c \"SELECT state || ' ' || gone_epoch FROM nodes WHERE id = '$old_id'\") == 'gone $new_epoch' ]]" ||
+recorded_gone() {
+    [[ $(cfnet_psql -c "SELECT state || ' ' || gone_epoch FROM nodes WHERE id = '$old_id'") == "gone $new_epoch" ]]
+}
+cfnet_wait 5 recorded_gone ||
     cl_fail "the registry does not record the old coordinator gone at epoch $new_epoch"
 # Still exactly one, for a while.
 for _ in $(seq 30); do sample "${survivors[@]}"; sleep 0.05; done
