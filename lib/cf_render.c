@@ -238,6 +238,11 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
         goto end;
     }
     free(out_copy);
+    struct stat out_st;
+    if (stat(out_path, &out_st) == 0 && S_ISDIR(out_st.st_mode)) {
+        snprintf(err, errlen, "cannot write %s: it is a directory", out_path);
+        goto end;
+    }
 
     ws = cf_workspace_new(opts->work_parent, "clipfarm-render", err, errlen);
     if (!ws)
