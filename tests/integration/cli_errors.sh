@@ -23,7 +23,11 @@ expect_one_line "$err" "^clipfarm status: --server: malformed URL 'ftp://x'"
 # Unreachable database: a closed port on loopback.
 expect_exit 2 "$CF_BIN" migrate --database-url 'postgresql://postgres@127.0.0.1:1/clipfarm'
 expect_one_line "$err" "^clipfarm migrate: --database-url: cannot connect: .*Connection refused"
-expect_exit 2 "$CF_BIN" node --database-url 'postgresql://postgres@127.0.0.1:1/clipfarm'
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$CF_BIN" secret generate >"$work/secret" || fail "secret generate"
+expect_exit 2 "$CF_BIN" node --database-url 'postgresql://postgres@127.0.0.1:1/clipfarm' \
+    --cluster-secret-file "$work/secret" --data-dir "$work/data"
 expect_one_line "$err" "^clipfarm node: --database-url: cannot connect"
 # Unreadable secret file: missing, and (when not root, which reads anything) mode 000.
 expect_exit 2 "$CF_BIN" node --cluster-secret-file /nonexistent/secret
