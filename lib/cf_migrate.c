@@ -91,29 +91,46 @@ static int s_load(const char *dir, s_migration_t **list_p, int *count_p, char *e
             if (version < 0)
                 continue;
             if (count == cap) {
+                s_migration_t *grown = realloc(list, sizeof *list * (size_t)(cap ? cap * 2 : 16));
+                if (!grown) {
+                    snprintf(err, errlen, "out of memory");
+                    closedir(d);
+                    s_free_list(list, count);
+                    return -1;
+                }
+                list = grown;
                 cap = cap ? cap * 2 : 16;
-                list = realloc(list, sizeof *list * (size_t)cap);
             }
             char *path = NULL;
             if (asprintf(&path, "%s/%s", dir, entry->d_name) < 0)
                 path = NULL;
             char *sql = path ? s_read_file(path) : NULL;
             free(path);
-            if (!sql) {
+            char *name = sql ? strdup(entry->d_name) : NULL;
+            if (!name) {
                 snprintf(err, errlen, "cannot read migration '%s/%s'", dir, entry->d_name);
+                free(sql);
                 closedir(d);
                 s_free_list(list, count);
                 return -1;
             }
-            list[count++] = (s_migration_t){version, strdup(entry->d_name), sql};
+            list[count++] = (s_migration_t){version, name, sql};
         }
         closedir(d);
     } else {
         list = calloc((size_t)cf_embedded_migration_count + 1, sizeof *list);
-        for (int i = 0; i < cf_embedded_migration_count; i++) {
+        for (int i = 0; list && i < cf_embedded_migration_count; i++) {
             const cf_migration_source_t *src = &cf_embedded_migrations[i];
             list[count++] =
                 (s_migration_t){s_version_of(src->name), strdup(src->name), strdup(src->sql)};
+            if (!list[count - 1].name || !list[count - 1].sql) {
+                s_free_list(list, count);
+                list = NULL;
+            }
+        }
+        if (!list) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
         }
     }
     qsort(list, (size_t)count, sizeof *list, s_compare);
