@@ -114,19 +114,23 @@ static int s_bool_value(const char *text, bool *value)
     return -1;
 }
 
-static void s_add_tag(cf_config_t *cfg, const char *tag, size_t len)
+static int s_add_tag(cf_config_t *cfg, const char *tag, size_t len)
 {
     char **tags = realloc(cfg->tags, sizeof(char *) * (size_t)(cfg->tag_count + 1));
     if (!tags)
-        abort(); /* out of memory while parsing flags: nothing sensible to do */
+        return -1;
     cfg->tags = tags;
-    cfg->tags[cfg->tag_count++] = strndup(tag, len);
+    if (!(cfg->tags[cfg->tag_count] = strndup(tag, len)))
+        return -1;
+    cfg->tag_count++;
+    return 0;
 }
 
-static void s_set_string(char **slot, const char *value)
+static int s_set_string(char **slot, const char *value)
 {
     free(*slot);
     *slot = strdup(value);
+    return *slot ? 0 : -1;
 }
 
 /* Validates VALUE for option OPT and stores it; SOURCE names where it came
@@ -135,7 +139,9 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
                        const char *source, char *err, size_t errlen)
 {
     void *slot = (char *)cfg + opt->offset;
-    char why[256];
+    /* URLs in errors go through cf_url_mask_password: errors end up in logs,
+     * and a URL that fails to parse may still carry a real password. */
+    char why[256], masked[512];
     cf_url_t url;
     long number;
     switch (opt->kind) {
@@ -143,17 +149,19 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
             if (strncmp(value, "postgres://", 11) && strncmp(value, "postgresql://", 13))
                 return s_fail(err, errlen, source,
                               "malformed URL '%s' (expected postgresql://user@host[:port]/db)",
-                              value);
+                              cf_url_mask_password(value, masked, sizeof masked));
             char *pq_err = NULL;
             PQconninfoOption *info = PQconninfoParse(value, &pq_err);
             if (!info) {
-                s_fail(err, errlen, source, "malformed URL '%s' (%s)", value,
+                s_fail(err, errlen, source, "malformed URL '%s' (%s)",
+                       cf_url_mask_password(value, masked, sizeof masked),
                        pq_err ? strtok(pq_err, "\n") : "unparseable");
                 PQfreemem(pq_err);
                 return -1;
             }
             PQconninfoFree(info);
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         }
         case S_REDIS_URL:
@@ -161,35 +169,42 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
                 (strcmp(url.scheme, "redis") && strcmp(url.scheme, "unix")))
                 return s_fail(err, errlen, source,
                               "malformed URL '%s' (expected redis://[:password@]host[:port][/db])",
-                              value);
+                              cf_url_mask_password(value, masked, sizeof masked));
             if (url.path[0] && strcmp(url.path, "/")) {
                 long db;
                 if (s_parse_long(url.path + 1, &db) < 0 || db < 0 || db > 15)
                     return s_fail(err, errlen, source,
-                                  "malformed URL '%s' (database must be 0..15)", value);
+                                  "malformed URL '%s' (database must be 0..15)",
+                                  cf_url_mask_password(value, masked, sizeof masked));
             }
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         case S_HTTP_URL:
             if (cf_url_parse(value, &url, why, sizeof why) < 0)
-                return s_fail(err, errlen, source, "malformed URL '%s' (%s)", value, why);
+                return s_fail(err, errlen, source, "malformed URL '%s' (%s)",
+                              cf_url_mask_password(value, masked, sizeof masked), why);
             if (strcmp(url.scheme, "http") && strcmp(url.scheme, "https"))
                 return s_fail(err, errlen, source,
-                              "malformed URL '%s' (expected http://host[:port])", value);
-            s_set_string(slot, value);
+                              "malformed URL '%s' (expected http://host[:port])",
+                              cf_url_mask_password(value, masked, sizeof masked));
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         case S_HOSTPORT: {
             char host[256];
             int port;
             if (cf_hostport_parse(value, host, sizeof host, &port, why, sizeof why) < 0)
                 return s_fail(err, errlen, source, "invalid address '%s' (%s)", value, why);
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         }
         case S_PATH:
             if (!*value)
                 return s_fail(err, errlen, source, "must not be empty");
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         case S_READABLE_FILE: {
             FILE *f = fopen(value, "r");
@@ -201,14 +216,16 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
             if (!is_file)
                 return s_fail(err, errlen, source, "cannot read '%s': not a regular file", value);
         }
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         case S_IFACE:
             if (!*value || strlen(value) >= IF_NAMESIZE)
                 return s_fail(err, errlen, source, "invalid interface name '%s'", value);
             if (if_nametoindex(value) == 0)
                 return s_fail(err, errlen, source, "no such network interface '%s'", value);
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         case S_PORT:
             if (s_parse_long(value, &number) < 0 || number < 1 || number > 65535)
@@ -237,7 +254,8 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
                         return s_fail(err, errlen, source, "invalid character '%c' in tag '%.*s'",
                                       c, (int)len, p);
                 }
-                s_add_tag(cfg, p, len);
+                if (s_add_tag(cfg, p, len) < 0)
+                    return s_fail(err, errlen, source, "out of memory");
                 p += len;
             } while (*p == ',' && *++p);
             return 0;
@@ -254,7 +272,8 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
         case S_SECRET:
             if (!*value)
                 return s_fail(err, errlen, source, "must not be empty");
-            s_set_string(slot, value);
+            if (s_set_string(slot, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
     }
     return s_fail(err, errlen, source, "unhandled option kind");
@@ -270,7 +289,8 @@ static int s_apply_extra(const cf_option_t *opt, const char *value, const char *
                 return s_fail(err, errlen, source, "expected true or false, got '%s'", value);
             return 0;
         case CF_OPT_STRING:
-            s_set_string(opt->target, value);
+            if (s_set_string(opt->target, value) < 0)
+                return s_fail(err, errlen, source, "out of memory");
             return 0;
         case CF_OPT_INT: {
             long number;

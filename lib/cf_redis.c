@@ -24,7 +24,9 @@ redisContext *cf_redis_connect(const char *url, int timeout_ms, char *err, size_
     cf_url_t parsed;
     char why[256];
     if (cf_url_parse(url, &parsed, why, sizeof why) < 0 || strcmp(parsed.scheme, "redis")) {
-        snprintf(err, errlen, "malformed Redis URL '%s'", url);
+        char masked[512]; /* errors end up in logs: never with the password */
+        snprintf(err, errlen, "malformed Redis URL '%s'",
+                 cf_url_mask_password(url, masked, sizeof masked));
         return NULL;
     }
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};

@@ -16,6 +16,7 @@ static void test_connect_ping_roundtrip(void **state)
     assert_non_null(reply);
     freeReplyObject(reply);
     reply = redisCommand(ctx, "GET cf:test:key");
+    assert_non_null(reply);
     assert_int_equal(reply->type, REDIS_REPLY_STRING);
     assert_string_equal(reply->str, "value");
     freeReplyObject(reply);
@@ -34,7 +35,15 @@ static void test_select_database(void **state)
     assert_non_null(db5);
     assert_non_null(db0);
     freeReplyObject(redisCommand(db5, "SET cf:test:db %s", "five"));
-    redisReply *reply = redisCommand(db0, "EXISTS cf:test:db");
+    /* The key is there in database 5 (else the check below proves nothing)... */
+    redisReply *reply = redisCommand(db5, "GET cf:test:db");
+    assert_non_null(reply);
+    assert_int_equal(reply->type, REDIS_REPLY_STRING);
+    assert_string_equal(reply->str, "five");
+    freeReplyObject(reply);
+    /* ...and not in the URL's database. */
+    reply = redisCommand(db0, "EXISTS cf:test:db");
+    assert_non_null(reply);
     assert_int_equal(reply->integer, 0);
     freeReplyObject(reply);
     freeReplyObject(redisCommand(db5, "DEL cf:test:db"));
@@ -54,6 +63,9 @@ static void test_errors(void **state)
     snprintf(with_password, sizeof with_password, "redis://:wrong@%s", strstr(url, "://") + 3);
     assert_null(cf_redis_connect(with_password, 500, err, sizeof err));
     assert_non_null(strstr(err, "Redis AUTH failed"));
+    /* A malformed URL is echoed without its password. */
+    assert_null(cf_redis_connect("http://user:hunter2@x", 500, err, sizeof err));
+    assert_null(strstr(err, "hunter2"));
 }
 
 int main(void)

@@ -100,6 +100,11 @@ static void test_errors_name_option(void **state)
          "--log-level: unknown level 'loud' (expected debug, info, warn or error)"},
         {{"node", "--database-url", "mysql://x", NULL},
          "--database-url: malformed URL 'mysql://x' (expected postgresql://user@host[:port]/db)"},
+        {{"node", "--database-url", "mysql://u:hunter2@x/db", NULL},
+         "--database-url: malformed URL 'mysql://u:***@x/db' (expected "
+         "postgresql://user@host[:port]/db)"},
+        {{"node", "--redis-url", "redis://:hunter2@x/99", NULL},
+         "--redis-url: malformed URL 'redis://:***@x/99' (database must be 0..15)"},
         {{"node", "--beacon-iface", "nosuchif0", NULL},
          "--beacon-iface: no such network interface 'nosuchif0'"},
         {{"node", "--tag", "bad tag", NULL}, "--tag: invalid character ' ' in tag 'bad tag'"},
