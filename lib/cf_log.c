@@ -3,6 +3,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,8 @@
 #include <time.h>
 
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
-static cf_log_level_t s_level = CF_LOG_INFO;
+/* Read without the lock by every log call on every thread: atomic. */
+static atomic_int s_level = CF_LOG_INFO;
 static bool s_json = false;
 static char s_node_id[64];
 
@@ -39,7 +41,7 @@ const char *cf_log_level_name(cf_log_level_t level)
 void cf_log_configure(cf_log_level_t level, bool json)
 {
     pthread_mutex_lock(&s_lock);
-    s_level = level;
+    atomic_store(&s_level, (int)level);
     s_json = json;
     pthread_mutex_unlock(&s_lock);
 }
@@ -53,12 +55,12 @@ void cf_log_set_node_id(const char *node_id)
 
 bool cf_log_enabled(cf_log_level_t level)
 {
-    return level >= s_level;
+    return (int)level >= atomic_load_explicit(&s_level, memory_order_relaxed);
 }
 
 void cf_log_write(cf_log_level_t level, const char *module, const char *fmt, ...)
 {
-    if (level < s_level)
+    if ((int)level < atomic_load_explicit(&s_level, memory_order_relaxed))
         return;
     char msg[2048];
     va_list ap;
