@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include "cf_db.h"
-#include "cf_migrate.h"
 #include "cf_testutil.h"
 
 static char s_url[512];
@@ -19,23 +18,11 @@ static PGconn *s_raw; /* direct connection for setup and checks */
 /* A fresh database with the built-in migrations applied. */
 static int s_setup(void **state)
 {
-    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
-    char err[512], name[64];
-    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
-    assert_non_null(admin);
-    snprintf(name, sizeof name, "cf_db_%d_%ld", (int)getpid(), (long)random() % 100000);
-    char sql[128];
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-    PGresult *res = PQexec(admin, sql);
-    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-    PQclear(res);
-    PQfinish(admin);
-    snprintf(s_url, sizeof s_url, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
+    char err[512];
+    cf_test_fresh_database("cf_db", s_url, sizeof s_url);
     s_raw = cf_db_connect(s_url, 10, err, sizeof err);
-    assert_non_null(s_raw);
-    cf_migrate_report_t report;
-    if (cf_migrate_run(s_raw, NULL, &report, err, sizeof err) < 0)
-        fail_msg("migrate: %s", err);
+    if (!s_raw)
+        fail_msg("connect: %s", err);
     return 0;
 }
 

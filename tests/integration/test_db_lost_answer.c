@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "cf_db.h"
-#include "cf_migrate.h"
 #include "cf_testutil.h"
 #include "cf_url.h"
 
@@ -144,22 +143,11 @@ static void s_proxy_stop(s_proxy_t *p)
 
 static int s_setup(void **state)
 {
-    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
-    char err[512], name[64], sql[128];
-    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
-    assert_non_null(admin);
-    snprintf(name, sizeof name, "cf_lost_%d", (int)getpid());
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-    PGresult *res = PQexec(admin, sql);
-    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-    PQclear(res);
-    PQfinish(admin);
-    snprintf(s_db_url, sizeof s_db_url, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
+    char err[512];
+    cf_test_fresh_database("cf_lost", s_db_url, sizeof s_db_url);
     s_raw = cf_db_connect(s_db_url, 10, err, sizeof err);
-    assert_non_null(s_raw);
-    cf_migrate_report_t report;
-    if (cf_migrate_run(s_raw, NULL, &report, err, sizeof err) < 0)
-        fail_msg("migrate: %s", err);
+    if (!s_raw)
+        fail_msg("connect: %s", err);
     return 0;
 }
 

@@ -64,26 +64,6 @@ static void s_ffmpeg(const char *lavfi_video, const char *lavfi_audio, const cha
     cf_test_proc_free(&p);
 }
 
-/* Packet hashes of the video stream (bitstream, not decoded frames). */
-static char *s_packet_md5(const char *path)
-{
-    char *argv[] = {"ffmpeg", "-v",   "error", "-i",       (char *)path, "-map", "0:v",
-                    "-c",     "copy", "-f",    "framemd5", "-",          NULL};
-    cf_test_proc_t p = cf_test_run(argv, NULL);
-    if (p.status != 0)
-        fail_msg("framemd5: %s", p.err);
-    size_t cap = strlen(p.out) + 1, len = 0;
-    char *hashes = calloc(1, cap);
-    for (char *line = strtok(p.out, "\n"); line; line = strtok(NULL, "\n")) {
-        if (line[0] == '#')
-            continue;
-        const char *hash = strrchr(line, ',');
-        len += (size_t)snprintf(hashes + len, cap - len, "%s\n", hash ? hash + 1 : line);
-    }
-    cf_test_proc_free(&p);
-    return hashes;
-}
-
 static int s_setup(void **state)
 {
     s_dir = cf_test_mkdtemp("cf-media-layers");
@@ -163,7 +143,7 @@ static void test_segments_anywhere(void **state)
     if (cf_media_stitch(plan, (const char *const *)segs, audio, joined, &ctl, err, sizeof err) < 0)
         fail_msg("stitch: %s", err);
 
-    char *h_whole = s_packet_md5(whole), *h_joined = s_packet_md5(joined);
+    char *h_whole = cf_test_video_md5(whole, true), *h_joined = cf_test_video_md5(joined, true);
     assert_int_equal(cf_test_count_lines(h_whole), 124);
     assert_string_equal(h_whole, h_joined);
 

@@ -23,7 +23,6 @@
 #include <pthread.h>
 
 #include "cf_db.h"
-#include "cf_migrate.h"
 #include "cf_queue.h"
 #include "cf_redis.h"
 #include "cf_testutil.h"
@@ -82,28 +81,6 @@ static cf_queue_t *s_queue(const char *url, const char *prefix, const char *cons
     return q;
 }
 
-/* Creates a database with the migrations applied; writes its URL. */
-static void s_fresh_database(const char *base, char *url, size_t len)
-{
-    char err[512], name[64], sql[128];
-    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
-    if (!admin)
-        fail_msg("connect: %s", err);
-    snprintf(name, sizeof name, "cf_queue_%d_%ld", (int)getpid(), (long)(s_now_ms() % 100000));
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-    PGresult *res = PQexec(admin, sql);
-    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-    PQclear(res);
-    PQfinish(admin);
-    snprintf(url, len, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
-    PGconn *conn = cf_db_connect(url, 10, err, sizeof err);
-    assert_non_null(conn);
-    cf_migrate_report_t report;
-    if (cf_migrate_run(conn, NULL, &report, err, sizeof err) < 0)
-        fail_msg("migrate: %s", err);
-    PQfinish(conn);
-}
-
 static char *s_sql_value(const char *url, const char *sql)
 {
     char err[256];
@@ -138,21 +115,6 @@ static long long s_redis_int(const char *url, const char *fmt, const char *arg)
     freeReplyObject(reply);
     redisFree(ctx);
     return value;
-}
-
-/* Deletes every key under PREFIX (the tests share one Redis). */
-static void s_redis_cleanup(const char *url, const char *prefix)
-{
-    char err[256], pattern[128];
-    snprintf(pattern, sizeof pattern, "%s*", prefix);
-    redisContext *ctx = cf_redis_connect(url, 2000, err, sizeof err);
-    if (!ctx)
-        return;
-    redisReply *reply = redisCommand(ctx, "KEYS %s", pattern);
-    for (size_t i = 0; reply && reply->type == REDIS_REPLY_ARRAY && i < reply->elements; i++)
-        freeReplyObject(redisCommand(ctx, "DEL %s", reply->element[i]->str));
-    freeReplyObject(reply);
-    redisFree(ctx);
 }
 
 /* ====================================================================== consumer steps */
@@ -487,9 +449,8 @@ static const char *s_redis_url;
 
 static int s_setup(void **state)
 {
-    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
     s_redis_url = cf_test_require_env("CF_TEST_REDIS_URL");
-    s_fresh_database(base, s_db_url, sizeof s_db_url);
+    cf_test_fresh_database("cf_queue", s_db_url, sizeof s_db_url);
     return 0;
 }
 
@@ -500,14 +461,19 @@ static int s_before(void **state)
     snprintf(s_prefix, sizeof s_prefix, "cf:test:%d:%d:", (int)getpid(), ++n);
     char err[256];
     PGconn *conn = cf_db_connect(s_db_url, 10, err, sizeof err);
-    PQclear(PQexec(conn, "DELETE FROM compositions"));
+    if (!conn)
+        fail_msg("connect: %s", err);
+    PGresult *res = PQexec(conn, "DELETE FROM compositions");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        fail_msg("DELETE FROM compositions: %s", PQresultErrorMessage(res));
+    PQclear(res);
     PQfinish(conn);
     return 0;
 }
 
 static int s_after(void **state)
 {
-    s_redis_cleanup(s_redis_url, s_prefix);
+    cf_test_redis_delete_prefix(s_redis_url, s_prefix);
     return 0;
 }
 

@@ -21,27 +21,6 @@ static char *s_dir, *s_www, *s_work;
 static struct mg_context *s_http;
 static int s_http_port, s_closed_port;
 
-static cf_test_proc_t s_run(const char *arg0, ...)
-{
-    const char *argv[64];
-    int n = 0;
-    va_list ap;
-    va_start(ap, arg0);
-    for (const char *a = arg0; a && n < 63; a = va_arg(ap, const char *))
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return cf_test_run((char *const *)argv, NULL);
-}
-
-static void s_ok(cf_test_proc_t *proc, const char *what)
-{
-    if (proc->status != 0) {
-        print_error("%s exited %d: %s\n", what, proc->status, proc->err);
-        fail();
-    }
-}
-
 static char *s_path(const char *dir, const char *name)
 {
     char *path = NULL;
@@ -93,19 +72,19 @@ static int s_setup(void **state)
     char *good = s_path(s_www, "good.mp4"), *fast = s_path(s_dir, "faststart.mp4");
     char *audio = s_path(s_dir, "audio.m4a");
     cf_test_proc_t p;
-    p = s_run("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-              "testsrc2=size=160x90:rate=25:duration=2", "-f", "lavfi", "-i",
-              "sine=frequency=440:sample_rate=48000:duration=2", "-c:v", "libx264", "-preset",
-              "ultrafast", "-c:a", "aac", "-shortest", good, NULL);
-    s_ok(&p, "ffmpeg good.mp4");
+    p = cf_test_runl("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                     "testsrc2=size=160x90:rate=25:duration=2", "-f", "lavfi", "-i",
+                     "sine=frequency=440:sample_rate=48000:duration=2", "-c:v", "libx264",
+                     "-preset", "ultrafast", "-c:a", "aac", "-shortest", good, NULL);
+    cf_test_expect_success(&p, "ffmpeg good.mp4");
     cf_test_proc_free(&p);
-    p = s_run("ffmpeg", "-v", "error", "-i", good, "-c", "copy", "-movflags", "+faststart", fast,
-              NULL);
-    s_ok(&p, "ffmpeg faststart.mp4");
+    p = cf_test_runl("ffmpeg", "-v", "error", "-i", good, "-c", "copy", "-movflags", "+faststart",
+                     fast, NULL);
+    cf_test_expect_success(&p, "ffmpeg faststart.mp4");
     cf_test_proc_free(&p);
-    p = s_run("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-              "sine=frequency=440:sample_rate=48000:duration=2", "-c:a", "aac", audio, NULL);
-    s_ok(&p, "ffmpeg audio.m4a");
+    p = cf_test_runl("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                     "sine=frequency=440:sample_rate=48000:duration=2", "-c:a", "aac", audio, NULL);
+    cf_test_expect_success(&p, "ffmpeg audio.m4a");
     cf_test_proc_free(&p);
 
     /* Two ways to cut a file short: the index (moov) lost from the end, and
@@ -170,8 +149,8 @@ static cf_test_proc_t s_render(const char *source, const char *clip_extra, const
                          source, *clip_extra ? ", " : "", clip_extra, *output_extra ? ", " : "",
                          output_extra) > 0);
     cf_test_write_file(comp, json);
-    cf_test_proc_t p = s_run(cf_test_bin(), "render", comp, "-o", out, "--progress", "none",
-                             "--work-dir", s_work, NULL);
+    cf_test_proc_t p = cf_test_runl(cf_test_bin(), "render", comp, "-o", out, "--progress", "none",
+                                    "--work-dir", s_work, NULL);
     if (s_entries(s_work, NULL) != 0)
         fail_msg("temporary files left in %s after: %s", s_work, json);
     if (s_entries(s_dir, ".part") != 0)
@@ -242,7 +221,7 @@ static void test_http_sources(void **state)
      * and the downloaded copy removed with the workspace. */
     snprintf(src, sizeof src, "http://127.0.0.1:%d/good.mp4", s_http_port);
     cf_test_proc_t p = s_render(src, "\"start\": 0.5", "", "from-http.mp4");
-    s_ok(&p, "render from http");
+    cf_test_expect_success(&p, "render from http");
     assert_non_null(strstr(p.out, "rendered "));
     assert_non_null(strstr(p.out, ": 38 frames")); /* ceil(1.5 * 25) = 38 */
     cf_test_proc_free(&p);
@@ -261,7 +240,7 @@ static void test_gpu_encoder(void **state)
     if (cf_media_gpu_check(CF_CODEC_H264, err, sizeof err) == 0) {
         /* A machine with NVENC: the gpu encoder renders. */
         cf_test_proc_t p = s_render(src, "", "\"encoder\": \"gpu\"", "gpu.mp4");
-        s_ok(&p, "render with NVENC");
+        cf_test_expect_success(&p, "render with NVENC");
         assert_non_null(strstr(p.out, "h264_nvenc"));
         cf_test_proc_free(&p);
         return;
@@ -274,7 +253,7 @@ static void test_gpu_encoder(void **state)
     cf_test_proc_free(&p);
     /* "auto" falls back to the CPU. */
     p = s_render(src, "", "\"encoder\": \"auto\"", "auto.mp4");
-    s_ok(&p, "render with encoder auto");
+    cf_test_expect_success(&p, "render with encoder auto");
     assert_non_null(strstr(p.out, "libx264"));
     cf_test_proc_free(&p);
 }
@@ -284,7 +263,7 @@ static void test_invalid_composition(void **state)
     char *comp = s_path(s_dir, "bad.json"), *out = s_path(s_dir, "bad.mp4");
     cf_test_write_file(comp, "{\"clips\": [{\"source\": \"ftp://x/a.mp4\", \"start\": 2, "
                              "\"end\": 1}], \"output\": {\"fps\": 0}}");
-    cf_test_proc_t p = s_run(cf_test_bin(), "render", comp, "-o", out, NULL);
+    cf_test_proc_t p = cf_test_runl(cf_test_bin(), "render", comp, "-o", out, NULL);
     assert_int_equal(p.status, 2);
     assert_string_equal(
         p.err, "clipfarm render: clips[0].source: unsupported source (use file://, http://, "
@@ -292,11 +271,11 @@ static void test_invalid_composition(void **state)
                "clipfarm render: clips[0].end: must be greater than start (2.0)\n"
                "clipfarm render: output.fps: must be between 1 and 120\n");
     cf_test_proc_free(&p);
-    p = s_run(cf_test_bin(), "render", comp, NULL);
+    p = cf_test_runl(cf_test_bin(), "render", comp, NULL);
     assert_int_equal(p.status, 2);
     assert_non_null(strstr(p.err, "missing -o OUT"));
     cf_test_proc_free(&p);
-    p = s_run(cf_test_bin(), "render", comp, "-o", out, "--progress", "loud", NULL);
+    p = cf_test_runl(cf_test_bin(), "render", comp, "-o", out, "--progress", "loud", NULL);
     assert_int_equal(p.status, 2);
     assert_int_equal(cf_test_count_lines(p.err), 1);
     cf_test_proc_free(&p);

@@ -27,28 +27,6 @@
 
 static char *s_dir;
 
-/* Runs a NULL-terminated argument list; returns the process result. */
-static cf_test_proc_t s_run(const char *arg0, ...)
-{
-    const char *argv[64];
-    int n = 0;
-    va_list ap;
-    va_start(ap, arg0);
-    for (const char *a = arg0; a && n < 63; a = va_arg(ap, const char *))
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    return cf_test_run((char *const *)argv, NULL);
-}
-
-static void s_ok(cf_test_proc_t *proc, const char *what)
-{
-    if (proc->status != 0) {
-        print_error("%s exited %d: %s\n", what, proc->status, proc->err);
-        fail();
-    }
-}
-
 static char *s_path(const char *name)
 {
     char *path = NULL;
@@ -62,22 +40,22 @@ static int s_setup(void **state)
     s_dir = cf_test_mkdtemp("cf-render-timeline");
     char *a = s_path("a.mp4"), *b = s_path("b.mp4"), *c = s_path("c.mp4");
     cf_test_proc_t p;
-    p = s_run("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-              "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
-              "sine=frequency=600:sample_rate=48000:duration=4", "-c:v", "libx264", "-preset",
-              "ultrafast", "-g", "25", "-c:a", "aac", "-shortest", a, NULL);
-    s_ok(&p, "ffmpeg a.mp4");
+    p = cf_test_runl("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                     "testsrc2=size=320x240:rate=25:duration=4", "-f", "lavfi", "-i",
+                     "sine=frequency=600:sample_rate=48000:duration=4", "-c:v", "libx264",
+                     "-preset", "ultrafast", "-g", "25", "-c:a", "aac", "-shortest", a, NULL);
+    cf_test_expect_success(&p, "ffmpeg a.mp4");
     cf_test_proc_free(&p);
-    p = s_run("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-              "testsrc2=size=160x90:rate=30:duration=4", "-f", "lavfi", "-i",
-              "sine=frequency=600:sample_rate=44100:duration=4", "-c:v", "libx264", "-preset",
-              "ultrafast", "-c:a", "aac", b, NULL);
-    s_ok(&p, "ffmpeg b.mp4");
+    p = cf_test_runl("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                     "testsrc2=size=160x90:rate=30:duration=4", "-f", "lavfi", "-i",
+                     "sine=frequency=600:sample_rate=44100:duration=4", "-c:v", "libx264",
+                     "-preset", "ultrafast", "-c:a", "aac", b, NULL);
+    cf_test_expect_success(&p, "ffmpeg b.mp4");
     cf_test_proc_free(&p);
-    p = s_run("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-              "testsrc2=size=200x200:rate=30000/1001:duration=4", "-c:v", "libx264", "-preset",
-              "ultrafast", c, NULL);
-    s_ok(&p, "ffmpeg c.mp4");
+    p = cf_test_runl("ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                     "testsrc2=size=200x200:rate=30000/1001:duration=4", "-c:v", "libx264",
+                     "-preset", "ultrafast", c, NULL);
+    cf_test_expect_success(&p, "ffmpeg c.mp4");
     cf_test_proc_free(&p);
     free(a);
     free(b);
@@ -180,12 +158,12 @@ static json_t *s_ffprobe_json(const char *path, const char *what)
 {
     cf_test_proc_t p;
     if (!strcmp(what, "streams"))
-        p = s_run("ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", path,
-                  NULL);
+        p = cf_test_runl("ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json",
+                         path, NULL);
     else
-        p = s_run("ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
-                  "frame=key_frame", "-of", "json", path, NULL);
-    s_ok(&p, "ffprobe");
+        p = cf_test_runl("ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                         "frame=key_frame", "-of", "json", path, NULL);
+    cf_test_expect_success(&p, "ffprobe");
     json_error_t jerr;
     json_t *root = json_loads(p.out, 0, &jerr);
     assert_non_null(root);
@@ -209,33 +187,16 @@ static json_t *s_stream(json_t *probe, const char *type)
 static double s_psnr(const char *a, const char *b)
 {
     /* Frames are paired by index: the containers' time bases differ. */
-    cf_test_proc_t p = s_run("ffmpeg", "-v", "info", "-nostats", "-i", a, "-i", b, "-lavfi",
-                             "[0:v]settb=1/30,setpts=N[x];[1:v]settb=1/30,setpts=N[y];[x][y]psnr",
-                             "-f", "null", "-", NULL);
-    s_ok(&p, "ffmpeg psnr");
+    cf_test_proc_t p =
+        cf_test_runl("ffmpeg", "-v", "info", "-nostats", "-i", a, "-i", b, "-lavfi",
+                     "[0:v]settb=1/30,setpts=N[x];[1:v]settb=1/30,setpts=N[y];[x][y]psnr", "-f",
+                     "null", "-", NULL);
+    cf_test_expect_success(&p, "ffmpeg psnr");
     const char *avg = strstr(p.err, "average:");
     assert_non_null(avg);
     double v = strtod(avg + 8, NULL);
     cf_test_proc_free(&p);
     return v;
-}
-
-/* Video frame hashes, one per line. */
-static char *s_framemd5(const char *path)
-{
-    cf_test_proc_t p =
-        s_run("ffmpeg", "-v", "error", "-i", path, "-map", "0:v", "-f", "framemd5", "-", NULL);
-    s_ok(&p, "ffmpeg framemd5");
-    size_t cap = strlen(p.out) + 1, len = 0;
-    char *hashes = calloc(1, cap);
-    for (char *line = strtok(p.out, "\n"); line; line = strtok(NULL, "\n")) {
-        if (line[0] == '#')
-            continue;
-        const char *hash = strrchr(line, ',');
-        len += (size_t)snprintf(hashes + len, cap - len, "%s\n", hash ? hash + 1 : line);
-    }
-    cf_test_proc_free(&p);
-    return hashes;
 }
 
 static int s_count_entries(const char *dir)
@@ -275,9 +236,9 @@ typedef struct {
 static s_pcm_t s_decode_audio(const char *path)
 {
     char *raw = s_path("audio.raw");
-    cf_test_proc_t p = s_run("ffmpeg", "-v", "error", "-y", "-i", path, "-map", "0:a", "-f",
-                             "s16le", "-acodec", "pcm_s16le", raw, NULL);
-    s_ok(&p, "ffmpeg decode audio");
+    cf_test_proc_t p = cf_test_runl("ffmpeg", "-v", "error", "-y", "-i", path, "-map", "0:a", "-f",
+                                    "s16le", "-acodec", "pcm_s16le", raw, NULL);
+    cf_test_expect_success(&p, "ffmpeg decode audio");
     cf_test_proc_free(&p);
     FILE *f = fopen(raw, "rb");
     assert_non_null(f);
@@ -352,9 +313,9 @@ static void test_three_clip_timeline(void **state)
     char *comp = s_write_comp("comp.json", "");
     char *out = s_path("out.mp4"), *work = s_path("work");
     assert_int_equal(mkdir(work, 0700), 0);
-    cf_test_proc_t p = s_run(cf_test_bin(), "render", comp, "-o", out, "--progress", "json",
-                             "--work-dir", work, "--jobs", "2", NULL);
-    s_ok(&p, "clipfarm render");
+    cf_test_proc_t p = cf_test_runl(cf_test_bin(), "render", comp, "-o", out, "--progress", "json",
+                                    "--work-dir", work, "--jobs", "2", NULL);
+    cf_test_expect_success(&p, "clipfarm render");
     json_t *done = s_last_json_line(p.out, "{\"phase\":\"done\"");
     cf_test_proc_free(&p);
 
@@ -444,11 +405,11 @@ static void test_three_clip_timeline(void **state)
      * preset, CRF and GOP. */
     char *lossless = s_path("lossless.mkv"), *ref = s_path("ref.mp4");
     p = s_reference(lossless, "-c:v ffv1");
-    s_ok(&p, "ffmpeg lossless reference");
+    cf_test_expect_success(&p, "ffmpeg lossless reference");
     cf_test_proc_free(&p);
     p = s_reference(ref, "-c:v libx264 -preset ultrafast -crf 28 -x264-params "
                          "keyint=30:min-keyint=30:scenecut=0:open-gop=0:stitchable=1");
-    s_ok(&p, "ffmpeg reference encode");
+    cf_test_expect_success(&p, "ffmpeg reference encode");
     cf_test_proc_free(&p);
     double ours = s_psnr(out, lossless), theirs = s_psnr(ref, lossless);
     print_message("PSNR: clipfarm %.3f dB, ffmpeg CLI %.3f dB\n", ours, theirs);
@@ -459,11 +420,11 @@ static void test_three_clip_timeline(void **state)
      * frame ffmpeg's fps/trim/scale/pad chain produces. */
     char *comp0 = s_write_comp("comp0.json", "\"crf\": 0");
     char *out0 = s_path("out0.mp4");
-    p = s_run(cf_test_bin(), "render", comp0, "-o", out0, "--progress", "none", "--work-dir", work,
-              NULL);
-    s_ok(&p, "clipfarm render crf 0");
+    p = cf_test_runl(cf_test_bin(), "render", comp0, "-o", out0, "--progress", "none", "--work-dir",
+                     work, NULL);
+    cf_test_expect_success(&p, "clipfarm render crf 0");
     cf_test_proc_free(&p);
-    char *h_ours = s_framemd5(out0), *h_ref = s_framemd5(lossless);
+    char *h_ours = cf_test_video_md5(out0, false), *h_ref = cf_test_video_md5(lossless, false);
     assert_int_equal(cf_test_count_lines(h_ours), frames);
     assert_string_equal(h_ours, h_ref);
     assert_int_equal(s_count_entries(work), 0);
@@ -487,9 +448,9 @@ static void test_hevc_mkv_two_pass(void **state)
     char *comp = s_write_comp("comp-hevc.json", "\"container\": \"mkv\", \"video_codec\": "
                                                 "\"hevc\", \"video_bitrate\": \"300k\"");
     char *out = s_path("out.mkv");
-    cf_test_proc_t p =
-        s_run(cf_test_bin(), "render", comp, "-o", out, "--progress", "none", "-j", "2", NULL);
-    s_ok(&p, "clipfarm render hevc");
+    cf_test_proc_t p = cf_test_runl(cf_test_bin(), "render", comp, "-o", out, "--progress", "none",
+                                    "-j", "2", NULL);
+    cf_test_expect_success(&p, "clipfarm render hevc");
     assert_non_null(strstr(p.out, "rendered "));
     assert_non_null(strstr(p.out, "libx265"));
     cf_test_proc_free(&p);
@@ -502,8 +463,8 @@ static void test_hevc_mkv_two_pass(void **state)
     /* x264 two-pass: segments stay joinable (same parameter sets). */
     char *comp2 = s_write_comp("comp-2pass.json", "\"video_bitrate\": \"300k\"");
     char *out2 = s_path("out-2pass.mp4");
-    p = s_run(cf_test_bin(), "render", comp2, "-o", out2, "--progress", "none", NULL);
-    s_ok(&p, "clipfarm render two-pass");
+    p = cf_test_runl(cf_test_bin(), "render", comp2, "-o", out2, "--progress", "none", NULL);
+    cf_test_expect_success(&p, "clipfarm render two-pass");
     cf_test_proc_free(&p);
     probe = s_ffprobe_json(out2, "streams");
     v = s_stream(probe, "video");

@@ -14,7 +14,6 @@
 
 #include "cf_cache.h"
 #include "cf_db.h"
-#include "cf_migrate.h"
 #include "cf_redis.h"
 #include "cf_testutil.h"
 
@@ -24,24 +23,8 @@ static char s_prefix[64];
 
 static int s_setup(void **state)
 {
-    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
     s_redis_url = cf_test_require_env("CF_TEST_REDIS_URL");
-    char err[512], name[64], sql[128];
-    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
-    assert_non_null(admin);
-    snprintf(name, sizeof name, "cf_cache_%d", (int)getpid());
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-    PGresult *res = PQexec(admin, sql);
-    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-    PQclear(res);
-    PQfinish(admin);
-    snprintf(s_db_url, sizeof s_db_url, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
-    PGconn *conn = cf_db_connect(s_db_url, 10, err, sizeof err);
-    assert_non_null(conn);
-    cf_migrate_report_t report;
-    if (cf_migrate_run(conn, NULL, &report, err, sizeof err) < 0)
-        fail_msg("migrate: %s", err);
-    PQfinish(conn);
+    cf_test_fresh_database("cf_cache", s_db_url, sizeof s_db_url);
     return 0;
 }
 
@@ -54,15 +37,7 @@ static int s_before(void **state)
 
 static int s_after(void **state)
 {
-    char err[256];
-    redisContext *ctx = cf_redis_connect(s_redis_url, 2000, err, sizeof err);
-    if (!ctx)
-        return 0;
-    redisReply *keys = redisCommand(ctx, "KEYS %s*", s_prefix);
-    for (size_t i = 0; keys && keys->type == REDIS_REPLY_ARRAY && i < keys->elements; i++)
-        freeReplyObject(redisCommand(ctx, "DEL %s", keys->element[i]->str));
-    freeReplyObject(keys);
-    redisFree(ctx);
+    cf_test_redis_delete_prefix(s_redis_url, s_prefix);
     return 0;
 }
 

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "cf_db.h"
-#include "cf_migrate.h"
 #include "cf_queue.h"
 #include "cf_redis.h"
 #include "cf_state_keeper.h"
@@ -24,38 +23,19 @@ static PGconn *s_raw;
 
 static int s_setup(void **state)
 {
-    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
     s_redis_url = cf_test_require_env("CF_TEST_REDIS_URL");
-    char err[512], name[64], sql[128];
-    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
-    assert_non_null(admin);
-    snprintf(name, sizeof name, "cf_keeper_%d", (int)getpid());
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-    PGresult *res = PQexec(admin, sql);
-    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
-    PQclear(res);
-    PQfinish(admin);
-    snprintf(s_db_url, sizeof s_db_url, "%.*s/%s", (int)(strrchr(base, '/') - base), base, name);
+    char err[512];
+    cf_test_fresh_database("cf_keeper", s_db_url, sizeof s_db_url);
     s_raw = cf_db_connect(s_db_url, 10, err, sizeof err);
-    assert_non_null(s_raw);
-    cf_migrate_report_t report;
-    if (cf_migrate_run(s_raw, NULL, &report, err, sizeof err) < 0)
-        fail_msg("migrate: %s", err);
+    if (!s_raw)
+        fail_msg("connect: %s", err);
     snprintf(s_prefix, sizeof s_prefix, "cf:ktest:%d:", (int)getpid());
     return 0;
 }
 
 static int s_teardown(void **state)
 {
-    char err[256];
-    redisContext *ctx = cf_redis_connect(s_redis_url, 2000, err, sizeof err);
-    if (ctx) {
-        redisReply *keys = redisCommand(ctx, "KEYS %s*", s_prefix);
-        for (size_t i = 0; keys && keys->type == REDIS_REPLY_ARRAY && i < keys->elements; i++)
-            freeReplyObject(redisCommand(ctx, "DEL %s", keys->element[i]->str));
-        freeReplyObject(keys);
-        redisFree(ctx);
-    }
+    cf_test_redis_delete_prefix(s_redis_url, s_prefix);
     PQfinish(s_raw);
     return 0;
 }

@@ -9,7 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "cf_db.h"
+#include "cf_migrate.h"
+#include "cf_redis.h"
 
 const char *cf_test_require_env(const char *name)
 {
@@ -97,6 +102,27 @@ cf_test_proc_t cf_test_run(char *const argv[], char *const env[])
     return proc;
 }
 
+cf_test_proc_t cf_test_runl(const char *arg0, ...)
+{
+    const char *argv[64];
+    int n = 0;
+    va_list ap;
+    va_start(ap, arg0);
+    for (const char *a = arg0; a; a = va_arg(ap, const char *)) {
+        assert_true(n < 63);
+        argv[n++] = a;
+    }
+    va_end(ap);
+    argv[n] = NULL;
+    return cf_test_run((char *const *)argv, NULL);
+}
+
+void cf_test_expect_success(const cf_test_proc_t *proc, const char *what)
+{
+    if (proc->status != 0)
+        fail_msg("%s exited %d: %s", what, proc->status, proc->err);
+}
+
 void cf_test_proc_free(cf_test_proc_t *proc)
 {
     free(proc->out);
@@ -141,4 +167,76 @@ int cf_test_count_lines(const char *text)
     if (*text && text[strlen(text) - 1] != '\n')
         lines++;
     return lines;
+}
+
+void cf_test_fresh_database(const char *prefix, char *url, size_t urllen)
+{
+    const char *base = cf_test_require_env("CF_TEST_DATABASE_URL");
+    static int count;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    char name[64], err[512];
+    int n = snprintf(name, sizeof name, "%s_%d_%d_%ld", prefix, (int)getpid(), ++count,
+                     (long)(now.tv_nsec / 1000) % 1000000);
+    assert_true(n > 0 && (size_t)n < sizeof name);
+    /* The URL's last path element is the database: swap it, keep any query. */
+    const char *query = strchr(base, '?');
+    size_t head = query ? (size_t)(query - base) : strlen(base);
+    const char *slash = memrchr(base, '/', head);
+    if (!slash || slash < strstr(base, "://") + 3)
+        fail_msg("CF_TEST_DATABASE_URL has no database name: %s", base);
+    n = snprintf(url, urllen, "%.*s/%s%s", (int)(slash - base), base, name, query ? query : "");
+    assert_true(n > 0 && (size_t)n < urllen);
+
+    PGconn *admin = cf_db_connect(base, 10, err, sizeof err);
+    if (!admin)
+        fail_msg("connect %s: %s", base, err);
+    char sql[128];
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+    PGresult *res = PQexec(admin, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        fail_msg("%s: %s", sql, cf_db_errstr(admin, res, err, sizeof err));
+    PQclear(res);
+    PQfinish(admin);
+
+    PGconn *conn = cf_db_connect(url, 10, err, sizeof err);
+    if (!conn)
+        fail_msg("connect %s: %s", url, err);
+    cf_migrate_report_t report;
+    if (cf_migrate_run(conn, NULL, &report, err, sizeof err) < 0)
+        fail_msg("migrate: %s", err);
+    PQfinish(conn);
+}
+
+void cf_test_redis_delete_prefix(const char *url, const char *prefix)
+{
+    char err[256];
+    redisContext *ctx = cf_redis_connect(url, 2000, err, sizeof err);
+    if (!ctx)
+        return;
+    redisReply *keys = redisCommand(ctx, "KEYS %s*", prefix);
+    for (size_t i = 0; keys && keys->type == REDIS_REPLY_ARRAY && i < keys->elements; i++)
+        freeReplyObject(redisCommand(ctx, "DEL %b", keys->element[i]->str, keys->element[i]->len));
+    freeReplyObject(keys);
+    redisFree(ctx);
+}
+
+char *cf_test_video_md5(const char *path, bool packets)
+{
+    cf_test_proc_t p = packets ? cf_test_runl("ffmpeg", "-v", "error", "-i", path, "-map", "0:v",
+                                              "-c", "copy", "-f", "framemd5", "-", NULL)
+                               : cf_test_runl("ffmpeg", "-v", "error", "-i", path, "-map", "0:v",
+                                              "-f", "framemd5", "-", NULL);
+    cf_test_expect_success(&p, "ffmpeg framemd5");
+    size_t cap = strlen(p.out) + 1, len = 0;
+    char *hashes = calloc(1, cap);
+    assert_non_null(hashes);
+    for (char *line = strtok(p.out, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#')
+            continue;
+        const char *hash = strrchr(line, ',');
+        len += (size_t)snprintf(hashes + len, cap - len, "%s\n", hash ? hash + 1 : line);
+    }
+    cf_test_proc_free(&p);
+    return hashes;
 }

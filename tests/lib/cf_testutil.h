@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -26,6 +27,11 @@ typedef struct {
 /* Runs argv (argv[0] is looked up in PATH) with extra environment entries
  * "K=V" from env (may be NULL, NULL-terminated), waits, captures output. */
 cf_test_proc_t cf_test_run(char *const argv[], char *const env[]);
+/* cf_test_run with the arguments listed: ARG0, ..., NULL (at most 63). */
+cf_test_proc_t cf_test_runl(const char *arg0, ...) __attribute__((sentinel));
+/* Fails the test, showing WHAT, the exit status and stderr, unless PROC
+ * exited 0. */
+void cf_test_expect_success(const cf_test_proc_t *proc, const char *what);
 void cf_test_proc_free(cf_test_proc_t *proc);
 
 /* Path of the clipfarm binary under test (CF_BIN). */
@@ -39,5 +45,20 @@ void cf_test_rmtree(const char *path);
 void cf_test_write_file(const char *path, const char *text);
 /* Counts lines of text (for one-line error checks). */
 int cf_test_count_lines(const char *text);
+
+/* Creates an empty database with a name no other test uses (PREFIX, a
+ * lowercase identifier, plus pid, counter and clock) on the server of
+ * CF_TEST_DATABASE_URL (skips when unset), applies the built-in migrations
+ * and writes its URL to URL. Fails the test on any error. */
+void cf_test_fresh_database(const char *prefix, char *url, size_t urllen);
+
+/* Deletes every key under PREFIX on the Redis at URL (the tests share one
+ * server); a Redis that cannot be reached is left alone. */
+void cf_test_redis_delete_prefix(const char *url, const char *prefix);
+
+/* One MD5 per video frame of PATH, one per line, from ffmpeg's framemd5:
+ * of the decoded frames, or of the packets (the bitstream) when PACKETS.
+ * Caller frees. */
+char *cf_test_video_md5(const char *path, bool packets);
 
 #endif
