@@ -150,6 +150,7 @@ typedef struct {
      * refused; we try again after this delay (doubling, capped). */
     int64_t reconnect_at_ms;
     int reconnect_delay_ms;
+    int64_t connected_ms; /* when the DEALER was (re)created */
 } s_peer_t;
 
 typedef struct {
@@ -304,6 +305,7 @@ static int s_peer_connect(s_self_t *self, s_peer_t *peer)
     }
     peer->dealer = dealer;
     peer->monitor = monitor;
+    peer->connected_ms = zclock_mono();
     return 0;
 }
 
@@ -356,7 +358,10 @@ static s_peer_t *s_peer_learn(s_self_t *self, const char *id, const char *key, c
                     control);
         s_peer_connect(self, peer);
         self->dirty = true;
-    } else if (strcmp(peer->control_endpoint, control) && peer->state != S_ALIVE) {
+    } else if (strcmp(peer->control_endpoint, control) && peer->state != S_ALIVE &&
+               now - peer->connected_ms > 3000) {
+        /* Beacon and registry may name different addresses: try another
+         * only after giving the current one a fair chance. */
         cf_log_info("node", "peer %s moved to %s", s_peer_name(peer), control);
         snprintf(peer->control_endpoint, sizeof peer->control_endpoint, "%s", control);
         s_peer_connect(self, peer);

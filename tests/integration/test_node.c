@@ -3,9 +3,12 @@
  * calibration and its cache; the snapshot, counters, load and coordinator
  * state other threads read; the bounded, clean shutdown. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -174,9 +177,23 @@ static char *s_query(const char *sql)
     return value;
 }
 
+/* A TCP port on 127.0.0.1 that nothing uses, below the ephemeral range so
+ * no outgoing connection takes it meanwhile. */
 static int s_free_port(void)
 {
-    return 20000 + (int)(random() % 30000);
+    for (int tries = 0; tries < 200; tries++) {
+        int port = 20000 + (int)(random() % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in addr = {.sin_family = AF_INET,
+                                   .sin_port = htons((uint16_t)port),
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int rc = bind(fd, (struct sockaddr *)&addr, sizeof addr);
+        close(fd);
+        if (rc == 0)
+            return port;
+    }
+    fail_msg("no free port");
+    return -1;
 }
 
 static void s_options(cf_node_options_t *opts, char *data_dir, char *secret, char *control,
