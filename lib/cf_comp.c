@@ -365,6 +365,8 @@ static void s_parse_clip(json_t *jclip, int index, cf_comp_clip_t *clip, cf_comp
     else {
         s_check_source(json_string_value(source), path, errors);
         clip->source = strdup(json_string_value(source));
+        if (!clip->source)
+            s_add(errors, "%s: out of memory", path);
     }
 
     double start = 0, end = 0;
@@ -518,6 +520,8 @@ static cf_comp_t *s_from_json(json_t *root, cf_comp_errors_t *errors)
     else if (title && strlen(json_string_value(title)) > CF_COMP_MAX_TITLE)
         s_add(errors, "title: longer than %d characters", CF_COMP_MAX_TITLE);
     comp->title = strdup(json_is_string(title) ? json_string_value(title) : "");
+    if (!comp->title)
+        s_add(errors, "title: out of memory");
 
     json_t *priority = json_object_get(root, "priority");
     int idx;
