@@ -435,13 +435,13 @@ static int s_auth_lookup(cf_api_t *api, const char *id, cf_api_auth_entry_t *out
         slot = slot * 31 + (unsigned char)*p;
     slot %= CF_API_AUTH_CACHE_SLOTS;
     int found = 0;
-    pthread_mutex_lock(&api->auth_lock);
+    pthread_rwlock_rdlock(&api->auth_lock);
     cf_api_auth_entry_t *entry = &api->auth_cache[slot];
     if (entry->expires_ms > cf_api_now_ms() && !strcmp(entry->id, id)) {
         *out = *entry;
         found = 1;
     }
-    pthread_mutex_unlock(&api->auth_lock);
+    pthread_rwlock_unlock(&api->auth_lock);
     return found;
 }
 
@@ -453,10 +453,10 @@ static void s_auth_store(cf_api_t *api, const cf_api_auth_entry_t *entry)
     for (const char *p = entry->id; *p; p++)
         slot = slot * 31 + (unsigned char)*p;
     slot %= CF_API_AUTH_CACHE_SLOTS;
-    pthread_mutex_lock(&api->auth_lock);
+    pthread_rwlock_wrlock(&api->auth_lock);
     api->auth_cache[slot] = *entry;
     api->auth_cache[slot].expires_ms = cf_api_now_ms() + api->opts.auth_cache_ms;
-    pthread_mutex_unlock(&api->auth_lock);
+    pthread_rwlock_unlock(&api->auth_lock);
 }
 
 /* Checks the request's API key. Returns 0 when it may go on, or the status
@@ -518,13 +518,14 @@ static int s_rate_limit(cf_api_req_t *req)
         slot = slot * 31 + (unsigned char)*p;
     cf_api_lease_t *lease = &api->leases[slot % CF_API_LEASE_SLOTS];
     int64_t now = cf_api_now_ms();
-    pthread_mutex_lock(&api->lease_lock);
-    if (lease->tokens > 0 && lease->expires_ms > now && !strcmp(lease->bucket, bucket)) {
-        lease->tokens--;
-        pthread_mutex_unlock(&api->lease_lock);
+    /* Readers take tokens with an atomic decrement under the read lock; a
+     * refill takes the write lock. Request threads never wait on each other. */
+    pthread_rwlock_rdlock(&api->lease_lock);
+    bool leased = lease->expires_ms > now && !strcmp(lease->bucket, bucket) &&
+                  atomic_fetch_sub(&lease->tokens, 1) > 0;
+    pthread_rwlock_unlock(&api->lease_lock);
+    if (leased)
         return 0;
-    }
-    pthread_mutex_unlock(&api->lease_lock);
 
     redisContext *ctx = cf_api_redis_get(api, err, sizeof err);
     double retry = 0;
@@ -541,11 +542,11 @@ static int s_rate_limit(cf_api_req_t *req)
     if (granted > 0) {
         /* Keep the rest for the next requests; unused ones lapse after a
          * second, so a lease never lets a key exceed its bucket by more. */
-        pthread_mutex_lock(&api->lease_lock);
+        pthread_rwlock_wrlock(&api->lease_lock);
         snprintf(lease->bucket, sizeof lease->bucket, "%s", bucket);
-        lease->tokens = granted - 1;
+        atomic_store(&lease->tokens, granted - 1);
         lease->expires_ms = now + 1000;
-        pthread_mutex_unlock(&api->lease_lock);
+        pthread_rwlock_unlock(&api->lease_lock);
         return 0;
     }
     long seconds = (long)ceil(retry);
@@ -790,8 +791,8 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     self->opts.data_dir = self->data_dir;
     self->opts.node_id = self->node_id;
     self->loopback = s_is_loopback(host);
-    pthread_mutex_init(&self->auth_lock, NULL);
-    pthread_mutex_init(&self->lease_lock, NULL);
+    pthread_rwlock_init(&self->auth_lock, NULL);
+    pthread_rwlock_init(&self->lease_lock, NULL);
     /* Lease ~50 ms worth of tokens per round trip to Redis, never more than
      * a quarter of the burst: exact for small limits, cheap for big ones. */
     double lease = opts->rate_limit * 0.05;
@@ -934,8 +935,8 @@ void cf_api_destroy(cf_api_t **self_p)
     }
     s_pool_drain(&self->redis_pool, s_redis_destroy);
     s_pool_drain(&self->queue_pool, s_queue_destroy);
-    pthread_mutex_destroy(&self->auth_lock);
-    pthread_mutex_destroy(&self->lease_lock);
+    pthread_rwlock_destroy(&self->auth_lock);
+    pthread_rwlock_destroy(&self->lease_lock);
     free(self->http_addr);
     free(self->redis_url);
     free(self->redis_prefix);

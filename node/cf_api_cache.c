@@ -45,23 +45,23 @@ static void s_entry_clear(cf_api_local_entry_t *entry)
 
 void cf_api_cache_forget(cf_api_t *api, const char *id)
 {
-    pthread_mutex_lock(&api->local_lock);
+    pthread_rwlock_wrlock(&api->local_lock);
     api->local_seq++;
     cf_api_local_entry_t *entry = &api->local[s_slot(id)];
     if (!strcmp(entry->id, id))
         s_entry_clear(entry);
-    pthread_mutex_unlock(&api->local_lock);
+    pthread_rwlock_unlock(&api->local_lock);
 }
 
 static void s_forget_all(cf_api_t *api, bool coherent)
 {
-    pthread_mutex_lock(&api->local_lock);
+    pthread_rwlock_wrlock(&api->local_lock);
     api->local_seq++;
     for (int i = 0; i < CF_API_LOCAL_SLOTS; i++)
         if (api->local[i].json)
             s_entry_clear(&api->local[i]);
     api->local_coherent = coherent;
-    pthread_mutex_unlock(&api->local_lock);
+    pthread_rwlock_unlock(&api->local_lock);
 }
 
 int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t *len_p, char *err,
@@ -69,7 +69,7 @@ int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t
 {
     *json_p = NULL;
     int64_t now = cf_api_now_ms();
-    pthread_mutex_lock(&api->local_lock);
+    pthread_rwlock_rdlock(&api->local_lock);
     cf_api_local_entry_t *entry = &api->local[s_slot(id)];
     if (entry->json && !strcmp(entry->id, id) && entry->expires_ms > now) {
         *json_p = malloc(entry->len + 1);
@@ -80,7 +80,7 @@ int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t
     }
     uint64_t seq = api->local_seq;
     bool coherent = api->local_coherent;
-    pthread_mutex_unlock(&api->local_lock);
+    pthread_rwlock_unlock(&api->local_lock);
     const char *result[] = {*json_p ? "hit" : coherent ? "miss" : "bypass"};
     cf_metric_inc(api->m_local_cache, result, 1);
     if (*json_p)
@@ -94,7 +94,7 @@ int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t
     char *copy = coherent ? malloc(len + 1) : NULL;
     if (copy) {
         memcpy(copy, json, len + 1);
-        pthread_mutex_lock(&api->local_lock);
+        pthread_rwlock_wrlock(&api->local_lock);
         if (api->local_seq == seq && api->local_coherent) {
             entry = &api->local[s_slot(id)];
             s_entry_clear(entry);
@@ -104,7 +104,7 @@ int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t
             entry->expires_ms = cf_api_now_ms() + S_TTL_MS;
             copy = NULL;
         }
-        pthread_mutex_unlock(&api->local_lock);
+        pthread_rwlock_unlock(&api->local_lock);
         free(copy);
     }
     *json_p = json;
@@ -121,9 +121,9 @@ static void *s_subscriber_main(void *arg)
     while (!atomic_load(&api->stopping)) {
         redisContext *ctx = cf_redis_connect(api->redis_url, 2000, err, sizeof err);
         if (ctx) {
-            pthread_mutex_lock(&api->local_lock);
+            pthread_rwlock_wrlock(&api->local_lock);
             api->local_ctx = ctx;
-            pthread_mutex_unlock(&api->local_lock);
+            pthread_rwlock_unlock(&api->local_lock);
         }
         redisReply *reply = ctx ? redisCommand(ctx, "PSUBSCRIBE %s", pattern) : NULL;
         if (reply && reply->type == REDIS_REPLY_ARRAY) {
@@ -149,9 +149,9 @@ static void *s_subscriber_main(void *arg)
             freeReplyObject(reply);
         }
         s_forget_all(api, false);
-        pthread_mutex_lock(&api->local_lock);
+        pthread_rwlock_wrlock(&api->local_lock);
         api->local_ctx = NULL;
-        pthread_mutex_unlock(&api->local_lock);
+        pthread_rwlock_unlock(&api->local_lock);
         redisFree(ctx);
         if (!atomic_load(&api->stopping)) {
             cf_log_debug("api", "cache invalidations: %s; local cache off until back",
@@ -165,7 +165,7 @@ static void *s_subscriber_main(void *arg)
 
 int cf_api_cache_start(cf_api_t *api, char *err, size_t errlen)
 {
-    pthread_mutex_init(&api->local_lock, NULL);
+    pthread_rwlock_init(&api->local_lock, NULL);
     api->local_coherent = false;
     if (pthread_create(&api->local_thread, NULL, s_subscriber_main, api) != 0) {
         snprintf(err, errlen, "cannot start the cache invalidation thread");
@@ -180,12 +180,12 @@ void cf_api_cache_stop(cf_api_t *api)
     if (!api->local_started)
         return;
     atomic_store(&api->stopping, true);
-    pthread_mutex_lock(&api->local_lock);
+    pthread_rwlock_wrlock(&api->local_lock);
     if (api->local_ctx)
         shutdown(api->local_ctx->fd, SHUT_RDWR);
-    pthread_mutex_unlock(&api->local_lock);
+    pthread_rwlock_unlock(&api->local_lock);
     pthread_join(api->local_thread, NULL);
     api->local_started = false;
     s_forget_all(api, false);
-    pthread_mutex_destroy(&api->local_lock);
+    pthread_rwlock_destroy(&api->local_lock);
 }

@@ -35,7 +35,7 @@ typedef struct {
 
 typedef struct {
     char bucket[160];
-    int tokens;
+    atomic_int tokens;
     int64_t expires_ms;
 } cf_api_lease_t;
 
@@ -78,16 +78,16 @@ struct cf_api_t {
     cf_api_pool_t redis_pool; /* redisContext * for rate limits and pings */
     cf_api_pool_t queue_pool; /* cf_queue_t * producers */
 
-    pthread_mutex_t auth_lock;
+    pthread_rwlock_t auth_lock;
     cf_api_auth_entry_t auth_cache[CF_API_AUTH_CACHE_SLOTS];
 
     /* Rate-limit tokens leased from the Redis buckets (cf_api.c). */
-    pthread_mutex_t lease_lock;
+    pthread_rwlock_t lease_lock;
     cf_api_lease_t leases[CF_API_LEASE_SLOTS];
     int lease_size;
 
     /* In-process composition cache (cf_api_cache.c). */
-    pthread_mutex_t local_lock;
+    pthread_rwlock_t local_lock; /* read: look up and copy; write: store, drop */
     cf_api_local_entry_t local[CF_API_LOCAL_SLOTS];
     uint64_t local_seq;  /* grows with every invalidation */
     bool local_coherent; /* subscribed to invalidations: entries may be kept */
