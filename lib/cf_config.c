@@ -165,8 +165,7 @@ static int s_apply_std(cf_config_t *cfg, const s_std_option_t *opt, const char *
             return 0;
         }
         case S_REDIS_URL:
-            if (cf_url_parse(value, &url, why, sizeof why) < 0 ||
-                (strcmp(url.scheme, "redis") && strcmp(url.scheme, "unix")))
+            if (cf_url_parse(value, &url, why, sizeof why) < 0 || strcmp(url.scheme, "redis"))
                 return s_fail(err, errlen, source,
                               "malformed URL '%s' (expected redis://[:password@]host[:port][/db])",
                               cf_url_mask_password(value, masked, sizeof masked));

@@ -46,7 +46,14 @@ redisContext *cf_redis_connect(const char *url, int timeout_ms, char *err, size_
             goto fail;
     }
     if (parsed.path[0] && strcmp(parsed.path, "/")) {
-        redisReply *reply = redisCommand(ctx, "SELECT %d", atoi(parsed.path + 1));
+        char *end = NULL;
+        long db = strtol(parsed.path + 1, &end, 10);
+        if (end == parsed.path + 1 || *end || db < 0 || db > 15) {
+            snprintf(err, errlen, "malformed Redis URL: database '%s' is not 0..15",
+                     parsed.path + 1);
+            goto fail;
+        }
+        redisReply *reply = redisCommand(ctx, "SELECT %ld", db);
         if (s_expect_ok(ctx, reply, "Redis SELECT failed", err, errlen) < 0)
             goto fail;
     }
