@@ -19,6 +19,7 @@
 struct cf_db_cluster_t {
     char *url;
     PGconn *conn;
+    int interrupt_fd; /* -1: none */
 };
 
 static int64_t s_now_ms(void)
@@ -48,9 +49,10 @@ static void s_drop(cf_db_cluster_t *self)
     }
 }
 
-/* Waits until CONN's socket is ready for EVENTS or DEADLINE passes.
- * Returns 1 ready, 0 timed out, -1 error. */
-static int s_wait(PGconn *conn, short events, int64_t deadline)
+/* Waits until CONN's socket is ready for EVENTS or DEADLINE passes, or
+ * INTERRUPT_FD (when >= 0) is readable. Returns 1 ready, 0 timed out,
+ * -1 error, -2 interrupted. */
+static int s_wait(PGconn *conn, short events, int64_t deadline, int interrupt_fd)
 {
     int fd = PQsocket(conn);
     if (fd < 0)
@@ -59,8 +61,11 @@ static int s_wait(PGconn *conn, short events, int64_t deadline)
         int64_t left = deadline - s_now_ms();
         if (left <= 0)
             return 0;
-        struct pollfd pfd = {.fd = fd, .events = events};
-        int rc = poll(&pfd, 1, (int)left);
+        struct pollfd pfd[2] = {{.fd = fd, .events = events},
+                                {.fd = interrupt_fd, .events = POLLIN}};
+        int rc = poll(pfd, interrupt_fd >= 0 ? 2 : 1, (int)left);
+        if (rc > 0 && interrupt_fd >= 0 && (pfd[1].revents & POLLIN))
+            return -2;
         if (rc > 0)
             return 1;
         if (rc == 0)
@@ -91,10 +96,12 @@ static int s_connect(cf_db_cluster_t *self, int64_t deadline, char *err, size_t 
             PQfinish(conn);
             return CF_DBC_UNAVAILABLE;
         }
-        int ready = s_wait(conn, status == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+        int ready = s_wait(conn, status == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline,
+                           self->interrupt_fd);
         if (ready <= 0) {
             PQfinish(conn);
-            return s_fail(CF_DBC_UNAVAILABLE, err, errlen, "connecting to Postgres timed out");
+            return s_fail(CF_DBC_UNAVAILABLE, err, errlen,
+                          ready == -2 ? "interrupted" : "connecting to Postgres timed out");
         }
         status = PQconnectPoll(conn);
     }
@@ -132,9 +139,10 @@ static int s_exec(cf_db_cluster_t *self, const char *sql, int nparams, const cha
         s_drop(self);
         return CF_DBC_UNAVAILABLE;
     }
-    int flushed;
+    int flushed, ready = 1;
     while ((flushed = PQflush(conn)) == 1) {
-        if (s_wait(conn, POLLOUT | POLLIN, deadline) <= 0 || !PQconsumeInput(conn))
+        if ((ready = s_wait(conn, POLLOUT | POLLIN, deadline, self->interrupt_fd)) <= 0 ||
+            !PQconsumeInput(conn))
             goto unavailable;
     }
     if (flushed < 0)
@@ -143,7 +151,8 @@ static int s_exec(cf_db_cluster_t *self, const char *sql, int nparams, const cha
     PGresult *keep = NULL;
     for (;;) {
         while (PQisBusy(conn)) {
-            if (s_wait(conn, POLLIN, deadline) <= 0 || !PQconsumeInput(conn)) {
+            if ((ready = s_wait(conn, POLLIN, deadline, self->interrupt_fd)) <= 0 ||
+                !PQconsumeInput(conn)) {
                 PQclear(keep);
                 goto unavailable;
             }
@@ -170,7 +179,9 @@ static int s_exec(cf_db_cluster_t *self, const char *sql, int nparams, const cha
     return CF_DBC_OK;
 
 unavailable:
-    if (s_now_ms() >= deadline)
+    if (ready == -2)
+        s_fail(0, err, errlen, "interrupted");
+    else if (s_now_ms() >= deadline)
         s_fail(0, err, errlen, "Postgres did not answer within %d ms", timeout_ms);
     else
         cf_db_errstr(conn, NULL, err, errlen);
@@ -185,6 +196,7 @@ cf_db_cluster_t *cf_db_cluster_new(const char *url)
         free(self);
         return NULL;
     }
+    self->interrupt_fd = -1;
     return self;
 }
 
@@ -197,6 +209,11 @@ void cf_db_cluster_destroy(cf_db_cluster_t **self_p)
     free(self->url);
     free(self);
     *self_p = NULL;
+}
+
+void cf_db_cluster_set_interrupt(cf_db_cluster_t *self, int fd)
+{
+    self->interrupt_fd = fd;
 }
 
 bool cf_db_cluster_connected(const cf_db_cluster_t *self)

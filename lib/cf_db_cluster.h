@@ -31,6 +31,12 @@ cf_db_cluster_t *cf_db_cluster_new(const char *url);
 /* Closes the connection. Safe on NULL; NULLs *self_p. */
 void cf_db_cluster_destroy(cf_db_cluster_t **self_p);
 
+/* Makes every call give up at once (CF_DBC_UNAVAILABLE, "interrupted",
+ * connection dropped) while FD is readable, e.g. an eventfd a node signals
+ * when it shuts down, so no thread waits out a deadline on its way out.
+ * -1 turns it off. */
+void cf_db_cluster_set_interrupt(cf_db_cluster_t *self, int fd);
+
 /* True while a connection is open (it may still turn out dead). */
 bool cf_db_cluster_connected(const cf_db_cluster_t *self);
 

@@ -22,6 +22,7 @@ typedef struct {
     int interval_ms;
     int max_age_ms;
     bool read_peers;
+    int interrupt_fd;
 } s_args_t;
 
 typedef struct {
@@ -164,6 +165,8 @@ static void s_actor(zsock_t *pipe, void *arg)
 {
     s_self_t self = {.pipe = pipe, .args = arg};
     self.db = cf_db_cluster_new(self.args->url);
+    if (self.db)
+        cf_db_cluster_set_interrupt(self.db, self.args->interrupt_fd);
     self.rejected = zhashx_new();
     cf_discovery_row_mac(self.args->secret, self.args->node_id, self.args->control, self.args->http,
                          self.args->public_key, self.mac);
@@ -183,6 +186,7 @@ static void s_actor(zsock_t *pipe, void *arg)
             s_handle_pipe(&self);
     }
     if (self.db && self.upserted) {
+        cf_db_cluster_set_interrupt(self.db, -1); /* this one is still tried */
         char err[512];
         if (cf_db_cluster_node_leave(self.db, self.args->node_id, S_LEAVE_TIMEOUT_MS, err,
                                      sizeof err) != CF_DBC_OK)
@@ -208,6 +212,7 @@ zactor_t *cf_discovery_new(const cf_discovery_args_t *args)
     copy->interval_ms = args->interval_ms > 0 ? args->interval_ms : 1000;
     copy->max_age_ms = args->max_age_ms > 0 ? args->max_age_ms : 15000;
     copy->read_peers = args->read_peers;
+    copy->interrupt_fd = args->interrupt_fd;
     zactor_t *actor = NULL;
     if (copy->url && copy->control && copy->http && copy->capabilities)
         actor = zactor_new(s_actor, copy);

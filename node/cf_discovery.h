@@ -29,8 +29,9 @@ typedef struct {
     const char *capabilities;  /* JSON text */
     const cf_secret_t *secret; /* borrowed, read-only, must outlive the actor */
     int interval_ms;
-    int max_age_ms;  /* rows not refreshed for this long are not read */
-    bool read_peers; /* false: only publish this node's row */
+    int max_age_ms;   /* rows not refreshed for this long are not read */
+    bool read_peers;  /* false: only publish this node's row */
+    int interrupt_fd; /* readable when the node shuts down (-1: none) */
 } cf_discovery_args_t;
 
 /* Starts the registry actor (ARGS copied, except secret). NULL on failure. */

@@ -15,6 +15,7 @@ typedef struct {
     char *url;
     char node_id[37];
     int ttl_ms;
+    int interrupt_fd;
 } s_args_t;
 
 typedef struct {
@@ -155,6 +156,8 @@ static void s_actor(zsock_t *pipe, void *arg)
 {
     s_self_t self = {.pipe = pipe, .args = arg};
     self.db = cf_db_cluster_new(self.args->url);
+    if (self.db)
+        cf_db_cluster_set_interrupt(self.db, self.args->interrupt_fd);
     zsock_signal(pipe, 0);
     while (self.db && !self.terminated) {
         int64_t now = zclock_mono();
@@ -175,6 +178,8 @@ static void s_actor(zsock_t *pipe, void *arg)
             s_handle_pipe(&self);
     }
     if (self.leader) {
+        /* The release is the one call that must still be tried. */
+        cf_db_cluster_set_interrupt(self.db, -1);
         char err[512];
         bool released = false;
         if (cf_db_cluster_lease_release(self.db, self.args->node_id, self.my_epoch, &released,
@@ -198,6 +203,7 @@ zactor_t *cf_election_new(const cf_election_args_t *args)
     }
     snprintf(copy->node_id, sizeof copy->node_id, "%s", args->node_id);
     copy->ttl_ms = args->ttl_ms;
+    copy->interrupt_fd = args->interrupt_fd;
     zactor_t *actor = zactor_new(s_actor, copy);
     if (!actor) {
         free(copy->url);

@@ -26,6 +26,8 @@ typedef struct {
     const char *database_url;
     const char *node_id;
     int ttl_ms;
+    int interrupt_fd; /* readable when the node shuts down (-1: none): ends any
+                         database call at once */
 } cf_election_args_t;
 
 /* Starts the election actor (ARGS are copied). NULL when out of memory. */

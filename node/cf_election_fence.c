@@ -138,10 +138,18 @@ static void s_attempt(s_self_t *self)
     zlistx_delete(self->jobs, zlistx_cursor(self->jobs));
 }
 
+typedef struct {
+    char *url;
+    int interrupt_fd;
+} s_args_t;
+
 static void s_actor(zsock_t *pipe, void *arg)
 {
+    s_args_t *args = arg;
     s_self_t self = {.pipe = pipe, .retry_ms = S_RETRY_MIN_MS};
-    self.db = cf_db_cluster_new(arg);
+    self.db = cf_db_cluster_new(args->url);
+    if (self.db)
+        cf_db_cluster_set_interrupt(self.db, args->interrupt_fd);
     self.jobs = zlistx_new();
     zlistx_set_destructor(self.jobs, (zlistx_destructor_fn *)s_job_destroy);
     zsock_signal(pipe, 0);
@@ -165,14 +173,22 @@ static void s_actor(zsock_t *pipe, void *arg)
                     zlistx_size(self.jobs));
     zlistx_destroy(&self.jobs);
     cf_db_cluster_destroy(&self.db);
-    free(arg);
+    free(args->url);
+    free(args);
 }
 
-zactor_t *cf_election_fence_new(const char *database_url)
+zactor_t *cf_election_fence_new(const char *database_url, int interrupt_fd)
 {
-    char *url = strdup(database_url);
-    zactor_t *actor = url ? zactor_new(s_actor, url) : NULL;
-    if (!actor)
-        free(url);
+    s_args_t *args = calloc(1, sizeof *args);
+    if (!args || !(args->url = strdup(database_url))) {
+        free(args);
+        return NULL;
+    }
+    args->interrupt_fd = interrupt_fd;
+    zactor_t *actor = zactor_new(s_actor, args);
+    if (!actor) {
+        free(args->url);
+        free(args);
+    }
     return actor;
 }

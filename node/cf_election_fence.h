@@ -21,7 +21,9 @@
 
 #include <czmq.h>
 
-/* Starts the actor for DATABASE_URL (copied). NULL when out of memory. */
-zactor_t *cf_election_fence_new(const char *database_url);
+/* Starts the actor for DATABASE_URL (copied). INTERRUPT_FD (-1: none) is
+ * readable when the node shuts down: it ends a pending call at once. NULL
+ * when out of memory. */
+zactor_t *cf_election_fence_new(const char *database_url, int interrupt_fd);
 
 #endif

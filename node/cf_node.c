@@ -8,6 +8,7 @@
 #include "cf_node.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <czmq.h>
 #include <ifaddrs.h>
 #include <inttypes.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -171,6 +173,7 @@ typedef struct {
     zactor_t *registry;
     zactor_t *fence;
     struct s_calibration_t *calibration; /* while the calibration thread runs */
+    int shutdown_fd; /* eventfd, signalled to cut the database threads' calls short */
 
     zhashx_t *peers; /* key -> s_peer_t */
     int monitor_seq;
@@ -1265,6 +1268,11 @@ static int s_static_peers(s_self_t *self, const char *spec, char *err, size_t er
 static int s_self_start(s_self_t *self, char *err, size_t errlen)
 {
     s_config_t *cfg = self->cfg;
+    self->shutdown_fd = eventfd(0, EFD_CLOEXEC);
+    if (self->shutdown_fd < 0) {
+        snprintf(err, errlen, "cannot create an eventfd: %s", strerror(errno));
+        return -1;
+    }
     self->peers = zhashx_new();
     zhashx_set_destructor(self->peers, (zhashx_destructor_fn *)s_peer_destroy);
 
@@ -1327,13 +1335,16 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
         .interval_ms = cfg->heartbeat_ms,
         .max_age_ms = 3 * cfg->peer_grace_ms > 15000 ? 3 * cfg->peer_grace_ms : 15000,
         .read_peers = cfg->registry_discovery,
+        .interrupt_fd = self->shutdown_fd,
     };
     self->registry = cf_discovery_new(&registry);
     free(caps_text);
-    cf_election_args_t election = {
-        .database_url = cfg->database_url, .node_id = self->my_id, .ttl_ms = cfg->lease_ttl_ms};
+    cf_election_args_t election = {.database_url = cfg->database_url,
+                                   .node_id = self->my_id,
+                                   .ttl_ms = cfg->lease_ttl_ms,
+                                   .interrupt_fd = self->shutdown_fd};
     self->election = cf_election_new(&election);
-    self->fence = cf_election_fence_new(cfg->database_url);
+    self->fence = cf_election_fence_new(cfg->database_url, self->shutdown_fd);
     if (!self->registry || !self->election || !self->fence) {
         snprintf(err, errlen, "cannot start the cluster threads");
         return -1;
@@ -1347,6 +1358,11 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
  * left at the same time, each within 500 ms, while peers get a BYE. */
 static void s_self_stop(s_self_t *self)
 {
+    /* Whatever the database threads wait for, they stop waiting now; the
+     * lease release and the registry's "left" are then tried (500 ms each,
+     * at the same time). */
+    if (self->shutdown_fd >= 0)
+        (void)!eventfd_write(self->shutdown_fd, 1);
     s_stop_calibration(self);
     if (self->election)
         zstr_send(self->election, "$TERM");
@@ -1375,6 +1391,9 @@ static void s_self_stop(s_self_t *self)
     zhashx_destroy(&self->peers);
     zsock_destroy(&self->router);
     zsock_destroy(&self->zap);
+    if (self->shutdown_fd >= 0)
+        close(self->shutdown_fd);
+    self->shutdown_fd = -1;
 }
 
 /* ------------------------------------------------------------------ actor */
@@ -1527,7 +1546,8 @@ static void s_actor(zsock_t *pipe, void *arg)
                      .caps = init->caps,
                      .db_reachable = false,
                      .last_free_slots = -1,
-                     .last_in_flight = -1};
+                     .last_in_flight = -1,
+                     .shutdown_fd = -1};
     free(init);
     self.my_id = cf_identity_node_id(self.identity);
     self.started_ms = zclock_mono();
