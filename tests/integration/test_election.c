@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -363,12 +364,39 @@ static void s_deadlines(void **state)
         assert_true(took >= 250 && took < 1500);
         assert_false(cf_db_cluster_connected(db));
     }
+    /* A signalled interrupt ends a call at once, then can be turned off. */
+    int stop = eventfd(0, EFD_CLOEXEC);
+    cf_db_cluster_set_interrupt(db, stop);
+    assert_int_equal(eventfd_write(stop, 1), 0);
+    int64_t t0 = s_ms();
+    assert_int_equal(cf_db_cluster_lease_get(db, &lease, 5000, err, sizeof err),
+                     CF_DBC_UNAVAILABLE);
+    assert_string_equal(err, "interrupted");
+    assert_true(s_ms() - t0 < 500);
+    cf_db_cluster_set_interrupt(db, -1);
+    t0 = s_ms();
+    assert_int_equal(cf_db_cluster_lease_get(db, &lease, 300, err, sizeof err), CF_DBC_UNAVAILABLE);
+    assert_true(s_ms() - t0 >= 250);
+    close(stop);
     cf_db_cluster_destroy(&db);
     close(fd);
 
+    /* On a working server too. */
+    db = cf_db_cluster_new(s_url);
+    stop = eventfd(0, EFD_CLOEXEC);
+    assert_int_equal(cf_db_cluster_lease_get(db, &lease, 3000, err, sizeof err), CF_DBC_OK);
+    cf_db_cluster_set_interrupt(db, stop);
+    eventfd_write(stop, 1);
+    assert_int_equal(cf_db_cluster_lease_get(db, &lease, 3000, err, sizeof err),
+                     CF_DBC_UNAVAILABLE);
+    cf_db_cluster_set_interrupt(db, -1);
+    assert_int_equal(cf_db_cluster_lease_get(db, &lease, 3000, err, sizeof err), CF_DBC_OK);
+    close(stop);
+    cf_db_cluster_destroy(&db);
+
     /* Nothing listening at all: refused at once. */
     db = cf_db_cluster_new(url);
-    int64_t t0 = s_ms();
+    t0 = s_ms();
     assert_int_equal(cf_db_cluster_lease_get(db, &lease, 2000, err, sizeof err),
                      CF_DBC_UNAVAILABLE);
     assert_true(s_ms() - t0 < 1500);
