@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cf_blob.h"
 #include "cf_cache.h"
@@ -68,7 +69,7 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
         {"no-render", "CF_NO_RENDER", CF_OPT_FLAG, &o->no_render, 0, 0,
          "serve the API only; take no compositions from the queue", NULL},
         {"render-jobs", "CF_RENDER_JOBS", CF_OPT_INT, &o->render_jobs, 0, 256,
-         "encoder threads per render (default: one per core)", "N"},
+         "encoder threads per render (default: cores / slots)", "N"},
         {"redis-prefix", "CF_REDIS_PREFIX", CF_OPT_STRING, &o->redis_prefix, 0, 0,
          "prefix of every Redis key (default cf:); clusters sharing a Redis need their own",
          "PREFIX"},
@@ -168,7 +169,11 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.data_dir = cfg->data_dir;
         wo.node_id = opts->node_id;
         wo.slots = cfg->slots > 0 ? cfg->slots : 1;
-        wo.render_jobs = opts->render_jobs;
+        /* Slots share the cores: each render gets its part unless told. */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        wo.render_jobs = opts->render_jobs > 0 ? opts->render_jobs
+                         : cores > wo.slots    ? (int)(cores / wo.slots)
+                                               : 1;
         wo.on_load = opts->on_load;
         wo.on_load_arg = opts->on_load_arg;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
