@@ -78,7 +78,7 @@ const char *cf_node_id(cf_node_t *self);
 /* The node's view of the cluster, as a new JSON object (caller decrefs):
  *   {"id","role":"coordinator"|"worker","epoch","coordinator":ID|null,
  *    "control_endpoint","http_endpoint","public_key","capabilities":{...},
- *    "free_slots","in_flight","started_at_ms",
+ *    "free_slots","in_flight","started_at_ms","database_reachable",
  *    "peers":[{"id","state":"alive"|"gone"|"left"|"connecting","control_endpoint",
  *              "http_endpoint","public_key","discovered_by":["beacon","registry","static"],
  *              "capabilities":{...}|null,"load","free_slots","in_flight","epoch_seen",
