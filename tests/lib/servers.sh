@@ -21,11 +21,15 @@ cf_pg_bindir() {
     return 1
 }
 
-# Prints a TCP port on 127.0.0.1 that nothing listens on.
+# Prints a TCP port on 127.0.0.1 that nothing listens on, below the kernel's
+# range for outgoing connections (ip_local_port_range, 32768+ by default) so a
+# client socket cannot take it between the check and the bind.
 cf_free_port() {
-    local port tries=0
+    local port tries=0 low=10000 high=32767 range
+    range=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) \
+        && ((${range%%[[:space:]]*} - 1 < high)) && high=$((${range%%[[:space:]]*} - 1))
     while ((tries++ < 200)); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((low + RANDOM % (high - low + 1)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
