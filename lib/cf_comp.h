@@ -20,6 +20,7 @@
 #ifndef CF_COMP_H
 #define CF_COMP_H
 
+#include "cf_state.h" /* cf_priority_t, shared with the data layer */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -36,7 +37,6 @@
 #define CF_COMP_MIN_SEGMENT_SECS 1
 #define CF_COMP_MAX_SEGMENT_SECS 600
 
-typedef enum { CF_PRIORITY_HIGH, CF_PRIORITY_DEFAULT, CF_PRIORITY_LOW } cf_priority_t;
 typedef enum { CF_CONTAINER_MP4, CF_CONTAINER_MKV } cf_container_t;
 typedef enum { CF_CODEC_H264, CF_CODEC_HEVC } cf_codec_t;
 typedef enum { CF_PRESET_FAST, CF_PRESET_BALANCED, CF_PRESET_HIGH } cf_preset_t;

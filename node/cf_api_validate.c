@@ -1,8 +1,5 @@
 /* cf_api_validate: composition validation for POST /api/v1/compositions.
- *
- * Kept in its own file because it is the only part of the API that needs the
- * composition model (cf_comp.h), whose names must not meet the data layer's
- * in one translation unit. */
+ * The only part of the API that needs the composition model (cf_comp.h). */
 #include "cf_api_validate.h"
 
 #include <stdlib.h>
