@@ -17,8 +17,11 @@ trap cleanup EXIT
 
 # --- PostgreSQL
 bindir=$(cf_pg_bindir) || fail "no PostgreSQL binaries"
-conf=$CF_SOURCE_DIR/cluster/postgresql.conf
-[[ -r $conf ]] || fail "missing $conf"
+[[ -r $CF_SOURCE_DIR/cluster/postgresql.conf ]] || fail "missing cluster/postgresql.conf"
+# A copy the server's user can read: the checkout may sit in root's home.
+conf=$work/postgresql.conf
+cp "$CF_SOURCE_DIR/cluster/postgresql.conf" "$conf"
+chmod 644 "$conf"
 [[ $(id -u) == 0 ]] && chown postgres: "$work"
 cf_as_pg_user "$bindir/initdb" -D "$work/data" -U postgres --auth=trust --no-locale -E UTF8 \
     >"$work/initdb.log" 2>&1 || fail "initdb: $(tail -5 "$work/initdb.log")"
