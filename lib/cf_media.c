@@ -448,3 +448,15 @@ int cf_media_gpu_check(cf_codec_t codec, char *err, size_t errlen)
     avcodec_free_context(&enc);
     return 0;
 }
+
+void cf_media_output_close(AVFormatContext **mux_p, bool header_written, bool failed)
+{
+    AVFormatContext *mux = *mux_p;
+    if (!mux)
+        return;
+    if (failed && header_written)
+        av_write_trailer(mux);
+    avio_closep(&mux->pb);
+    avformat_free_context(mux);
+    *mux_p = NULL;
+}

@@ -331,12 +331,7 @@ int cf_media_encode_audio(const cf_plan_t *plan, const char *const *source_paths
     }
     rc = 0;
 end:
-    if (ctx.mux) {
-        if (rc < 0 && header_written)
-            av_write_trailer(ctx.mux);
-        avio_closep(&ctx.mux->pb);
-        avformat_free_context(ctx.mux);
-    }
+    cf_media_output_close(&ctx.mux, header_written, rc < 0);
     for (int c = 0; c < S_CHANNELS; c++) {
         av_freep(&ctx.silence[c]);
         av_freep(&ctx.conv[c]);

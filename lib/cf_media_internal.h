@@ -20,6 +20,12 @@ int cf_media_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 const char *cf_media_last_log(void);
 void cf_media_clear_log(void);
 
+/* Closes and frees an output muxer opened with avio_open, NULLing *mux_p.
+ * When the work failed after the header was written, the trailer is still
+ * written so libav releases what the muxer holds (the file is removed by the
+ * caller). Safe on NULL. */
+void cf_media_output_close(AVFormatContext **mux_p, bool header_written, bool failed);
+
 static inline bool cf_media_cancelled(const cf_media_ctl_t *ctl)
 {
     return ctl && ctl->cancel && atomic_load(ctl->cancel);

@@ -230,12 +230,7 @@ int cf_media_stitch(const cf_plan_t *plan, const char *const *segment_paths, con
     }
     rc = 0;
 end:
-    if (mux) {
-        if (rc < 0 && header_written)
-            av_write_trailer(mux);
-        avio_closep(&mux->pb);
-        avformat_free_context(mux);
-    }
+    cf_media_output_close(&mux, header_written, rc < 0);
     av_dict_free(&opts);
     avcodec_parameters_free(&first_par);
     s_input_close(&seg);

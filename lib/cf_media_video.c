@@ -387,12 +387,7 @@ static int s_run_pass(const cf_plan_t *plan, int segment, const char *const *sou
     }
     rc = 0;
 end:
-    if (ctx.mux) {
-        if (rc < 0 && header_written)
-            av_write_trailer(ctx.mux);
-        avio_closep(&ctx.mux->pb);
-        avformat_free_context(ctx.mux);
-    }
+    cf_media_output_close(&ctx.mux, header_written, rc < 0);
     avfilter_graph_free(&ctx.graph);
     av_frame_free(&ctx.filtered);
     av_packet_free(&ctx.pkt);
