@@ -171,15 +171,6 @@ static cf_db_t *s_pool(const char *url)
     return db;
 }
 
-static void s_create(cf_db_t *db, char id[CF_DB_ID_LEN])
-{
-    char err[256];
-    cf_db_composition_new_t c = {
-        .priority = CF_PRIORITY_DEFAULT, .spec_json = "{}", .initial_state = CF_STATE_QUEUED};
-    if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
-        fail_msg("create: %s", err);
-}
-
 static char *s_value(const char *sql, const char *param)
 {
     const char *params[] = {param};
@@ -205,8 +196,8 @@ static void test_committed_but_answer_lost(void **state)
              parsed.path);
     cf_db_t *db = s_pool(via);
     char warm[CF_DB_ID_LEN], id[CF_DB_ID_LEN];
-    s_create(db, warm);
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, warm);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     /* Prepare the transition statement on the pool's one connection. */
     assert_int_equal(cf_db_composition_take(db, warm, "w", err, sizeof err), CF_DB_OK);
 
@@ -265,7 +256,7 @@ static void test_not_committed_runs_again(void **state)
 {
     cf_db_t *db = s_pool(s_db_url);
     char id[CF_DB_ID_LEN], err[256];
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     PGconn *mon = cf_db_connect(s_db_url, 10, err, sizeof err);
     assert_non_null(mon);
     /* Hold the row: the cancel below waits on the lock, inside its

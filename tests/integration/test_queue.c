@@ -477,25 +477,16 @@ static int s_after(void **state)
     return 0;
 }
 
-static void s_create_queued(cf_db_t *db, cf_priority_t priority, char id[CF_DB_ID_LEN])
-{
-    char err[256];
-    cf_db_composition_new_t c = {
-        .priority = priority, .spec_json = "{}", .initial_state = CF_STATE_QUEUED};
-    if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
-        fail_msg("create: %s", err);
-}
-
 static void test_priority_order_and_depth(void **state)
 {
     cf_db_t *db = s_pool(s_db_url, 2);
     cf_queue_t *producer = s_queue(s_redis_url, s_prefix, NULL, 3000);
     cf_queue_t *consumer = s_queue(s_redis_url, s_prefix, "solo", 3000);
     char err[256], low[CF_DB_ID_LEN], def[CF_DB_ID_LEN], high1[CF_DB_ID_LEN], high2[CF_DB_ID_LEN];
-    s_create_queued(db, CF_PRIORITY_LOW, low);
-    s_create_queued(db, CF_PRIORITY_DEFAULT, def);
-    s_create_queued(db, CF_PRIORITY_HIGH, high1);
-    s_create_queued(db, CF_PRIORITY_HIGH, high2);
+    cf_test_create_queued(db, CF_PRIORITY_LOW, low);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, def);
+    cf_test_create_queued(db, CF_PRIORITY_HIGH, high1);
+    cf_test_create_queued(db, CF_PRIORITY_HIGH, high2);
     assert_int_equal(cf_queue_push(producer, low, CF_PRIORITY_LOW, err, sizeof err), 0);
     assert_int_equal(cf_queue_push(producer, def, CF_PRIORITY_DEFAULT, err, sizeof err), 0);
     assert_int_equal(cf_queue_push(producer, high1, CF_PRIORITY_HIGH, err, sizeof err), 0);
@@ -615,8 +606,8 @@ static void s_killed_consumer(bool victim_committed)
     cf_queue_t *reaper = s_queue(s_redis_url, s_prefix, NULL, 600);
     cf_queue_t *survivor = s_queue(s_redis_url, s_prefix, "survivor", 600);
     char err[256], id[CF_DB_ID_LEN], other[CF_DB_ID_LEN];
-    s_create_queued(db, CF_PRIORITY_DEFAULT, id);
-    s_create_queued(db, CF_PRIORITY_LOW, other);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
+    cf_test_create_queued(db, CF_PRIORITY_LOW, other);
     assert_int_equal(cf_queue_push(producer, id, CF_PRIORITY_DEFAULT, err, sizeof err), 0);
 
     int fds[2];
@@ -704,7 +695,7 @@ static void test_reconcile_restores_lost_items(void **state)
     assert_int_equal(cf_queue_needs_reconcile(q, &needed, err, sizeof err), 0);
     assert_true(needed); /* never reconciled under this prefix */
     for (int i = 0; i < 30; i++)
-        s_create_queued(db, (cf_priority_t)(i % 3), ids[i]);
+        cf_test_create_queued(db, (cf_priority_t)(i % 3), ids[i]);
     /* 10 pushed, of which 1 is in a consumer's hands; 20 never pushed. */
     for (int i = 0; i < 10; i++)
         assert_int_equal(cf_queue_push(q, ids[i], (cf_priority_t)(i % 3), err, sizeof err), 0);

@@ -67,17 +67,6 @@ static cf_cache_t *s_cache(const char *url)
     return cache;
 }
 
-static void s_create(cf_db_t *db, char id[CF_DB_ID_LEN])
-{
-    char err[256];
-    cf_db_composition_new_t c = {.title = "c",
-                                 .priority = CF_PRIORITY_DEFAULT,
-                                 .spec_json = "{}",
-                                 .initial_state = CF_STATE_QUEUED};
-    if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
-        fail_msg("create: %s", err);
-}
-
 /* The "version" field of a composition's JSON. */
 static int64_t s_version_of(const char *json)
 {
@@ -103,7 +92,7 @@ static void test_read_after_write_sequential(void **state)
     cf_cache_t *cache = s_cache(s_redis_url);
     cf_cache_attach(cache, db);
     char err[256], id[CF_DB_ID_LEN];
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     bool hit = true;
     char *json = s_read(cache, db, id, &hit);
     assert_false(hit);
@@ -150,7 +139,7 @@ static void test_read_after_write_sequential(void **state)
     assert_true(ttl->integer > 60000 && ttl->integer <= 300000);
     freeReplyObject(ttl);
     char active[CF_DB_ID_LEN];
-    s_create(db, active);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, active);
     free(s_read(cache, db, active, &hit));
     snprintf(key, sizeof key, "%sc:%s", s_prefix, active);
     ttl = redisCommand(ctx, "PTTL %s", key);
@@ -177,7 +166,7 @@ static void test_late_fill_of_old_value_refused(void **state)
     cf_cache_t *cache = s_cache(s_redis_url);
     cf_cache_attach(cache, db);
     char err[256], id[CF_DB_ID_LEN];
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     /* The slow reader's Postgres read. */
     char *old_json = NULL;
     int64_t old_version = 0;
@@ -242,7 +231,7 @@ static void test_read_after_write_concurrent(void **state)
     r.cache = s_cache(s_redis_url);
     cf_cache_attach(r.cache, r.db);
     char err[256];
-    s_create(r.db, r.id);
+    cf_test_create_queued(r.db, CF_PRIORITY_DEFAULT, r.id);
     assert_int_equal(cf_db_composition_take(r.db, r.id, "t", err, sizeof err), CF_DB_OK);
     pthread_t readers[4];
     for (int i = 0; i < 4; i++)
@@ -280,7 +269,7 @@ static void test_progress_pubsub(void **state)
     cf_cache_t *cache = s_cache(s_redis_url);
     cf_cache_attach(cache, db);
     char err[256], id[CF_DB_ID_LEN];
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     cf_progress_sub_t *sub = cf_progress_subscribe(s_redis_url, s_prefix, id, err, sizeof err);
     assert_non_null(sub);
     char *message = NULL;
@@ -309,7 +298,7 @@ static void test_redis_away_reads_postgres(void **state)
     cf_cache_t *cache = s_cache("redis://127.0.0.1:1/0");
     cf_cache_attach(cache, db);
     char err[256], id[CF_DB_ID_LEN];
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     bool hit = true;
     char *json = s_read(cache, db, id, &hit);
     assert_false(hit);

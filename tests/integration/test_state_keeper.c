@@ -52,20 +52,11 @@ static cf_db_t *s_pool(void)
     return db;
 }
 
-static void s_create(cf_db_t *db, char id[CF_DB_ID_LEN])
-{
-    char err[256];
-    cf_db_composition_new_t c = {
-        .priority = CF_PRIORITY_DEFAULT, .spec_json = "{}", .initial_state = CF_STATE_QUEUED};
-    if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
-        fail_msg("create: %s", err);
-}
-
 /* A composition completed with OUTPUT, finished AGE ago. */
 static void s_completed(cf_db_t *db, const char *output, const char *age, char id[CF_DB_ID_LEN])
 {
     char err[256];
-    s_create(db, id);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
     const cf_state_t path[] = {CF_STATE_PLANNING, CF_STATE_ENCODING, CF_STATE_ASSEMBLING};
     for (int i = 0; i < 3; i++)
         assert_int_equal(cf_db_composition_transition(db, id, path[i], NULL, err, sizeof err),
@@ -117,7 +108,7 @@ static void test_purge_removes_output_files(void **state)
     s_completed(db, "s3://bucket/out.mp4", "8 days", d);
     s_completed(db, recent_file, "1 day", e);
     char err[256];
-    s_create(db, f);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, f);
     assert_int_equal(cf_db_composition_fail(db, f, "x", "y", err, sizeof err), CF_DB_OK);
     PQclear(PQexec(s_raw, "UPDATE compositions SET finished_at = now() - interval '2 days' "
                           "WHERE status = 'failed'"));
@@ -182,7 +173,8 @@ static void test_thread_reconciles_and_reaps(void **state)
     PQclear(PQexec(s_raw, "DELETE FROM compositions"));
     char ids[5][CF_DB_ID_LEN], err[256];
     for (int i = 0; i < 5; i++)
-        s_create(db, ids[i]); /* queued in Postgres, never pushed */
+        cf_test_create_queued(db, CF_PRIORITY_DEFAULT,
+                              ids[i]); /* queued in Postgres, never pushed */
     cf_queue_options_t qo;
     cf_queue_options_default(&qo);
     qo.url = s_redis_url;

@@ -240,3 +240,12 @@ char *cf_test_video_md5(const char *path, bool packets)
     cf_test_proc_free(&p);
     return hashes;
 }
+
+void cf_test_create_queued(cf_db_t *db, cf_priority_t priority, char id[CF_DB_ID_LEN])
+{
+    char err[256];
+    cf_db_composition_new_t c = {
+        .priority = priority, .spec_json = "{}", .initial_state = CF_STATE_QUEUED};
+    if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
+        fail_msg("create: %s", err);
+}

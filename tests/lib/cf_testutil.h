@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cf_db.h"
+
 /* Exit code ctest reads as "skipped". */
 #define CF_TEST_SKIP 77
 
@@ -51,6 +53,10 @@ int cf_test_count_lines(const char *text);
  * CF_TEST_DATABASE_URL (skips when unset), applies the built-in migrations
  * and writes its URL to URL. Fails the test on any error. */
 void cf_test_fresh_database(const char *prefix, char *url, size_t urllen);
+
+/* Creates a composition in state queued with PRIORITY and an empty spec
+ * through the data layer; writes its id into id and fails the test on error. */
+void cf_test_create_queued(cf_db_t *db, cf_priority_t priority, char id[CF_DB_ID_LEN]);
 
 /* Deletes every key under PREFIX on the Redis at URL (the tests share one
  * server); a Redis that cannot be reached is left alone. */
