@@ -269,3 +269,14 @@ int cf_blob_path(cf_blob_store_t *store, const char *ref, char *path, size_t pat
     }
     return 0;
 }
+
+int cf_blob_remove(cf_blob_store_t *store, const char *ref)
+{
+    char path[4096], err[256];
+    char hex[CF_BLOB_HEX_SIZE];
+    if (cf_blob_parse_ref(ref, hex) < 0)
+        return -1;
+    if (cf_blob_path(store, hex, path, sizeof path, err, sizeof err) < 0)
+        return 0; /* not there */
+    return unlink(path) == 0 || errno == ENOENT ? 0 : -1;
+}

@@ -63,4 +63,8 @@ int cf_blob_parse_ref(const char *ref, char hex[CF_BLOB_HEX_SIZE]);
 int cf_blob_path(cf_blob_store_t *store, const char *ref, char *path, size_t pathlen, char *err,
                  size_t errlen);
 
+/* Removes the blob named by REF (no error when it is not there). Returns 0,
+ * or -1 when REF is not a blob reference or the file cannot be removed. */
+int cf_blob_remove(cf_blob_store_t *store, const char *ref);
+
 #endif

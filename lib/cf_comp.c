@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include "cf_json.h"
 #include "cf_comp.h"
 
 #include <ctype.h>
@@ -308,8 +309,12 @@ static void s_check_source(const char *source, const char *path, cf_comp_errors_
     if (!strncmp(source, "blob:", 5)) {
         const char *hash = source + 5;
         size_t hash_len = strlen(hash);
-        if (hash_len < 16 || hash_len > 128 || !s_is_hex(hash, hash_len))
-            s_add(errors, "%s: blob: needs a hex hash (16 to 128 hex digits)", path);
+        /* What the blob store can hold: a BLAKE2b-256, 64 lower-case hex. */
+        bool lower = true;
+        for (size_t i = 0; i < hash_len; i++)
+            lower = lower && !isupper((unsigned char)hash[i]);
+        if (hash_len != 64 || !s_is_hex(hash, hash_len) || !lower)
+            s_add(errors, "%s: blob: needs a blob's hash (64 lower-case hex digits)", path);
         return;
     }
     s_add(errors, "%s: unsupported source (use file://, http://, https:// or blob:)", path);
@@ -596,7 +601,7 @@ static cf_comp_t *s_from_json(json_t *root, cf_comp_errors_t *errors)
 cf_comp_t *cf_comp_parse(const char *text, size_t len, cf_comp_errors_t *errors)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = cf_json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         s_add(errors, "json: line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
         return NULL;

@@ -291,6 +291,39 @@ static int s_apply_extra(const cf_option_t *opt, const char *value, const char *
             if (s_set_string(opt->target, value) < 0)
                 return s_fail(err, errlen, source, "out of memory");
             return 0;
+        case CF_OPT_LIST:
+        case CF_OPT_PATH_LIST: {
+            /* From the environment: the whole list, split at list_seps.
+             * From a flag: one item, appended. */
+            char **slot = opt->target;
+            bool from_env = opt->env && !strcmp(source, opt->env);
+            const char *seps = !from_env ? "" : opt->kind == CF_OPT_LIST ? "," : ":";
+            size_t old = *slot ? strlen(*slot) : 0;
+            char *joined = malloc(old + strlen(value) + 2);
+            if (!joined)
+                return s_fail(err, errlen, source, "out of memory");
+            size_t n = 0;
+            if (old) {
+                memcpy(joined, *slot, old);
+                n = old;
+            }
+            for (const char *p = value; *p;) {
+                size_t len = *seps ? strcspn(p, seps) : strlen(p);
+                if (len) {
+                    if (n)
+                        joined[n++] = '\n';
+                    memcpy(joined + n, p, len);
+                    n += len;
+                }
+                p += len;
+                if (*p)
+                    p++;
+            }
+            joined[n] = '\0';
+            free(*slot);
+            *slot = joined;
+            return 0;
+        }
         case CF_OPT_INT: {
             long number;
             if (s_parse_long(value, &number) < 0 || number < opt->min || number > opt->max)
@@ -383,6 +416,7 @@ int cf_config_parse(cf_config_t *cfg, int groups, const cf_option_t *extra, int 
 
     /* A tag flag replaces the tags from the environment rather than adding. */
     bool tags_from_flags = false;
+    unsigned long long lists_from_flags = 0; /* bit per extra option index */
     cfg->args = calloc((size_t)argc + 1, sizeof(char *));
     if (!cfg->args)
         return s_fail(err, errlen, argv[0], "out of memory");
@@ -428,6 +462,16 @@ int cf_config_parse(cf_config_t *cfg, int groups, const cf_option_t *extra, int 
             cfg->tag_count = 0;
             tags_from_flags = true;
         }
+        if (ext && (ext->kind == CF_OPT_LIST || ext->kind == CF_OPT_PATH_LIST)) {
+            /* The first flag of a list replaces what the environment gave. */
+            size_t index = (size_t)(ext - extra);
+            unsigned long long bit = index < 64 ? 1ull << index : 0;
+            if (bit && !(lists_from_flags & bit)) {
+                free(*(char **)ext->target);
+                *(char **)ext->target = NULL;
+            }
+            lists_from_flags |= bit;
+        }
         if (std ? s_apply_std(cfg, std, value, source, err, errlen)
                 : s_apply_extra(ext, value, source, err, errlen))
             return -1;
@@ -454,7 +498,8 @@ void cf_config_free(cf_config_t *cfg, const cf_option_t *extra)
     free(cfg->args);
     memset(cfg, 0, sizeof *cfg);
     for (; extra && extra->name; extra++) {
-        if (extra->kind == CF_OPT_STRING) {
+        if (extra->kind == CF_OPT_STRING || extra->kind == CF_OPT_LIST ||
+            extra->kind == CF_OPT_PATH_LIST) {
             free(*(char **)extra->target);
             *(char **)extra->target = NULL;
         }

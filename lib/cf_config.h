@@ -46,10 +46,15 @@ typedef struct {
 
 /* Kinds of command-specific options. */
 typedef enum {
-    CF_OPT_FLAG,   /* bool *, no value */
-    CF_OPT_STRING, /* char ** (strdup'ed; freed by cf_config_free_extra) */
-    CF_OPT_INT,    /* int *, within [min, max] */
-    CF_OPT_DOUBLE, /* double *, within [min, max] */
+    CF_OPT_FLAG,      /* bool *, no value */
+    CF_OPT_STRING,    /* char ** (strdup'ed; freed by cf_config_free_extra) */
+    CF_OPT_INT,       /* int *, within [min, max] */
+    CF_OPT_DOUBLE,    /* double *, within [min, max] */
+    CF_OPT_LIST,      /* char ** (strdup'ed): items joined by '\n'. Repeat the flag
+                         to add items (flags replace the environment's); the
+                         environment variable separates items with commas */
+    CF_OPT_PATH_LIST, /* CF_OPT_LIST whose environment variable separates
+                         items with colons, like PATH */
 } cf_opt_kind_t;
 
 /* A command-specific option, e.g. render's --jobs. env may be NULL. */

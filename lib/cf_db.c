@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include "cf_json.h"
 #include "cf_db.h"
 
 #include <errno.h>
@@ -95,6 +96,7 @@ const char *cf_db_rc_name(int rc)
 #define S_COMPOSITION_FIELDS                                                                       \
     "'id', c.id, 'title', c.title, 'status', c.status, 'stage', c.stage, "                         \
     "'priority', c.priority, 'progress', c.progress, 'attempts', c.attempts, "                     \
+    "'api_key_id', c.api_key_id, "                                                                 \
     "'error', CASE WHEN c.error_code IS NULL THEN NULL ELSE json_build_object("                    \
     "'code', c.error_code, 'message', c.error_message) END, "                                      \
     "'output', CASE WHEN c.output_location IS NULL THEN NULL ELSE json_build_object("              \
@@ -174,6 +176,16 @@ typedef enum {
     S_KEY_REVOKE,
     S_KEY_LIST,
     S_OP_APPLIED,
+    S_LIST_OWNED,
+    S_LIST_OWNED_AFTER,
+    S_LIST_OWNED_STATUS,
+    S_LIST_OWNED_STATUS_AFTER,
+    S_OWNER,
+    S_KEY_INSERT_SCOPED,
+    S_BLOB_RECORD,
+    S_BLOB_USAGE,
+    S_BLOB_OWNED,
+    S_BLOB_GC,
     S_COUNT
 } s_stmt_t;
 
@@ -316,7 +328,7 @@ static const s_stmt_def_t s_stmts[S_COUNT] = {
                       false},
     [S_KEY_FIND] = {"api_key_find",
                     "SELECT id, name, secret_hash, " S_TS("created_at") ", " S_TS(
-                        "revoked_at") " FROM api_keys WHERE id = $1::text",
+                        "revoked_at") ", admin FROM api_keys WHERE id = $1::text",
                     true},
     [S_KEY_REVOKE] = {"api_key_revoke",
                       "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
@@ -324,7 +336,7 @@ static const s_stmt_def_t s_stmts[S_COUNT] = {
                       false},
     [S_KEY_LIST] = {"api_key_list",
                     "SELECT id, name, NULL, " S_TS("created_at") ", " S_TS(
-                        "revoked_at") " FROM api_keys ORDER BY created_at, id",
+                        "revoked_at") ", admin FROM api_keys ORDER BY created_at, id",
                     true},
     [S_OP_APPLIED] = {"composition_op_applied",
                       "SELECT c.version, c.progress, cf_state(c.status, c.stage)"
@@ -332,12 +344,59 @@ static const s_stmt_def_t s_stmts[S_COUNT] = {
                       " WHERE e.composition_id = $1::uuid AND e.type = 'status'"
                       " AND e.payload->>'op' = $2::text LIMIT 1",
                       true},
+    /* One key's compositions ($1 the key id); the _AFTER and _STATUS forms
+     * are built in s_build_sql. */
+    [S_LIST_OWNED] = {"composition_list_owned",
+                      S_LIST_SELECT "WHERE c.api_key_id = $1::text" S_LIST_ORDER "$2::int", true},
+    [S_LIST_OWNED_AFTER] = {"composition_list_owned_after", NULL, true},
+    [S_LIST_OWNED_STATUS] = {"composition_list_owned_status",
+                             S_LIST_SELECT
+                             "WHERE c.api_key_id = $1::text AND c.status = $2::text" S_LIST_ORDER
+                             "$3::int",
+                             true},
+    [S_LIST_OWNED_STATUS_AFTER] = {"composition_list_owned_status_after", NULL, true},
+    [S_OWNER] = {"composition_owner",
+                 "SELECT coalesce(api_key_id, '') FROM compositions WHERE id = $1::uuid", true},
+    [S_KEY_INSERT_SCOPED] = {"api_key_insert_scoped",
+                             "INSERT INTO api_keys (id, name, secret_hash, admin)"
+                             " VALUES ($1::text, $2::text, $3::bytea, $4::boolean)",
+                             false},
+    [S_BLOB_RECORD] = {"blob_record",
+                       "INSERT INTO blob_uploads (hash, api_key_id, node_id, size_bytes)"
+                       " VALUES ($1::text, $2::text, $3::text, $4::bigint)"
+                       " ON CONFLICT (hash, api_key_id) DO UPDATE SET created_at = now(),"
+                       " node_id = excluded.node_id",
+                       false},
+    [S_BLOB_USAGE] = {"blob_usage",
+                      "SELECT coalesce(sum(size_bytes), 0)::bigint FROM blob_uploads"
+                      " WHERE api_key_id = $1::text",
+                      true},
+    [S_BLOB_OWNED] = {"blob_owned",
+                      "SELECT 1 FROM blob_uploads WHERE hash = $1::text AND api_key_id = $2::text",
+                      true},
+    /* Uploads of node $1 older than $2 seconds that no composition names as
+     * a source; answers the hashes no upload row of this node keeps. */
+    [S_BLOB_GC] = {"blob_gc",
+                   "WITH gone AS (DELETE FROM blob_uploads b WHERE b.ctid IN ("
+                   " SELECT o.ctid FROM blob_uploads o WHERE o.node_id = $1::text"
+                   " AND o.created_at < now() - $2::bigint * interval '1 second'"
+                   " AND NOT EXISTS (SELECT 1 FROM compositions c WHERE c.spec->'clips' @>"
+                   "  jsonb_build_array(jsonb_build_object('source', 'blob:' || o.hash)))"
+                   " LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+                   " RETURNING b.hash, b.api_key_id)"
+                   " SELECT DISTINCT g.hash FROM gone g WHERE NOT EXISTS ("
+                   " SELECT 1 FROM blob_uploads k WHERE k.hash = g.hash AND k.node_id = $1::text"
+                   " AND NOT EXISTS (SELECT 1 FROM gone g2"
+                   "  WHERE g2.hash = k.hash AND g2.api_key_id = k.api_key_id))",
+                   false},
 };
 
 /* SQL of statements whose text needs parameter numbers filled in. Built once
  * from constant fragments (no user data ever goes into SQL text). */
 static char s_list_after_sql[4096];
 static char s_list_status_after_sql[4096];
+static char s_list_owned_after_sql[4096];
+static char s_list_owned_status_after_sql[4096];
 static pthread_once_t s_sql_once = PTHREAD_ONCE_INIT;
 
 static void s_build_sql(void)
@@ -349,6 +408,13 @@ static void s_build_sql(void)
     snprintf(where, sizeof where, "WHERE c.status = $1::text AND " S_CURSOR_BEFORE, 2, 3);
     snprintf(s_list_status_after_sql, sizeof s_list_status_after_sql, "%s%s%s$4::int",
              S_LIST_SELECT, where, S_LIST_ORDER);
+    snprintf(where, sizeof where, "WHERE c.api_key_id = $1::text AND " S_CURSOR_BEFORE, 2, 3);
+    snprintf(s_list_owned_after_sql, sizeof s_list_owned_after_sql, "%s%s%s$4::int", S_LIST_SELECT,
+             where, S_LIST_ORDER);
+    snprintf(where, sizeof where,
+             "WHERE c.api_key_id = $1::text AND c.status = $2::text AND " S_CURSOR_BEFORE, 3, 4);
+    snprintf(s_list_owned_status_after_sql, sizeof s_list_owned_status_after_sql, "%s%s%s$5::int",
+             S_LIST_SELECT, where, S_LIST_ORDER);
 }
 
 static const char *s_stmt_sql(s_stmt_t stmt)
@@ -358,6 +424,10 @@ static const char *s_stmt_sql(s_stmt_t stmt)
         return s_list_after_sql;
     if (stmt == S_LIST_STATUS_AFTER)
         return s_list_status_after_sql;
+    if (stmt == S_LIST_OWNED_AFTER)
+        return s_list_owned_after_sql;
+    if (stmt == S_LIST_OWNED_STATUS_AFTER)
+        return s_list_owned_status_after_sql;
     return s_stmts[stmt].sql;
 }
 
@@ -1046,6 +1116,14 @@ static int s_cursor_decode(const char *cursor, char epoch_us[24], char id[CF_DB_
 int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const char *cursor,
                            char **json_array_p, char **next_cursor_p, char *err, size_t errlen)
 {
+    return cf_db_composition_list_owned(db, NULL, status, limit, cursor, json_array_p,
+                                        next_cursor_p, err, errlen);
+}
+
+int cf_db_composition_list_owned(cf_db_t *db, const char *owner, const char *status, int limit,
+                                 const char *cursor, char **json_array_p, char **next_cursor_p,
+                                 char *err, size_t errlen)
+{
     *json_array_p = NULL;
     *next_cursor_p = NULL;
     if (limit < 1 || limit > CF_DB_LIST_MAX) {
@@ -1067,9 +1145,11 @@ int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const cha
     /* One row more than asked tells whether another page exists. */
     char fetch[16];
     snprintf(fetch, sizeof fetch, "%d", limit + 1);
-    const char *params[4];
+    const char *params[5];
     int n = 0;
     s_stmt_t stmt;
+    if (owner)
+        params[n++] = owner;
     if (status)
         params[n++] = status;
     if (cursor) {
@@ -1077,8 +1157,12 @@ int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const cha
         params[n++] = after_id;
     }
     params[n++] = fetch;
-    stmt =
-        status ? (cursor ? S_LIST_STATUS_AFTER : S_LIST_STATUS) : (cursor ? S_LIST_AFTER : S_LIST);
+    if (owner)
+        stmt = status ? (cursor ? S_LIST_OWNED_STATUS_AFTER : S_LIST_OWNED_STATUS)
+                      : (cursor ? S_LIST_OWNED_AFTER : S_LIST_OWNED);
+    else
+        stmt = status ? (cursor ? S_LIST_STATUS_AFTER : S_LIST_STATUS)
+                      : (cursor ? S_LIST_AFTER : S_LIST);
     PGresult *res = NULL;
     int rc = s_exec(db, stmt, n, params, NULL, NULL, &res, err, errlen);
     if (rc < 0)
@@ -1436,7 +1520,7 @@ int cf_db_segments_create(cf_db_t *db, const char *composition_id, int64_t epoch
         json_t *sources = NULL;
         if (plan[i].sources_json) {
             json_error_t jerr;
-            sources = json_loads(plan[i].sources_json, JSON_DECODE_ANY, &jerr);
+            sources = cf_json_loads(plan[i].sources_json, JSON_DECODE_ANY, &jerr);
             if (!sources) {
                 json_decref(rows);
                 snprintf(err, errlen, "segment %d: sources are not JSON: %s", plan[i].index,
@@ -1677,15 +1761,22 @@ void cf_db_events_free(cf_db_event_t **events_p, int count)
 int cf_db_api_key_insert(cf_db_t *db, const char *id, const char *name, const unsigned char *hash,
                          size_t hash_len, char *err, size_t errlen)
 {
+    return cf_db_api_key_insert_scoped(db, id, name, hash, hash_len, false, err, errlen);
+}
+
+int cf_db_api_key_insert_scoped(cf_db_t *db, const char *id, const char *name,
+                                const unsigned char *hash, size_t hash_len, bool admin, char *err,
+                                size_t errlen)
+{
     if (!id || !*id || !name || !hash || hash_len == 0 || hash_len > 1024) {
         snprintf(err, errlen, "an API key needs an id, a name and a hash");
         return CF_DB_INVALID;
     }
-    const char *params[] = {id, name, (const char *)hash};
-    int lengths[] = {0, 0, (int)hash_len};
-    int formats[] = {0, 0, 1};
+    const char *params[] = {id, name, (const char *)hash, admin ? "true" : "false"};
+    int lengths[] = {0, 0, (int)hash_len, 0};
+    int formats[] = {0, 0, 1, 0};
     PGresult *res = NULL;
-    int rc = s_exec(db, S_KEY_INSERT, 3, params, lengths, formats, &res, err, errlen);
+    int rc = s_exec(db, S_KEY_INSERT_SCOPED, 4, params, lengths, formats, &res, err, errlen);
     if (rc == CF_DB_CONFLICT) {
         snprintf(err, errlen, "API key '%.64s' already exists", id);
         return rc;
@@ -1714,6 +1805,7 @@ static int s_key_from_row(const PGresult *res, int row, cf_db_api_key_t *key)
     }
     key->created_at = s_strdup_or_null(res, row, 3);
     key->revoked_at = s_strdup_or_null(res, row, 4);
+    key->admin = PQnfields(res) > 5 && !strcmp(PQgetvalue(res, row, 5), "t");
     return key->id && key->name ? 0 : -1;
 }
 
@@ -1807,4 +1899,103 @@ void cf_db_api_keys_free(cf_db_api_key_t **keys_p, int count)
         cf_db_api_key_clear(&(*keys_p)[i]);
     free(*keys_p);
     *keys_p = NULL;
+}
+
+/* ====================================================================== tenancy */
+
+int cf_db_composition_owner(cf_db_t *db, const char *id, char *owner, size_t ownerlen, char *err,
+                            size_t errlen)
+{
+    const char *params[] = {id};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_OWNER, 1, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return s_not_found("composition", id, err, errlen);
+    }
+    snprintf(owner, ownerlen, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return CF_DB_OK;
+}
+
+int cf_db_blob_record(cf_db_t *db, const char *hash, const char *key_id, const char *node_id,
+                      int64_t size_bytes, char *err, size_t errlen)
+{
+    char size[24];
+    snprintf(size, sizeof size, "%lld", (long long)size_bytes);
+    const char *params[] = {hash, key_id ? key_id : "", node_id, size};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_BLOB_RECORD, 4, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    PQclear(res);
+    return CF_DB_OK;
+}
+
+int cf_db_blob_usage(cf_db_t *db, const char *key_id, int64_t *bytes_p, char *err, size_t errlen)
+{
+    *bytes_p = 0;
+    const char *params[] = {key_id ? key_id : ""};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_BLOB_USAGE, 1, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (PQntuples(res) == 1)
+        *bytes_p = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return CF_DB_OK;
+}
+
+int cf_db_blob_owned(cf_db_t *db, const char *hash, const char *key_id, bool *owned_p, char *err,
+                     size_t errlen)
+{
+    *owned_p = false;
+    const char *params[] = {hash, key_id ? key_id : ""};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_BLOB_OWNED, 2, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    *owned_p = PQntuples(res) > 0;
+    PQclear(res);
+    return CF_DB_OK;
+}
+
+int cf_db_blob_gc(cf_db_t *db, const char *node_id, int keep_s, int max_rows, char ***hashes_p,
+                  int *count_p, char *err, size_t errlen)
+{
+    *hashes_p = NULL;
+    *count_p = 0;
+    char keep[24], max[16];
+    snprintf(keep, sizeof keep, "%d", keep_s);
+    snprintf(max, sizeof max, "%d", max_rows);
+    const char *params[] = {node_id, keep, max};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_BLOB_GC, 3, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    int rows = PQntuples(res);
+    char **hashes = calloc((size_t)rows + 1, sizeof *hashes);
+    if (!hashes) {
+        PQclear(res);
+        snprintf(err, errlen, "out of memory");
+        return CF_DB_ERROR;
+    }
+    for (int i = 0; i < rows; i++)
+        hashes[i] = strdup(PQgetvalue(res, i, 0));
+    PQclear(res);
+    *hashes_p = hashes;
+    *count_p = rows;
+    return CF_DB_OK;
+}
+
+void cf_db_strings_free(char ***items_p, int count)
+{
+    if (!items_p || !*items_p)
+        return;
+    for (int i = 0; i < count; i++)
+        free((*items_p)[i]);
+    free(*items_p);
+    *items_p = NULL;
 }

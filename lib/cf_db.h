@@ -202,6 +202,12 @@ void cf_db_composition_clear(cf_db_composition_t *comp);
 int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const char *cursor,
                            char **json_array_p, char **next_cursor_p, char *err, size_t errlen);
 
+/* cf_db_composition_list of the compositions owned by API key OWNER only
+ * (NULL: everyone's, as cf_db_composition_list). */
+int cf_db_composition_list_owned(cf_db_t *db, const char *owner, const char *status, int limit,
+                                 const char *cursor, char **json_array_p, char **next_cursor_p,
+                                 char *err, size_t errlen);
+
 /* Lost answers: every transition below (take, complete, fail, cancel too)
  * records a random operation id in its event. When the connection breaks
  * after the statement was sent, the function waits for Postgres (up to the
@@ -397,7 +403,40 @@ typedef struct {
     size_t hash_len;
     char *created_at;
     char *revoked_at; /* NULL while valid */
+    bool admin;       /* sees and manages every key's compositions */
 } cf_db_api_key_t;
+
+/* cf_db_api_key_insert (which makes an ordinary key) with its scope. */
+int cf_db_api_key_insert_scoped(cf_db_t *db, const char *id, const char *name,
+                                const unsigned char *hash, size_t hash_len, bool admin, char *err,
+                                size_t errlen);
+
+/* ------------------------------------------------------------------ tenancy */
+
+/* Copies the id of the API key that created composition ID into OWNER (""
+ * when it was created without one). CF_DB_NOT_FOUND. */
+int cf_db_composition_owner(cf_db_t *db, const char *id, char *owner, size_t ownerlen, char *err,
+                            size_t errlen);
+
+/* Records that KEY_ID ("" without auth) uploaded blob HASH (64 hex) of
+ * SIZE_BYTES to NODE_ID (again: refreshes the row's age). */
+int cf_db_blob_record(cf_db_t *db, const char *hash, const char *key_id, const char *node_id,
+                      int64_t size_bytes, char *err, size_t errlen);
+
+/* Bytes of uploads KEY_ID holds (for --upload-quota-bytes). */
+int cf_db_blob_usage(cf_db_t *db, const char *key_id, int64_t *bytes_p, char *err, size_t errlen);
+
+/* Whether KEY_ID uploaded blob HASH (a blob: source is the uploader's). */
+int cf_db_blob_owned(cf_db_t *db, const char *hash, const char *key_id, bool *owned_p, char *err,
+                     size_t errlen);
+
+/* Drops at most MAX_ROWS upload rows of NODE_ID older than KEEP_S seconds
+ * that no stored composition names as a clip source, and answers the
+ * hashes of blobs no upload row of this node keeps any more (their files
+ * may go). Free *hashes_p with cf_db_strings_free. */
+int cf_db_blob_gc(cf_db_t *db, const char *node_id, int keep_s, int max_rows, char ***hashes_p,
+                  int *count_p, char *err, size_t errlen);
+void cf_db_strings_free(char ***items_p, int count);
 
 /* Finds a key by id (revoked ones too: check revoked_at). Free with
  * cf_db_api_key_clear. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cf_log.h"
@@ -24,53 +25,32 @@ static void s_curl_init(void)
         s_curl_init_rc = CURLE_FAILED_INIT;
 }
 
-/* Decodes %XX escapes in place. Returns 0, or -1 on a malformed escape or
- * an escaped NUL. */
-static int s_percent_decode(char *text)
+static int s_local_file(const char *source, const cf_source_policy_t *policy, char **path_p,
+                        char *err, size_t errlen)
 {
-    char *out = text;
-    for (const char *in = text; *in; in++) {
-        if (*in != '%') {
-            *out++ = *in;
-            continue;
-        }
-        if (!isxdigit((unsigned char)in[1]) || !isxdigit((unsigned char)in[2]))
-            return -1;
-        char hex[3] = {in[1], in[2], 0};
-        long v = strtol(hex, NULL, 16);
-        if (v == 0)
-            return -1;
-        *out++ = (char)v;
-        in += 2;
-    }
-    *out = '\0';
-    return 0;
-}
-
-static int s_local_file(const char *source, char **path_p, char *err, size_t errlen)
-{
-    char *path = strdup(source + strlen("file://"));
-    if (!path) {
-        snprintf(err, errlen, "%s: out of memory", source);
+    char decoded[4096], resolved[4096], why[256];
+    if (cf_source_decode_file_url(source, decoded, sizeof decoded) < 0) {
+        snprintf(err, errlen, "%s: malformed %%-escape", source);
         return -1;
     }
-    if (s_percent_decode(path) < 0) {
-        snprintf(err, errlen, "%s: malformed %%-escape", source);
-        free(path);
+    if (cf_source_policy_check_path(policy, decoded, resolved, sizeof resolved, why, sizeof why) <
+        0) {
+        snprintf(err, errlen, "%s: %s", source, why);
         return -1;
     }
     struct stat sb;
-    if (stat(path, &sb) < 0 || access(path, R_OK) < 0) {
+    if (stat(resolved, &sb) < 0 || access(resolved, R_OK) < 0) {
         snprintf(err, errlen, "%s: %s", source, strerror(errno));
-        free(path);
         return -1;
     }
     if (!S_ISREG(sb.st_mode)) {
         snprintf(err, errlen, "%s: not a regular file", source);
-        free(path);
         return -1;
     }
-    *path_p = path;
+    if (!(*path_p = strdup(resolved))) {
+        snprintf(err, errlen, "%s: out of memory", source);
+        return -1;
+    }
     return 0;
 }
 
@@ -80,7 +60,32 @@ typedef struct {
     uint64_t max_bytes;
     atomic_bool *cancel;
     bool too_large;
+    bool refused_address; /* the open-socket callback refused a connection */
+    const cf_source_policy_t *policy;
+    void (*tick)(void *arg, uint64_t bytes, uint64_t total);
+    void *tick_arg;
+    int64_t last_tick_ms;
 } s_download_t;
+
+static int64_t s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* libcurl's open-socket callback: the one place that sees the address
+ * actually connected to, after DNS, for every redirect hop too. */
+static curl_socket_t s_open_socket(void *arg, curlsocktype purpose, struct curl_sockaddr *address)
+{
+    s_download_t *dl = arg;
+    if (purpose == CURLSOCKTYPE_IPCXN &&
+        !cf_source_policy_addr_allowed(dl->policy, &address->addr)) {
+        dl->refused_address = true;
+        return CURL_SOCKET_BAD;
+    }
+    return socket(address->family, address->socktype, address->protocol);
+}
 
 static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
 {
@@ -97,11 +102,18 @@ static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
 static int s_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
                       curl_off_t ulnow)
 {
-    (void)dltotal;
-    (void)dlnow;
     (void)ultotal;
     (void)ulnow;
     s_download_t *dl = arg;
+    /* libcurl calls this at least once a second, even while no byte
+     * arrives: cancel and the caller's heartbeat never wait on the peer. */
+    if (dl->tick) {
+        int64_t now = s_now_ms();
+        if (now - dl->last_tick_ms >= 1000) {
+            dl->last_tick_ms = now;
+            dl->tick(dl->tick_arg, (uint64_t)dlnow, dltotal > 0 ? (uint64_t)dltotal : 0);
+        }
+    }
     return dl->cancel && atomic_load(dl->cancel) ? 1 : 0;
 }
 
@@ -118,8 +130,18 @@ int cf_fetch_url(const char *url, const char *dest, const cf_fetch_opts_t *opts,
         snprintf(err, errlen, "%s: cache path too long", url);
         return -1;
     }
-    s_download_t dl = {.max_bytes = opts->max_bytes ? opts->max_bytes : (uint64_t)64 << 30,
-                       .cancel = opts->cancel};
+    uint64_t max_bytes = cf_source_policy_max_bytes(opts->policy);
+    if (!max_bytes)
+        max_bytes = opts->max_bytes ? opts->max_bytes : (uint64_t)64 << 30;
+    long timeout_s = cf_source_policy_fetch_timeout_s(opts->policy);
+    if (!timeout_s)
+        timeout_s = opts->timeout_s;
+    s_download_t dl = {.max_bytes = max_bytes,
+                       .cancel = opts->cancel,
+                       .policy = opts->policy,
+                       .tick = opts->tick,
+                       .tick_arg = opts->tick_arg,
+                       .last_tick_ms = s_now_ms()};
     dl.file = fopen(part, "wb");
     if (!dl.file) {
         snprintf(err, errlen, "%s: cannot create %s: %s", url, part, strerror(errno));
@@ -146,6 +168,16 @@ int cf_fetch_url(const char *url, const char *dest, const cf_fetch_opts_t *opts,
     curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME,
                      opts->stall_timeout_s > 0 ? opts->stall_timeout_s : 60L);
+    /* A declared length over the cap fails before the first byte. */
+    curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_bytes);
+    if (timeout_s > 0)
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT, timeout_s);
+    if (cf_source_policy_restricted(opts->policy)) {
+        curl_easy_setopt(curl, CURLOPT_OPENSOCKETFUNCTION, s_open_socket);
+        curl_easy_setopt(curl, CURLOPT_OPENSOCKETDATA, &dl);
+        /* Through a proxy the address checked would be the proxy's. */
+        curl_easy_setopt(curl, CURLOPT_PROXY, "");
+    }
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, s_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &dl);
     curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, s_progress);
@@ -153,19 +185,26 @@ int cf_fetch_url(const char *url, const char *dest, const cf_fetch_opts_t *opts,
     curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err);
     curl_easy_setopt(curl, CURLOPT_USERAGENT, "clipfarm/" CF_VERSION);
+    int64_t started_ms = s_now_ms();
     CURLcode rc = curl_easy_perform(curl);
+    bool overall_timeout = rc == CURLE_OPERATION_TIMEDOUT && timeout_s > 0 &&
+                           s_now_ms() - started_ms >= timeout_s * 1000 - 50;
     long status = 0;
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(curl);
     bool write_failed = fclose(dl.file) != 0;
 
     int result = -1;
-    if (rc == CURLE_HTTP_RETURNED_ERROR)
+    if (dl.refused_address)
+        snprintf(err, errlen, "%s: source address not allowed", url);
+    else if (rc == CURLE_HTTP_RETURNED_ERROR)
         snprintf(err, errlen, "%s: HTTP %ld", url, status);
     else if (rc == CURLE_ABORTED_BY_CALLBACK)
         snprintf(err, errlen, "%s: cancelled", url);
-    else if (dl.too_large)
+    else if (dl.too_large || rc == CURLE_FILESIZE_EXCEEDED)
         snprintf(err, errlen, "%s: larger than %llu bytes", url, (unsigned long long)dl.max_bytes);
+    else if (overall_timeout)
+        snprintf(err, errlen, "%s: not fetched within %ld s", url, timeout_s);
     else if (rc != CURLE_OK)
         snprintf(err, errlen, "%s: cannot fetch: %s", url,
                  curl_err[0] ? curl_err : curl_easy_strerror(rc));
@@ -212,7 +251,7 @@ int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path
     *path_p = NULL;
     pthread_once(&s_curl_once, s_curl_init);
     if (!strncmp(source, "file://", 7))
-        return s_local_file(source, path_p, err, errlen);
+        return s_local_file(source, opts->policy, path_p, err, errlen);
     if (!strncmp(source, "blob:", 5)) {
         if (!opts->blob_resolver) {
             snprintf(err, errlen, "%s: no blob store here (blob: sources need a clipfarm node)",

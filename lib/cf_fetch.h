@@ -1,6 +1,7 @@
 /* cf_fetch: turns a clip's source reference into a local file.
  *
- *   file:///abs/path   used in place (percent-escapes decoded); must exist
+ *   file:///abs/path   used in place (percent-escapes decoded); must exist,
+ *                      and under a policy lie in one of its media roots
  *   http(s)://...      streamed with libcurl into a cache directory (never
  *                      held in memory), written to a temporary name and
  *                      renamed when complete; HTTP errors, refused
@@ -16,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cf_source_policy.h"
+
 /* Maps REF ("blob:<hex>") to a local file path. Returns 0, or -1 with a
  * reason in err. cf_blob_path(store, ...) has this shape with ARG = store. */
 typedef int (*cf_fetch_blob_fn)(void *arg, const char *ref, char *path, size_t pathlen, char *err,
@@ -29,6 +32,14 @@ typedef struct {
     long connect_timeout_ms; /* 0: 10 s */
     long stall_timeout_s;    /* no byte for this long fails (0: 60 s) */
     uint64_t max_bytes;      /* 0: 64 GiB */
+    long timeout_s;          /* whole download, redirects included (0: none) */
+    /* What sources may be read and which addresses reached (NULL: any, as
+     * for `clipfarm render`). Its limits override max_bytes/timeout_s. */
+    const cf_source_policy_t *policy;
+    /* Called about once a second while a download runs (may be NULL), on
+     * the downloading thread: keeps heartbeats and cancel checks going. */
+    void (*tick)(void *arg, uint64_t bytes, uint64_t total);
+    void *tick_arg;
 } cf_fetch_opts_t;
 
 /* Resolves SOURCE to a local, readable file. Returns 0 with *path_p set (the

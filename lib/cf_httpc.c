@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include "cf_json.h"
 #include "cf_httpc.h"
 
 #include <ctype.h>
@@ -308,7 +309,7 @@ int cf_httpc_get_stream(cf_httpc_t *self, const char *path, const char *const *h
 
 void cf_httpc_error_line(const cf_httpc_response_t *resp, char *out, size_t outlen)
 {
-    json_t *root = resp->body ? json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
+    json_t *root = resp->body ? cf_json_loadb(resp->body, resp->body_len, 0, NULL) : NULL;
     json_t *error = json_object_get(root, "error");
     const char *code = json_string_value(json_object_get(error, "code"));
     const char *message = json_string_value(json_object_get(error, "message"));

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "cf_media_internal.h"
 
+#include <libavutil/avstring.h>
 #include <libavutil/opt.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -76,6 +77,54 @@ int cf_media_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 
 /* ------------------------------------------------------------------ sources */
 
+/* Demuxers a source may use: containers and elementary streams that read
+ * only the one file they are given. Left out on purpose: playlists and
+ * manifests (hls, dash), concat lists, image sequences (image2), SDP/RTP,
+ * IMF and the script demuxers, which open further files or URLs named
+ * inside the source: a hostile composition could reach any file or address
+ * through them. */
+static const char *const s_source_formats =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,live_flv,mpegts,mpeg,mpegvideo,mxf,gxf,lxf,"
+    "wav,w64,aiff,caf,mp3,aac,ac3,eac3,dts,truehd,ogg,flac,amr,h264,hevc,m4v,vc1,ivf,obu,av1,dv,"
+    "nut,gif,asf,yuv4mpegpipe,png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe";
+
+int cf_media_open_input(AVFormatContext **fmt_p, const char *path, char *err, size_t errlen)
+{
+    AVIOContext *pb = NULL;
+    AVDictionary *io_opts = NULL;
+    AVDictionary *opts = NULL;
+    const AVInputFormat *format = NULL;
+    int ret;
+    *fmt_p = NULL;
+    /* Probe first, reading through the file protocol only, so the refusal
+     * can name what the source is. */
+    av_dict_set(&io_opts, "protocol_whitelist", "file", 0);
+    ret = avio_open2(&pb, path, AVIO_FLAG_READ, NULL, &io_opts);
+    av_dict_free(&io_opts);
+    if (ret < 0)
+        return cf_media_fail(err, errlen, ret, "cannot open");
+    ret = av_probe_input_buffer2(pb, &format, path, NULL, 0, 0);
+    avio_closep(&pb);
+    if (ret < 0 || !format)
+        return cf_media_fail(err, errlen, ret, "not a media file libav can read");
+    if (!av_match_list(format->name, s_source_formats, ',')) {
+        bool playlist = av_match_list(format->name, "hls,applehttp,dash,concat,ffconcat,sdp", ',');
+        snprintf(err, errlen,
+                 playlist ? "a %s playlist or list of other resources is not accepted as a source"
+                          : "the %s format (it can refer to other files or URLs) is not accepted "
+                            "as a source",
+                 format->name);
+        return -1;
+    }
+    av_dict_set(&opts, "protocol_whitelist", "file", 0);
+    av_dict_set(&opts, "format_whitelist", s_source_formats, 0);
+    ret = avformat_open_input(fmt_p, path, format, &opts);
+    av_dict_free(&opts);
+    if (ret < 0)
+        return cf_media_fail(err, errlen, ret, "cannot open");
+    return 0;
+}
+
 static bool s_is_picture(const AVStream *st)
 {
     return st->disposition & AV_DISPOSITION_ATTACHED_PIC;
@@ -87,9 +136,12 @@ int cf_media_source_open(cf_media_source_t *src, const char *path, enum AVMediaT
     cf_media_init();
     memset(src, 0, sizeof *src);
     src->path = path;
-    int ret = avformat_open_input(&src->fmt, path, NULL, NULL);
-    if (ret < 0)
-        return cf_media_fail(err, errlen, ret, "%s: cannot open", path);
+    char why[512];
+    if (cf_media_open_input(&src->fmt, path, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
+        return -1;
+    }
+    int ret;
     if ((ret = avformat_find_stream_info(src->fmt, NULL)) < 0) {
         cf_media_fail(err, errlen, ret, "%s: cannot read stream info", path);
         goto fail;

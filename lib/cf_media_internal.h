@@ -17,6 +17,12 @@ int cf_media_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 
 /* The last error-level line libav logged on this thread ("" if none), and
  * a way to forget it before a call whose failure should quote it. */
+/* Opens the local file PATH for demuxing with the file protocol only and
+ * one of the single-file demuxers (never playlists, concat lists, image
+ * sequences or anything else that opens further resources). Returns 0, or
+ * -1 with a reason in err (PATH is not repeated in it). */
+int cf_media_open_input(AVFormatContext **fmt_p, const char *path, char *err, size_t errlen);
+
 const char *cf_media_last_log(void);
 void cf_media_clear_log(void);
 

@@ -24,9 +24,12 @@ static int s_input_open(s_input_t *in, const char *path, enum AVMediaType type, 
                         size_t errlen)
 {
     memset(in, 0, sizeof *in);
-    int ret = avformat_open_input(&in->fmt, path, NULL, NULL);
-    if (ret < 0)
-        return cf_media_fail(err, errlen, ret, "stitch: cannot open %s", path);
+    char why[512];
+    if (cf_media_open_input(&in->fmt, path, why, sizeof why) < 0) {
+        snprintf(err, errlen, "stitch: cannot open %s: %s", path, why);
+        return -1;
+    }
+    int ret;
     if ((ret = avformat_find_stream_info(in->fmt, NULL)) < 0)
         return cf_media_fail(err, errlen, ret, "stitch: cannot read %s", path);
     for (unsigned i = 0; i < in->fmt->nb_streams; i++) {

@@ -1,3 +1,4 @@
+#include "cf_json.h"
 #include "cf_plan.h"
 
 #include <jansson.h>
@@ -329,7 +330,7 @@ static int s_get_enum(json_t *obj, const char *key, const char *const *names, in
 cf_plan_t *cf_plan_from_json(const char *text, size_t len, char *err, size_t errlen)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = cf_json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     cf_plan_t *plan = calloc(1, sizeof *plan);
     int64_t v;
     int e;

@@ -103,6 +103,19 @@ static void s_report(const cf_render_opts_t *opts, const char *phase, int64_t do
     opts->progress(opts->progress_arg, &p);
 }
 
+/* Progress while a download runs (the caller's heartbeat and cancel checks
+ * ride on it). */
+typedef struct {
+    const cf_render_opts_t *opts;
+    int clip, clips;
+} s_fetch_tick_t;
+
+static void s_fetch_tick(void *arg, uint64_t bytes, uint64_t total)
+{
+    s_fetch_tick_t *t = arg;
+    s_report(t->opts, "fetch", t->clip, t->clips, 0, 0);
+}
+
 static bool s_cancelled(const cf_render_opts_t *opts)
 {
     return opts->cancel && atomic_load(opts->cancel);
@@ -255,11 +268,16 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
     }
 
     /* 1. Sources, local. */
+    s_fetch_tick_t tick = {opts, 0, comp->clip_count};
     cf_fetch_opts_t fetch = {.cache_dir = cache_dir,
                              .blob_resolver = opts->blob_resolver,
                              .blob_arg = opts->blob_arg,
-                             .cancel = opts->cancel};
+                             .cancel = opts->cancel,
+                             .policy = opts->policy,
+                             .tick = s_fetch_tick,
+                             .tick_arg = &tick};
     for (int i = 0; i < comp->clip_count; i++) {
+        tick.clip = i;
         s_report(opts, "fetch", i, comp->clip_count, 0, 0);
         if (s_cancelled(opts)) {
             snprintf(err, errlen, "cancelled");

@@ -38,6 +38,9 @@ typedef struct {
     atomic_bool *cancel;      /* may be NULL */
     cf_fetch_blob_fn blob_resolver;
     void *blob_arg;
+    /* What sources may be read (NULL: any readable file, any address; the
+     * node passes the operator's policy). */
+    const cf_source_policy_t *policy;
     /* Peak memory the encoders may use, in bytes: 0 means
      * CF_RENDER_DEFAULT_MEMORY, < 0 no limit. To stay within it the render
      * runs fewer segments at once and, when one encoder alone would not fit,

@@ -34,6 +34,7 @@ void cf_api_options_default(cf_api_options_t *opts)
     opts->rate_limit = 50;
     opts->rate_burst = 100;
     opts->auth_cache_ms = 1000;
+    opts->upload_quota_bytes = (int64_t)10 << 30;
     opts->redis_prefix = "cf:";
     cf_apikey_hashkey_derive(NULL, 0, opts->hashkey);
 }
@@ -488,6 +489,7 @@ static int s_authenticate(cf_api_req_t *req)
         if (row.hash && row.hash_len == CF_APIKEY_HASH_BYTES)
             memcpy(entry.hash, row.hash, CF_APIKEY_HASH_BYTES);
         entry.revoked = row.revoked_at != NULL;
+        entry.admin = row.admin;
         cf_db_api_key_clear(&row);
         s_auth_store(api, &entry);
     }
@@ -496,6 +498,7 @@ static int s_authenticate(cf_api_req_t *req)
     if (entry.revoked)
         return cf_api_send_error(req, 403, "key_revoked", NULL, "this API key has been revoked");
     snprintf(req->key_id, sizeof req->key_id, "%s", id);
+    req->admin = entry.admin;
     return 0;
 }
 
@@ -593,6 +596,8 @@ static int s_dispatch(cf_api_req_t *req)
         json_object_set_new(detail, "message", json_string(message));
         return cf_api_send_error_json(req, 405, detail, headers);
     }
+    /* Without keys there are no tenants: everyone sees everything. */
+    req->admin = req->api->opts.insecure_no_auth;
     if (req->route->auth && !req->api->opts.insecure_no_auth) {
         int status = s_authenticate(req);
         if (status)
@@ -858,6 +863,11 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
         "Composition reads by the node's in-process cache: hit, miss, or bypass (while the "
         "invalidation subscription is down).",
         "result", NULL, 0, metric_err, sizeof metric_err);
+    self->m_refused = cf_metrics_add(
+        m, CF_METRIC_COUNTER, "api_refused_total",
+        "Requests refused for what they asked: JSON nested too deep, a source the node's policy "
+        "forbids, someone else's upload, an upload over the key's quota.",
+        "reason", NULL, 0, metric_err, sizeof metric_err);
     self->m_node_counters = cf_metrics_add(
         m, CF_METRIC_COUNTER, "cluster_counter_total",
         "Cluster membership counters of this node (beacons, messages, handshakes, elections).",

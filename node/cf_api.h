@@ -25,6 +25,7 @@ typedef struct cf_db cf_db_t;
 typedef struct cf_cache cf_cache_t;
 typedef struct cf_metrics_t cf_metrics_t;
 typedef struct cf_blob_store_t cf_blob_store_t;
+typedef struct cf_source_policy_t cf_source_policy_t;
 
 /* The cluster as this node sees it, as a new JSON object in the shape of
  * cf_node_snapshot (node/cf_node.h): id, coordinator, epoch, peers (id,
@@ -59,6 +60,9 @@ typedef struct {
      * itself as the whole cluster and serves only outputs it holds). */
     cf_api_cluster_fn *cluster;
     void *cluster_arg;
+    /* What compositions may name as sources (borrowed; NULL: any). */
+    const cf_source_policy_t *policy;
+    int64_t upload_quota_bytes; /* per key, 0: none (default 10 GiB) */
 } cf_api_options_t;
 
 /* Fills OPTS with the defaults above (pointers NULL). */

@@ -1,4 +1,5 @@
 /* cf_api_client: shared plumbing of the client commands. */
+#include "cf_json.h"
 #include "cf_api_client.h"
 
 #include <ctype.h>
@@ -50,7 +51,7 @@ int cf_api_client_call(cf_api_client_t *client, const char *method, const char *
     }
     if (json_p) {
         json_error_t jerr;
-        *json_p = json_loadb(resp.body ? resp.body : "", resp.body_len, JSON_DECODE_ANY, &jerr);
+        *json_p = cf_json_loadb(resp.body ? resp.body : "", resp.body_len, JSON_DECODE_ANY, &jerr);
         if (!*json_p) {
             cf_cli_error(client->command, "%s%s answered with malformed JSON: %s",
                          cf_httpc_base_url(client->http), path, jerr.text);

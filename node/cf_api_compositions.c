@@ -6,20 +6,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_json.h"
 #include "cf_api_internal.h"
 #include "cf_api_validate.h"
 #include "cf_cache.h"
 #include "cf_db.h"
 #include "cf_log.h"
 #include "cf_queue.h"
+#include "cf_source_policy.h"
 
 #define S_IDEMPOTENCY_KEY_MAX 200
 
 /* The fields a list may select with ?fields=. */
 static const char *const s_fields[] = {
-    "id",         "title",      "status",     "stage",       "priority",
-    "progress",   "error",      "output",     "attempts",    "version",
-    "created_at", "updated_at", "started_at", "finished_at", NULL,
+    "id",         "title",      "status",      "stage",   "priority",   "progress",
+    "error",      "output",     "attempts",    "version", "api_key_id", "created_at",
+    "updated_at", "started_at", "finished_at", NULL,
 };
 
 static int s_send_composition(cf_api_req_t *req, int status, const char *id, const char *headers)
@@ -31,6 +33,83 @@ static int s_send_composition(cf_api_req_t *req, int status, const char *id, con
     status = cf_api_send_json_text(req, status, json, strlen(json), headers);
     free(json);
     return status;
+}
+
+int cf_api_composition_visible(cf_api_req_t *req, char **json_p, size_t *len_p)
+{
+    if (json_p)
+        *json_p = NULL;
+    if (!cf_api_is_uuid(req->id))
+        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
+    char *json = NULL, err[256];
+    size_t len = 0;
+    int rc = cf_api_composition_json(req->api, req->id, &json, &len, err, sizeof err);
+    if (rc == CF_DB_NOT_FOUND)
+        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
+    if (rc != CF_DB_OK)
+        return cf_api_send_db_error(req, rc, "composition", err);
+    bool visible = req->admin;
+    if (!visible) {
+        json_t *doc = cf_json_loadb(json, len, 0, NULL);
+        json_t *owner = json_object_get(doc, "api_key_id");
+        if (json_is_string(owner)) {
+            visible = !strcmp(json_string_value(owner), req->key_id);
+        } else if (!json_is_null(owner)) {
+            /* Cached before owners were part of the document: ask Postgres. */
+            char key[CF_APIKEY_ID_CHARS + 8] = "";
+            rc = cf_db_composition_owner(req->api->opts.db, req->id, key, sizeof key, err,
+                                         sizeof err);
+            if (rc != CF_DB_OK && rc != CF_DB_NOT_FOUND) {
+                json_decref(doc);
+                free(json);
+                return cf_api_send_db_error(req, rc, "composition", err);
+            }
+            visible = rc == CF_DB_OK && !strcmp(key, req->key_id);
+        }
+        json_decref(doc);
+    }
+    if (!visible) {
+        free(json);
+        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
+    }
+    if (json_p) {
+        *json_p = json;
+        if (len_p)
+            *len_p = len;
+    } else {
+        free(json);
+    }
+    return 0;
+}
+
+#define S_STR_(x) #x
+#define S_STR(x)  S_STR_(x)
+
+/* What a caller may name as a source (cf_api_source_check_fn): what the
+ * node's policy allows (media roots, address rules for IP literals; host
+ * names are checked again when connecting), and only its own uploads. */
+static int s_check_source(void *arg, const char *source, char *why, size_t whylen)
+{
+    cf_api_req_t *req = arg;
+    cf_api_t *api = req->api;
+    if (cf_source_policy_check_source(api->opts.policy, source, why, whylen) < 0) {
+        cf_metric_inc(api->m_refused, (const char *[]){"source_policy"}, 1);
+        return 1;
+    }
+    if (!strncmp(source, "blob:", 5) && !req->admin) {
+        bool owned = false;
+        char err[256];
+        int rc = cf_db_blob_owned(api->opts.db, source + 5, req->key_id, &owned, err, sizeof err);
+        if (rc != CF_DB_OK)
+            return -1;
+        if (!owned) {
+            /* Someone else's upload does not exist for this key. */
+            snprintf(why, whylen, "no such blob (upload it with POST /api/v1/media)");
+            cf_metric_inc(api->m_refused, (const char *[]){"blob_not_owned"}, 1);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 int cf_api_h_composition_create(cf_api_req_t *req)
@@ -53,8 +132,18 @@ int cf_api_h_composition_create(cf_api_req_t *req)
     if (status)
         return status;
 
+    size_t too_deep_at = 0;
+    if (cf_json_depth(body, len, CF_JSON_MAX_DEPTH, &too_deep_at) > CF_JSON_MAX_DEPTH) {
+        free(body);
+        cf_metric_inc(api->m_refused, (const char *[]){"json_depth"}, 1);
+        json_t *detail = json_pack("{s:s,s:s,s:I,s:i}", "code", "too_deep", "message",
+                                   "JSON nested deeper than the limit of " S_STR(
+                                       CF_JSON_MAX_DEPTH) " levels of arrays and objects",
+                                   "position", (json_int_t)too_deep_at, "limit", CF_JSON_MAX_DEPTH);
+        return cf_api_send_error_json(req, 400, detail, NULL);
+    }
     json_error_t jerr;
-    json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *doc = cf_json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!doc) {
         char message[300];
         snprintf(message, sizeof message, "malformed JSON at line %d, column %d: %s", jerr.line,
@@ -70,9 +159,12 @@ int cf_api_h_composition_create(cf_api_req_t *req)
     char *title = NULL;
     const char *priority_name = NULL;
     json_t *problems = NULL;
-    int valid = cf_api_validate_composition(body, len, &title, &priority_name, &problems);
+    int valid = cf_api_validate_composition_for(body, len, s_check_source, req, &title,
+                                                &priority_name, &problems);
     if (valid != 0) {
         free(body);
+        if (valid == -2)
+            return cf_api_send_db_error(req, CF_DB_UNAVAILABLE, "composition", "");
         if (valid < 0)
             return cf_api_send_error(req, 500, "internal", NULL, "out of memory");
         size_t count = json_array_size(problems);
@@ -211,14 +303,16 @@ int cf_api_h_composition_list(cf_api_req_t *req)
         return cf_api_send_error(req, 400, "invalid_argument", "fields", "unknown field '%s'", bad);
 
     char *items_text = NULL, *next = NULL, err[256];
-    int rc = cf_db_composition_list(req->api->opts.db, status[0] ? status : NULL, limit,
-                                    n > 0 ? cursor : NULL, &items_text, &next, err, sizeof err);
+    /* An ordinary key lists its own compositions; an admin everyone's. */
+    int rc = cf_db_composition_list_owned(req->api->opts.db, req->admin ? NULL : req->key_id,
+                                          status[0] ? status : NULL, limit, n > 0 ? cursor : NULL,
+                                          &items_text, &next, err, sizeof err);
     if (rc == CF_DB_INVALID)
         return cf_api_send_error(req, 400, "invalid_cursor", "cursor",
                                  "cursor is not one this API returned");
     if (rc != CF_DB_OK)
         return cf_api_send_db_error(req, rc, "compositions", err);
-    json_t *items = json_loads(items_text, 0, NULL);
+    json_t *items = cf_json_loads(items_text, 0, NULL);
     free(items_text);
     if (!items) {
         free(next);
@@ -234,24 +328,21 @@ int cf_api_h_composition_list(cf_api_req_t *req)
 
 int cf_api_h_composition_get(cf_api_req_t *req)
 {
-    if (!cf_api_is_uuid(req->id))
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
-    char *json = NULL, err[256];
+    char *json = NULL;
     size_t len = 0;
-    int rc = cf_api_composition_json(req->api, req->id, &json, &len, err, sizeof err);
-    if (rc == CF_DB_NOT_FOUND)
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
-    if (rc != CF_DB_OK)
-        return cf_api_send_db_error(req, rc, "composition", err);
-    int status = cf_api_send_json_text(req, 200, json, len, NULL);
+    int status = cf_api_composition_visible(req, &json, &len);
+    if (status)
+        return status;
+    status = cf_api_send_json_text(req, 200, json, len, NULL);
     free(json);
     return status;
 }
 
 int cf_api_h_composition_cancel(cf_api_req_t *req)
 {
-    if (!cf_api_is_uuid(req->id))
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
+    int status = cf_api_composition_visible(req, NULL, NULL);
+    if (status)
+        return status;
     cf_state_t from = CF_STATE_PENDING;
     char err[256];
     int rc = cf_db_composition_cancel(req->api->opts.db, req->id, &from, err, sizeof err);
@@ -269,18 +360,12 @@ int cf_api_h_composition_cancel(cf_api_req_t *req)
 
 int cf_api_h_composition_segments(cf_api_req_t *req)
 {
-    if (!cf_api_is_uuid(req->id))
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     cf_api_t *api = req->api;
-    char *json = NULL, err[256];
+    char err[256];
     /* An unknown composition has no segments either: tell them apart. */
-    size_t len = 0;
-    int rc = cf_api_composition_json(api, req->id, &json, &len, err, sizeof err);
-    free(json);
-    if (rc == CF_DB_NOT_FOUND)
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
-    if (rc != CF_DB_OK)
-        return cf_api_send_db_error(req, rc, "composition", err);
+    int rc = cf_api_composition_visible(req, NULL, NULL);
+    if (rc)
+        return rc;
     cf_db_segment_t *segs = NULL;
     int count = 0;
     rc = cf_db_segments_list(api->opts.db, req->id, &segs, &count, err, sizeof err);
@@ -289,7 +374,7 @@ int cf_api_h_composition_segments(cf_api_req_t *req)
     json_t *items = json_array();
     for (int i = 0; i < count; i++) {
         const cf_db_segment_t *s = &segs[i];
-        json_t *sources = s->sources_json ? json_loads(s->sources_json, 0, NULL) : NULL;
+        json_t *sources = s->sources_json ? cf_json_loads(s->sources_json, 0, NULL) : NULL;
         json_array_append_new(
             items,
             json_pack("{s:i,s:I,s:I,s:s,s:f,s:o,s:i,s:I,s:o,s:I,s:f,s:I,s:I,s:o,s:o,s:o,s:o}",

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_json.h"
 #include "cf_api_internal.h"
 #include "cf_db.h"
 
@@ -30,7 +31,7 @@ static int s_write(cf_api_req_t *req, const char *text, size_t len)
 static int s_send_event(cf_api_req_t *req, const cf_db_event_t *ev)
 {
     json_t *payload =
-        json_loads(ev->payload_json ? ev->payload_json : "null", JSON_DECODE_ANY, NULL);
+        cf_json_loads(ev->payload_json ? ev->payload_json : "null", JSON_DECODE_ANY, NULL);
     json_t *data = json_pack("{s:I,s:s,s:s,s:o}", "id", (json_int_t)ev->id, "type", ev->type, "at",
                              ev->at ? ev->at : "", "payload", payload ? payload : json_null());
     char *text = json_dumps(data, JSON_COMPACT);
@@ -64,17 +65,11 @@ static int64_t s_start_after(cf_api_req_t *req)
 int cf_api_h_composition_events(cf_api_req_t *req)
 {
     cf_api_t *api = req->api;
-    if (!cf_api_is_uuid(req->id))
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
-    cf_db_composition_t comp;
-    memset(&comp, 0, sizeof comp);
     char err[256];
-    int rc = cf_db_composition_get(api->opts.db, req->id, &comp, err, sizeof err);
-    cf_db_composition_clear(&comp);
-    if (rc == CF_DB_NOT_FOUND)
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
-    if (rc != CF_DB_OK)
-        return cf_api_send_db_error(req, rc, "composition", err);
+    int rc = cf_api_composition_visible(req, NULL, NULL);
+    if (rc)
+        return rc;
+    cf_db_composition_t comp;
 
     /* No Content-Length: the stream ends when the connection closes. */
     static const char head[] = "HTTP/1.1 200 OK\r\n"

@@ -28,6 +28,7 @@ typedef struct {
     char id[CF_APIKEY_ID_CHARS + 1];
     uint8_t hash[CF_APIKEY_HASH_BYTES];
     bool revoked;
+    bool admin;
     int64_t expires_ms; /* monotonic; 0: empty slot */
 } cf_api_auth_entry_t;
 
@@ -74,6 +75,7 @@ struct cf_api_t {
     cf_metric_t *m_encode_fps; /* node_encode_fps{encoder} (calibration) */
     cf_metric_t *m_db_up;
     cf_metric_t *m_local_cache; /* api_local_cache_total{result} */
+    cf_metric_t *m_refused;     /* api_refused_total{reason}: hostile or forbidden input */
 
     cf_api_pool_t redis_pool; /* redisContext * for rate limits and pings */
     cf_api_pool_t queue_pool; /* cf_queue_t * producers */
@@ -106,7 +108,8 @@ typedef struct {
     const cf_api_route_t *route;
     char id[128];                        /* the {id} path parameter, when the route has one */
     char key_id[CF_APIKEY_ID_CHARS + 1]; /* authenticated key ("" when none) */
-    int status;                          /* status sent, for the metrics */
+    bool admin; /* sees every key's compositions (admin key, or no auth at all) */
+    int status; /* status sent, for the metrics */
 } cf_api_req_t;
 
 /* A handler sends exactly one response and returns its status. */
@@ -211,6 +214,13 @@ void cf_api_queue_put(cf_api_t *api, struct cf_queue *q);
  * (Redis, then Postgres). Returns cf_db_rc_t codes; *json_p is the caller's. */
 int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t *len_p, char *err,
                             size_t errlen);
+/* Tenancy: other keys' compositions do not exist for a caller. Checks that
+ * composition REQ->id exists and that the caller may see it (its own, or
+ * any for an admin). Returns 0, with its JSON in *json_p (caller frees;
+ * json_p may be NULL), or the status of the 404 (never 403: no existence
+ * leak) or 503 response it sent. */
+int cf_api_composition_visible(cf_api_req_t *req, char **json_p, size_t *len_p);
+
 /* Drops ID's in-process entry (after a write made here). */
 void cf_api_cache_forget(cf_api_t *api, const char *id);
 int cf_api_cache_start(cf_api_t *api, char *err, size_t errlen);

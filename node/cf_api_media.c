@@ -9,6 +9,7 @@
 
 #include "cf_api_internal.h"
 #include "cf_blob.h"
+#include "cf_db.h"
 #include "cf_log.h"
 
 static bool s_media_type_ok(cf_api_req_t *req)
@@ -42,6 +43,25 @@ int cf_api_h_media_upload(cf_api_req_t *req)
                                  (long long)max);
     }
     char err[512];
+    /* Per-key quota: what the key already holds plus this upload. */
+    int64_t quota = api->opts.upload_quota_bytes, used = 0;
+    if (quota > 0) {
+        int rc = cf_db_blob_usage(api->opts.db, req->key_id, &used, err, sizeof err);
+        if (rc != CF_DB_OK) {
+            cf_api_close_after(req);
+            return cf_api_send_db_error(req, rc, "uploads", err);
+        }
+        if (used >= quota || (declared > 0 && used + declared > quota)) {
+            cf_api_close_after(req);
+            cf_metric_inc(api->m_refused, (const char *[]){"upload_quota"}, 1);
+            return cf_api_send_error(req, 413, "quota_exceeded", NULL,
+                                     "this API key holds %lld bytes of uploads; the quota is "
+                                     "%lld bytes",
+                                     (long long)used, (long long)quota);
+        }
+        if (quota - used < max)
+            max = quota - used;
+    }
     cf_blob_writer_t *writer = cf_blob_writer_new(api->opts.blobs, (uint64_t)max, err, sizeof err);
     if (!writer) {
         cf_log_error("api", "upload: %s", err);
@@ -65,7 +85,9 @@ int cf_api_h_media_upload(cf_api_req_t *req)
         if (rc == CF_BLOB_TOO_LARGE) {
             cf_api_close_after(req);
             status = cf_api_send_error(req, 413, "too_large", NULL,
-                                       "upload is over the limit of %lld bytes", (long long)max);
+                                       "upload is over the limit of %lld bytes (quota left "
+                                       "included)",
+                                       (long long)max);
         } else if (rc != CF_BLOB_OK) {
             cf_log_error("api", "upload: %s", err);
             cf_api_close_after(req);
@@ -86,6 +108,14 @@ int cf_api_h_media_upload(cf_api_req_t *req)
         cf_log_error("api", "upload: %s", err);
         return cf_api_send_error(req, 507, "insufficient_storage", NULL,
                                  "cannot store the upload on this node");
+    }
+    int rc = cf_db_blob_record(api->opts.db, hex, req->key_id, api->node_id, (int64_t)size, err,
+                               sizeof err);
+    if (rc != CF_DB_OK) {
+        /* Unrecorded, the upload would belong to nobody: the key could
+         * not use it. The file stays for another key's identical upload
+         * and goes with the garbage collection of unreferenced blobs. */
+        return cf_api_send_db_error(req, rc, "upload", err);
     }
     cf_metric_inc(api->m_uploads, NULL, (double)size);
     char ref[8 + CF_BLOB_HEX_SIZE];

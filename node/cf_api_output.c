@@ -332,12 +332,13 @@ static int s_serve_remote(cf_api_req_t *req, const char *node_id)
 int cf_api_h_composition_output(cf_api_req_t *req)
 {
     cf_api_t *api = req->api;
-    if (!cf_api_is_uuid(req->id))
-        return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
+    int rc = cf_api_composition_visible(req, NULL, NULL);
+    if (rc)
+        return rc;
     cf_db_composition_t comp;
     memset(&comp, 0, sizeof comp);
     char err[256];
-    int rc = cf_db_composition_get(api->opts.db, req->id, &comp, err, sizeof err);
+    rc = cf_db_composition_get(api->opts.db, req->id, &comp, err, sizeof err);
     if (rc == CF_DB_NOT_FOUND)
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     if (rc != CF_DB_OK)

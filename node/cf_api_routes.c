@@ -3,6 +3,7 @@
  * document cannot list a route that does not exist or miss one that does. */
 #include <string.h>
 
+#include "cf_json.h"
 #include "cf_api_internal.h"
 
 /* Reusable bits of the OpenAPI operation objects. */
@@ -233,7 +234,7 @@ json_t *cf_api_openapi_document(void)
 {
     json_t *paths = json_object();
     for (const cf_api_route_t *r = cf_api_routes; r->method; r++) {
-        json_t *op = json_loads(r->openapi, 0, NULL);
+        json_t *op = cf_json_loads(r->openapi, 0, NULL);
         if (!op) /* a typo in the table above: caught by the OpenAPI test */
             op = json_pack("{s:s}", "description", "(document entry failed to parse)");
         json_object_set_new(op, "operationId", json_string(r->operation));
@@ -250,7 +251,7 @@ json_t *cf_api_openapi_document(void)
         method[i] = '\0';
         json_object_set_new(path, method, op);
     }
-    json_t *components = json_loads(s_components, 0, NULL);
+    json_t *components = cf_json_loads(s_components, 0, NULL);
     return json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:[{s:[]}],s:o}", "openapi", "3.0.3", "info",
                      "title", "clipfarm REST API", "version", CF_VERSION, "description",
                      "The same API on every node of a clipfarm cluster.", "paths", paths,

@@ -12,9 +12,11 @@
 #include "cf_db.h"
 #include "cf_log.h"
 #include "cf_metrics.h"
+#include "cf_source_policy.h"
 #include "cf_worker.h"
 
 struct cf_api_service_t {
+    cf_source_policy_t *policy;
     cf_db_t *db;
     cf_cache_t *cache;
     cf_metrics_t *metrics;
@@ -37,6 +39,10 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->rate_limit = api.rate_limit;
     opts->rate_burst = api.rate_burst;
     opts->auth_cache_ms = api.auth_cache_ms;
+    opts->max_source_bytes = (double)(20ULL << 30);
+    opts->fetch_timeout_s = 3600;
+    opts->upload_quota_bytes = (double)api.upload_quota_bytes;
+    opts->blob_keep_s = 7 * 86400;
 }
 
 int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, size_t capacity)
@@ -73,6 +79,24 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
         {"redis-prefix", "CF_REDIS_PREFIX", CF_OPT_STRING, &o->redis_prefix, 0, 0,
          "prefix of every Redis key (default cf:); clusters sharing a Redis need their own",
          "PREFIX"},
+        {"media-root", "CF_MEDIA_ROOTS", CF_OPT_PATH_LIST, &o->media_roots, 0, 0,
+         "directory whose files compositions may name as file:// sources (repeatable; the "
+         "environment variable is colon-separated; default none: file:// refused)",
+         "DIR"},
+        {"allow-source-net", "CF_ALLOW_SOURCE_NETS", CF_OPT_LIST, &o->allow_source_nets, 0, 0,
+         "internal network http(s) sources may reach, e.g. 10.2.0.0/16 (repeatable; the "
+         "environment variable is comma-separated; default none)",
+         "CIDR"},
+        {"max-source-bytes", "CF_MAX_SOURCE_BYTES", CF_OPT_DOUBLE, &o->max_source_bytes, 1, 1e15,
+         "largest source a node downloads (default 21474836480)", "N"},
+        {"fetch-timeout-s", "CF_FETCH_TIMEOUT_S", CF_OPT_INT, &o->fetch_timeout_s, 1, 604800,
+         "longest one source download may take (default 3600)", "S"},
+        {"upload-quota-bytes", "CF_UPLOAD_QUOTA_BYTES", CF_OPT_DOUBLE, &o->upload_quota_bytes, 0,
+         1e15, "bytes of uploaded media one API key may hold, 0 = no limit (default 10737418240)",
+         "N"},
+        {"blob-keep-s", "CF_BLOB_KEEP_S", CF_OPT_INT, &o->blob_keep_s, 1, 1 << 30,
+         "uploads no composition refers to are removed after this many seconds (default 604800)",
+         "S"},
     };
     size_t used = 0;
     while (used < capacity && table[used].name)
@@ -100,6 +124,16 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         return NULL;
     }
     char path[4096];
+
+    if (!(self->policy = cf_source_policy_new())) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (cf_source_policy_add_roots(self->policy, opts->media_roots, "\n", err, errlen) < 0 ||
+        cf_source_policy_add_nets(self->policy, opts->allow_source_nets, "\n", err, errlen) < 0)
+        goto fail;
+    cf_source_policy_set_limits(self->policy, (uint64_t)opts->max_source_bytes,
+                                opts->fetch_timeout_s);
 
     cf_db_options_t dbo;
     cf_db_options_default(&dbo);
@@ -153,6 +187,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
     ao.blobs = self->blobs;
     ao.cluster = opts->cluster;
     ao.cluster_arg = opts->cluster_arg;
+    ao.policy = self->policy;
+    ao.upload_quota_bytes = (int64_t)opts->upload_quota_bytes;
     if (cf_apikey_hashkey_load(cfg->cluster_secret_file, ao.hashkey, err, errlen) < 0)
         goto fail;
     if (!(self->api = cf_api_new(&ao, err, errlen)))
@@ -176,6 +212,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
                                                : 1;
         wo.on_load = opts->on_load;
         wo.on_load_arg = opts->on_load_arg;
+        wo.policy = self->policy;
+        wo.blob_keep_s = opts->blob_keep_s;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }
@@ -200,6 +238,7 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
     cf_db_destroy(&self->db);
     cf_blob_store_destroy(&self->blobs);
     cf_metrics_destroy(&self->metrics);
+    cf_source_policy_destroy(&self->policy);
     free(self);
     *self_p = NULL;
 }

@@ -45,6 +45,13 @@ typedef struct {
     bool no_render;     /* serve the API only; never take compositions */
     char *redis_prefix; /* queue, cache and rate-limit keys (NULL: "cf:") */
     int render_jobs;
+    /* Source policy (lib/cf_source_policy.h). */
+    char *media_roots;         /* '\n'-separated directories */
+    char *allow_source_nets;   /* '\n'-separated CIDRs */
+    double max_source_bytes;   /* one source download (default 20 GiB) */
+    int fetch_timeout_s;       /* one source download, whole (default 3600) */
+    double upload_quota_bytes; /* bytes of uploads one key may hold (default 10 GiB) */
+    int blob_keep_s;           /* unreferenced uploads are removed after (default 7 days) */
 } cf_api_service_options_t;
 
 /* Fills OPTS with the defaults of cf_api_options_default and one render

@@ -2,6 +2,7 @@
  * The only part of the API that needs the composition model (cf_comp.h). */
 #include "cf_api_validate.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,11 +11,44 @@
 int cf_api_validate_composition(const char *body, size_t len, char **title_p,
                                 const char **priority_p, json_t **problems_p)
 {
+    return cf_api_validate_composition_for(body, len, NULL, NULL, title_p, priority_p, problems_p);
+}
+
+int cf_api_validate_composition_for(const char *body, size_t len, cf_api_source_check_fn *check,
+                                    void *check_arg, char **title_p, const char **priority_p,
+                                    json_t **problems_p)
+{
     *title_p = NULL;
     *priority_p = NULL;
     *problems_p = NULL;
     cf_comp_errors_t errors = {0};
     cf_comp_t *comp = cf_comp_parse(body, len, &errors);
+    if (comp && check) {
+        json_t *refused = json_array();
+        for (int i = 0; refused && i < comp->clip_count; i++) {
+            char why[512] = "";
+            int rc = check(check_arg, comp->clips[i].source, why, sizeof why);
+            if (rc < 0) {
+                json_decref(refused);
+                cf_comp_destroy(&comp);
+                cf_comp_errors_free(&errors);
+                return -2;
+            }
+            if (rc > 0) {
+                char field[48];
+                snprintf(field, sizeof field, "clips[%d].source", i);
+                json_array_append_new(refused,
+                                      json_pack("{s:s,s:s}", "field", field, "message", why));
+            }
+        }
+        if (json_array_size(refused) > 0) {
+            cf_comp_destroy(&comp);
+            cf_comp_errors_free(&errors);
+            *problems_p = refused;
+            return 1;
+        }
+        json_decref(refused);
+    }
     if (comp) {
         *title_p = strdup(comp->title);
         *priority_p = cf_comp_priority_name(comp->priority);

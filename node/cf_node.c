@@ -5,6 +5,7 @@
  * calibration. Other threads see only cf_node_t: a JSON snapshot under a
  * mutex and atomic counters. */
 #define _GNU_SOURCE
+#include "cf_json.h"
 #include "cf_node.h"
 
 #include <arpa/inet.h>
@@ -1069,7 +1070,7 @@ static void s_handle_registry(s_self_t *self)
             cf_proto_is_uuid(id, strlen(id))) {
             s_peer_t *peer = s_peer_learn(self, id, key, control, http, S_SRC_REGISTRY);
             if (peer) {
-                json_t *parsed = strlen(caps) <= 16384 ? json_loads(caps, 0, NULL) : NULL;
+                json_t *parsed = strlen(caps) <= 16384 ? cf_json_loads(caps, 0, NULL) : NULL;
                 json_decref(peer->caps_registry);
                 peer->caps_registry = json_is_object(parsed) ? parsed : NULL;
                 if (!peer->caps_registry)

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_blob.h"
 #include "cf_db.h"
 #include "cf_log.h"
 #include "cf_metrics.h"
@@ -79,6 +80,7 @@ void cf_worker_options_default(cf_worker_options_t *opts)
     opts->purge_interval_ms = 600000;
     opts->keep_completed_s = CF_DB_KEEP_COMPLETED_S;
     opts->keep_failed_s = CF_DB_KEEP_FAILED_S;
+    opts->blob_keep_s = 7 * 86400;
 }
 
 static int64_t s_now_ms(void)
@@ -301,8 +303,8 @@ static void s_render(s_slot_t *slot, const char *id)
     cf_log_info("worker", "%s: rendering \"%s\"", id, comp.title ? comp.title : "");
     cf_worker_render_result_t result;
     rc = cf_worker_render(comp.spec_json ? comp.spec_json : "", out_path, outputs, w->opts.blobs,
-                          w->opts.render_jobs, &job.cancel, s_on_progress, &job, S_RENDER_REPORT_MS,
-                          &result, err, sizeof err);
+                          w->opts.policy, w->opts.render_jobs, &job.cancel, s_on_progress, &job,
+                          S_RENDER_REPORT_MS, &result, err, sizeof err);
     s_set_active(&job, 0);
     const char *outcome;
     if (rc == 0) {
@@ -402,6 +404,27 @@ static void *s_slot_main(void *arg)
     return NULL;
 }
 
+/* Uploads to this node that no composition names any more, past their
+ * keep time, leave the blob store (their upload rows go first). */
+static void s_collect_blobs(cf_worker_t *w)
+{
+    if (!w->opts.blobs)
+        return;
+    char **hashes = NULL, err[256];
+    int count = 0;
+    if (cf_db_blob_gc(w->opts.db, w->node_id, w->opts.blob_keep_s, 500, &hashes, &count, err,
+                      sizeof err) != CF_DB_OK) {
+        cf_log_warn("worker", "blob collection: %s", err);
+        return;
+    }
+    int removed = 0;
+    for (int i = 0; i < count; i++)
+        removed += hashes[i] && cf_blob_remove(w->opts.blobs, hashes[i]) == 0;
+    if (count)
+        cf_log_info("worker", "removed %d unreferenced upload(s)", removed);
+    cf_db_strings_free(&hashes, count);
+}
+
 static void s_purge(cf_worker_t *w)
 {
     cf_db_purged_t *purged = NULL;
@@ -422,6 +445,7 @@ static void s_purge(cf_worker_t *w)
     if (count)
         cf_log_info("worker", "purged %d expired compositions", count);
     cf_db_purged_free(&purged, count);
+    s_collect_blobs(w);
 }
 
 static void *s_maintenance_main(void *arg)

@@ -27,6 +27,7 @@ typedef struct cf_worker_t cf_worker_t;
 typedef struct cf_db cf_db_t;
 typedef struct cf_metrics_t cf_metrics_t;
 typedef struct cf_blob_store_t cf_blob_store_t;
+typedef struct cf_source_policy_t cf_source_policy_t;
 
 typedef struct {
     cf_db_t *db;              /* required, borrowed */
@@ -47,6 +48,9 @@ typedef struct {
     int purge_interval_ms;     /* default 600000 */
     int keep_completed_s;      /* default 7 days */
     int keep_failed_s;         /* default 24 h */
+    int blob_keep_s;           /* unreferenced uploads kept (default 7 days) */
+    /* What the compositions' sources may reach (borrowed; NULL: anything). */
+    const cf_source_policy_t *policy;
 } cf_worker_options_t;
 
 void cf_worker_options_default(cf_worker_options_t *opts);

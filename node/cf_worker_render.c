@@ -40,9 +40,9 @@ static int s_resolve_blob(void *arg, const char *ref, char *path, size_t pathlen
 }
 
 int cf_worker_render(const char *spec_json, const char *out_path, const char *work_parent,
-                     cf_blob_store_t *blobs, int jobs, atomic_bool *cancel,
-                     cf_worker_progress_fn progress, void *progress_arg, int interval_ms,
-                     cf_worker_render_result_t *result, char *err, size_t errlen)
+                     cf_blob_store_t *blobs, const cf_source_policy_t *policy, int jobs,
+                     atomic_bool *cancel, cf_worker_progress_fn progress, void *progress_arg,
+                     int interval_ms, cf_worker_render_result_t *result, char *err, size_t errlen)
 {
     memset(result, 0, sizeof *result);
     cf_comp_errors_t errors = {0};
@@ -68,6 +68,7 @@ int cf_worker_render(const char *spec_json, const char *out_path, const char *wo
         .cancel = cancel,
         .blob_resolver = blobs ? s_resolve_blob : NULL,
         .blob_arg = blobs,
+        .policy = policy,
     };
     cf_render_result_t rr = {0};
     int rc = cf_render_run(comp, out_path, &opts, &rr, err, errlen);

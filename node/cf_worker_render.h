@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 typedef struct cf_blob_store_t cf_blob_store_t;
+typedef struct cf_source_policy_t cf_source_policy_t;
 
 typedef struct {
     const char *phase; /* "fetch", "probe", "encode", "stitch" */
@@ -41,8 +42,8 @@ const char *cf_worker_render_extension(const char *spec_json);
  * thread every interval_ms; CANCEL stops the render. Returns 0 and fills
  * RESULT, or -1 with a one-line reason in err ("cancelled" when stopped). */
 int cf_worker_render(const char *spec_json, const char *out_path, const char *work_parent,
-                     cf_blob_store_t *blobs, int jobs, atomic_bool *cancel,
-                     cf_worker_progress_fn progress, void *progress_arg, int interval_ms,
-                     cf_worker_render_result_t *result, char *err, size_t errlen);
+                     cf_blob_store_t *blobs, const cf_source_policy_t *policy, int jobs,
+                     atomic_bool *cancel, cf_worker_progress_fn progress, void *progress_arg,
+                     int interval_ms, cf_worker_render_result_t *result, char *err, size_t errlen);
 
 #endif

@@ -12,7 +12,7 @@
 #include "cf_db.h"
 #include "cf_migrate.h"
 
-static int s_create(cf_db_t *db, const uint8_t *hashkey, const char *name, bool json)
+static int s_create(cf_db_t *db, const uint8_t *hashkey, const char *name, bool admin, bool json)
 {
     char key[CF_APIKEY_TEXT_SIZE], id[CF_APIKEY_ID_CHARS + 1], err[512];
     if (!*name || strlen(name) > 200) {
@@ -25,21 +25,24 @@ static int s_create(cf_db_t *db, const uint8_t *hashkey, const char *name, bool 
     }
     uint8_t hash[CF_APIKEY_HASH_BYTES];
     cf_apikey_hash(hashkey, key, hash);
-    int rc = cf_db_api_key_insert(db, id, name, hash, sizeof hash, err, sizeof err);
+    int rc = cf_db_api_key_insert_scoped(db, id, name, hash, sizeof hash, admin, err, sizeof err);
     if (rc != CF_DB_OK) {
         cf_cli_error("apikey", "%s", err);
         return rc == CF_DB_UNAVAILABLE ? CF_EXIT_USAGE : CF_EXIT_FAILURE;
     }
     if (json) {
-        json_t *out = json_pack("{s:s,s:s,s:s}", "id", id, "name", name, "key", key);
+        json_t *out = json_pack("{s:s,s:s,s:s,s:s}", "id", id, "name", name, "key", key, "scope",
+                                admin ? "admin" : "own");
         char *text = json_dumps(out, JSON_COMPACT);
         printf("%s\n", text ? text : "{}");
         free(text);
         json_decref(out);
     } else {
         printf("%s\n", key);
-        fprintf(stderr, "API key %s (%s) created. Store it now: it is never shown again.\n", id,
-                name);
+        fprintf(stderr, "API key %s (%s, %s) created. Store it now: it is never shown again.\n", id,
+                name,
+                admin ? "admin: sees and manages every key's compositions"
+                      : "sees only its own compositions and uploads");
     }
     return CF_EXIT_OK;
 }
@@ -59,17 +62,19 @@ static int s_list(cf_db_t *db, bool json)
         for (int i = 0; i < count; i++)
             json_array_append_new(
                 items,
-                json_pack("{s:s,s:s,s:s,s:o}", "id", keys[i].id, "name", keys[i].name, "created_at",
-                          keys[i].created_at, "revoked_at",
+                json_pack("{s:s,s:s,s:s,s:s,s:o}", "id", keys[i].id, "name", keys[i].name, "scope",
+                          keys[i].admin ? "admin" : "own", "created_at", keys[i].created_at,
+                          "revoked_at",
                           keys[i].revoked_at ? json_string(keys[i].revoked_at) : json_null()));
         char *text = json_dumps(items, JSON_COMPACT);
         printf("%s\n", text ? text : "[]");
         free(text);
         json_decref(items);
     } else {
-        printf("%-16s  %-24s  %-27s  %s\n", "ID", "NAME", "CREATED", "REVOKED");
+        printf("%-16s  %-24s  %-5s  %-27s  %s\n", "ID", "NAME", "SCOPE", "CREATED", "REVOKED");
         for (int i = 0; i < count; i++)
-            printf("%-16s  %-24s  %-27s  %s\n", keys[i].id, keys[i].name, keys[i].created_at,
+            printf("%-16s  %-24s  %-5s  %-27s  %s\n", keys[i].id, keys[i].name,
+                   keys[i].admin ? "admin" : "own", keys[i].created_at,
                    keys[i].revoked_at ? keys[i].revoked_at : "-");
     }
     cf_db_api_keys_free(&keys, count);
@@ -101,8 +106,11 @@ static int s_revoke(cf_db_t *db, const char *what, bool json)
 int cf_cmd_apikey(int argc, char **argv)
 {
     char *secret_file = NULL;
-    bool json = false;
+    bool json = false, admin = false;
     const cf_option_t extra[] = {
+        {"admin", NULL, CF_OPT_FLAG, &admin, 0, 0,
+         "create: a key that sees and manages every key's compositions (default: its own only)",
+         NULL},
         {"cluster-secret-file", "CF_CLUSTER_SECRET_FILE", CF_OPT_STRING, &secret_file, 0, 0,
          "cluster secret the nodes use (it keys the stored hash)", "FILE"},
         {"json", NULL, CF_OPT_FLAG, &json, 0, 0, "print JSON instead of text", NULL},
@@ -160,7 +168,7 @@ int cf_cmd_apikey(int argc, char **argv)
         goto end;
     }
     if (!strcmp(action, "create"))
-        rc = s_create(db, hashkey, arg, json);
+        rc = s_create(db, hashkey, arg, admin, json);
     else if (!strcmp(action, "list"))
         rc = s_list(db, json);
     else

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cf_json.h"
 #include "cf_api_client.h"
 #include "cf_cli.h"
 #include "cf_progress.h"
@@ -63,7 +64,7 @@ static void s_draw(s_follow_t *f)
 /* One complete Server-Sent Event. */
 static void s_dispatch(s_follow_t *f)
 {
-    json_t *data = json_loads(f->data, 0, NULL);
+    json_t *data = cf_json_loads(f->data, 0, NULL);
     json_t *payload = json_object_get(data, "payload");
     if (!strcmp(f->event, "end")) {
         f->ended = true;

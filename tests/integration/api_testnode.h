@@ -139,10 +139,10 @@ static inline void api_testnode_start(api_testnode_t *node, const char *const *e
         argv[argc++] = bin;
         argv[argc++] = "node";
     }
-    const char *common[] = {"--database-url",        node->db_url, "--redis-url", redis,
-                            "--redis-prefix",        node->prefix, "--http-addr", http,
-                            "--control-addr",        control,      "--data-dir",  data,
-                            "--cluster-secret-file", secret};
+    const char *common[] = {"--database-url",        node->db_url, "--redis-url",  redis,
+                            "--redis-prefix",        node->prefix, "--http-addr",  http,
+                            "--control-addr",        control,      "--data-dir",   data,
+                            "--cluster-secret-file", secret,       "--media-root", "/"};
     for (size_t i = 0; i < sizeof common / sizeof common[0]; i++)
         argv[argc++] = common[i];
     for (int i = 0; extra && extra[i] && argc < 62; i++)

@@ -6,7 +6,10 @@
 #   api_setup                   fresh database, prefix, secret (needs
 #                               CF_TEST_DATABASE_URL and CF_TEST_REDIS_URL)
 #   api_node_start NAME [FLAGS] starts a node, waits for /healthz; sets
-#                               API_URL (and API_URL_<NAME>)
+#                               API_URL (and API_URL_<NAME>); file://
+#                               sources may come from $API_WORK (set
+#                               API_MEDIA_ROOT to another dir, or to ""
+#                               for none)
 #   api_node_stop NAME          SIGTERM and wait
 #   api_key NAME                prints a new API key
 #   api_media PATH [SECONDS]    160x90 25 fps test video with a sine tone
@@ -71,8 +74,10 @@ api_node_start() {
     for attempt in 1 2 3; do
         port=$(cf_free_port) || fail "no free port"
         cport=$(cf_free_port) || fail "no free port"
+        local roots=()
+        [[ -n ${API_MEDIA_ROOT-$API_WORK} ]] && roots=(--media-root "${API_MEDIA_ROOT-$API_WORK}")
         # shellcheck disable=SC2086
-        ${CF_NODE_CMD:-$CF_BIN node} --database-url "$API_DB" --redis-url "$CF_TEST_REDIS_URL" \
+        ${CF_NODE_CMD:-$CF_BIN node} "${roots[@]}" --database-url "$API_DB" --redis-url "$CF_TEST_REDIS_URL" \
             --redis-prefix "$API_PREFIX" --http-addr "127.0.0.1:$port" \
             --control-addr "127.0.0.1:$cport" --data-dir "$API_WORK/$name/data" \
             --cluster-secret-file "$API_SECRET" "$@" >"$API_WORK/$name/log" 2>&1 &

@@ -40,7 +40,13 @@ static const s_case_t s_invalid[] = {
      "clips[0].source: file:// URL needs an absolute path (file:///dir/name)"},
     {"{\"clips\": [{\"source\": \"https:///a.mp4\"}]}", "clips[0].source: URL has no host"},
     {"{\"clips\": [{\"source\": \"blob:xyz\"}]}",
-     "clips[0].source: blob: needs a hex hash (16 to 128 hex digits)"},
+     "clips[0].source: blob: needs a blob's hash (64 lower-case hex digits)"},
+    /* Refs the blob store can never hold are refused at submit. */
+    {"{\"clips\": [{\"source\": \"blob:00112233445566778899aabbccddeeff\"}]}",
+     "clips[0].source: blob: needs a blob's hash (64 lower-case hex digits)"},
+    {"{\"clips\": [{\"source\": "
+     "\"blob:00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\"}]}",
+     "clips[0].source: blob: needs a blob's hash (64 lower-case hex digits)"},
     {"{\"clips\": [{\"source\": \"file:///a\\nb\"}]}",
      "clips[0].source: contains control characters"},
     {"{\"clips\": [{\"source\": \"file:///a.mp4\", \"start\": \"2\"}]}",
@@ -165,7 +171,8 @@ static void test_defaults_and_example(void **state)
     assert_null(comp);
 
     /* Presets fill CRF, AAC bitrate and faststart. */
-    comp = s_parse_ok("{\"clips\": [{\"source\": \"blob:00112233445566778899aabbccddeeff\"}],"
+    comp = s_parse_ok("{\"clips\": [{\"source\": "
+                      "\"blob:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"}],"
                       " \"output\": {\"preset\": \"fast\"}}");
     assert_int_equal(comp->crf, 28);
     assert_int_equal(comp->audio_bitrate, 128000);
