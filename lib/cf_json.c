@@ -66,3 +66,47 @@ json_t *cf_json_loads(const char *text, size_t flags, json_error_t *error)
 {
     return cf_json_loadb(text, strlen(text), flags, error);
 }
+
+/* Length of the valid UTF-8 sequence at P (1..4), or 0 when invalid. */
+static int s_utf8_len(const unsigned char *p)
+{
+    unsigned c = p[0];
+    if (c < 0x80)
+        return 1;
+    int len;
+    unsigned cp;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    for (int i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+void cf_json_utf8_scrub(char *text)
+{
+    unsigned char *p = (unsigned char *)text;
+    while (*p) {
+        int len = s_utf8_len(p);
+        if (len == 0) {
+            *p++ = '?';
+        } else {
+            p += len;
+        }
+    }
+}

@@ -35,4 +35,11 @@ json_t *cf_json_loadb(const char *text, size_t len, size_t flags, json_error_t *
 /* cf_json_loadb on a NUL-terminated string. */
 json_t *cf_json_loads(const char *text, size_t flags, json_error_t *error);
 
+/* Replaces, in place, every byte of TEXT that is not part of a valid UTF-8
+ * sequence (overlong forms, surrogates and code points past U+10FFFF
+ * included) with '?'. jansson refuses to build a string that is not UTF-8:
+ * messages that quote input (a parser's "near '...'", a URL-decoded path,
+ * text cut at a buffer's end) go through this first. */
+void cf_json_utf8_scrub(char *text);
+
 #endif

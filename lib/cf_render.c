@@ -103,6 +103,26 @@ static void s_report(const cf_render_opts_t *opts, const char *phase, int64_t do
     opts->progress(opts->progress_arg, &p);
 }
 
+/* Replaces every FROM in the NUL-terminated TEXT (capacity CAP) with TO,
+ * cutting what no longer fits. */
+static void s_replace_all(char *text, size_t cap, const char *from, const char *to)
+{
+    size_t from_len = strlen(from), to_len = strlen(to);
+    if (!from_len || !cap)
+        return;
+    char *hit = strstr(text, from);
+    while (hit) {
+        size_t head = (size_t)(hit - text), tail = strlen(hit + from_len);
+        if (head + to_len >= cap)
+            to_len = cap - head - 1;
+        size_t keep = head + to_len + tail < cap ? tail : cap - 1 - head - to_len;
+        memmove(text + head + to_len, hit + from_len, keep);
+        memcpy(text + head, to, to_len);
+        text[head + to_len + keep] = '\0';
+        hit = strstr(text + head + to_len, from);
+    }
+}
+
 /* Progress while a download runs (the caller's heartbeat and cancel checks
  * ride on it). */
 typedef struct {
@@ -441,6 +461,16 @@ end:
         atomic_store(&sh.stop, true);
         for (int i = 0; i < started; i++)
             pthread_join(threads[i], NULL);
+    }
+    if (rc < 0) {
+        /* Errors name the source as the composition gave it, never the
+         * node's own paths (cache files, the workspace): a client reads
+         * this message. */
+        for (int i = 0; sources && i < comp->clip_count; i++)
+            if (sources[i])
+                s_replace_all(err, errlen, sources[i], comp->clips[i].source);
+        if (ws)
+            s_replace_all(err, errlen, cf_workspace_dir(ws), "<workspace>");
     }
     if (part_created)
         remove(part_path);

@@ -15,6 +15,7 @@
 
 #include "cf_api_internal.h"
 #include "cf_db.h"
+#include "cf_json.h"
 #include "cf_log.h"
 #include "cf_queue.h"
 #include "cf_ratelimit.h"
@@ -287,6 +288,7 @@ int cf_api_send_error(cf_api_req_t *req, int status, const char *code, const cha
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    cf_json_utf8_scrub(message); /* may quote a decoded path or a cut value */
     json_t *detail = json_pack("{s:s,s:s,s:o}", "code", code, "message", message, "field",
                                field ? json_string(field) : json_null());
     return cf_api_send_error_json(req, status, detail, NULL);

@@ -82,9 +82,6 @@ int cf_api_composition_visible(cf_api_req_t *req, char **json_p, size_t *len_p)
     return 0;
 }
 
-#define S_STR_(x) #x
-#define S_STR(x)  S_STR_(x)
-
 /* What a caller may name as a source (cf_api_source_check_fn): what the
  * node's policy allows (media roots, address rules for IP literals; host
  * names are checked again when connecting), and only its own uploads. */
@@ -132,55 +129,21 @@ int cf_api_h_composition_create(cf_api_req_t *req)
     if (status)
         return status;
 
-    size_t too_deep_at = 0;
-    if (cf_json_depth(body, len, CF_JSON_MAX_DEPTH, &too_deep_at) > CF_JSON_MAX_DEPTH) {
-        free(body);
-        cf_metric_inc(api->m_refused, (const char *[]){"json_depth"}, 1);
-        json_t *detail = json_pack("{s:s,s:s,s:I,s:i}", "code", "too_deep", "message",
-                                   "JSON nested deeper than the limit of " S_STR(
-                                       CF_JSON_MAX_DEPTH) " levels of arrays and objects",
-                                   "position", (json_int_t)too_deep_at, "limit", CF_JSON_MAX_DEPTH);
-        return cf_api_send_error_json(req, 400, detail, NULL);
-    }
-    json_error_t jerr;
-    json_t *doc = cf_json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!doc) {
-        char message[300];
-        snprintf(message, sizeof message, "malformed JSON at line %d, column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-        json_t *detail =
-            json_pack("{s:s,s:s,s:i,s:i,s:I}", "code", "malformed_json", "message", message, "line",
-                      jerr.line, "column", jerr.column, "position", (json_int_t)jerr.position);
-        free(body);
-        return cf_api_send_error_json(req, 400, detail, NULL);
-    }
-    json_decref(doc);
-
     char *title = NULL;
     const char *priority_name = NULL;
-    json_t *problems = NULL;
-    int valid = cf_api_validate_composition_for(body, len, s_check_source, req, &title,
-                                                &priority_name, &problems);
-    if (valid != 0) {
+    json_t *detail = NULL;
+    status = cf_api_check_composition_body(body, len, s_check_source, req, &title, &priority_name,
+                                           &detail);
+    if (status) {
         free(body);
-        if (valid == -2)
+        if (status == 400 &&
+            !strcmp(json_string_value(json_object_get(detail, "code")), "too_deep"))
+            cf_metric_inc(api->m_refused, (const char *[]){"json_depth"}, 1);
+        if (status == 503) {
+            json_decref(detail);
             return cf_api_send_db_error(req, CF_DB_UNAVAILABLE, "composition", "");
-        if (valid < 0)
-            return cf_api_send_error(req, 500, "internal", NULL, "out of memory");
-        size_t count = json_array_size(problems);
-        json_t *first = json_array_get(problems, 0);
-        char message[600];
-        snprintf(message, sizeof message, "invalid composition: %zu problem%s, first: %s%s%s",
-                 count, count == 1 ? "" : "s",
-                 json_string_value(json_object_get(first, "field"))
-                     ? json_string_value(json_object_get(first, "field"))
-                     : "",
-                 json_string_value(json_object_get(first, "field")) ? ": " : "",
-                 json_string_value(json_object_get(first, "message")));
-        json_t *detail =
-            json_pack("{s:s,s:s,s:O,s:o}", "code", "invalid_composition", "message", message,
-                      "field", json_object_get(first, "field"), "problems", problems);
-        return cf_api_send_error_json(req, 422, detail, NULL);
+        }
+        return cf_api_send_error_json(req, status, detail, NULL);
     }
 
     /* The request hash ties an Idempotency-Key to one body. */

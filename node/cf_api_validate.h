@@ -26,4 +26,16 @@ int cf_api_validate_composition_for(const char *body, size_t len, cf_api_source_
                                     void *check_arg, char **title_p, const char **priority_p,
                                     json_t **problems_p);
 
+/* The whole check of a POST /api/v1/compositions body, in the order the API
+ * runs it (the fuzz target fuzz_api_body drives exactly this): nesting
+ * bound (400 "too_deep" naming the limit), JSON syntax (400
+ * "malformed_json" with line and column), the composition model and CHECK
+ * (422 "invalid_composition" with every problem). Returns 0 with the title
+ * (caller frees) and priority name, or the HTTP status with *detail_p the
+ * error object to send (caller owns it): 400, 422, 503 (CHECK could not
+ * ask the database) or 500 (out of memory). */
+int cf_api_check_composition_body(const char *body, size_t len, cf_api_source_check_fn *check,
+                                  void *check_arg, char **title_p, const char **priority_p,
+                                  json_t **detail_p);
+
 #endif
