@@ -45,6 +45,7 @@ int cf_api_h_media_upload(cf_api_req_t *req)
     char err[512];
     /* Per-key quota: what the key already holds plus this upload. */
     int64_t quota = api->opts.upload_quota_bytes, used = 0;
+    bool quota_bound = false; /* max is what is left of the quota */
     if (quota > 0) {
         int rc = cf_db_blob_usage(api->opts.db, req->key_id, &used, err, sizeof err);
         if (rc != CF_DB_OK) {
@@ -59,8 +60,10 @@ int cf_api_h_media_upload(cf_api_req_t *req)
                                      "%lld bytes",
                                      (long long)used, (long long)quota);
         }
-        if (quota - used < max)
+        if (quota - used < max) {
             max = quota - used;
+            quota_bound = true;
+        }
     }
     cf_blob_writer_t *writer = cf_blob_writer_new(api->opts.blobs, (uint64_t)max, err, sizeof err);
     if (!writer) {
@@ -82,12 +85,16 @@ int cf_api_h_media_upload(cf_api_req_t *req)
             break;
         }
         int rc = cf_blob_writer_write(writer, buf, (size_t)n, err, sizeof err);
-        if (rc == CF_BLOB_TOO_LARGE) {
+        if (rc == CF_BLOB_TOO_LARGE && quota_bound) {
+            cf_api_close_after(req);
+            cf_metric_inc(api->m_refused, (const char *[]){"upload_quota"}, 1);
+            status = cf_api_send_error(req, 413, "quota_exceeded", NULL,
+                                       "upload goes over this API key's quota of %lld bytes",
+                                       (long long)quota);
+        } else if (rc == CF_BLOB_TOO_LARGE) {
             cf_api_close_after(req);
             status = cf_api_send_error(req, 413, "too_large", NULL,
-                                       "upload is over the limit of %lld bytes (quota left "
-                                       "included)",
-                                       (long long)max);
+                                       "upload is over the limit of %lld bytes", (long long)max);
         } else if (rc != CF_BLOB_OK) {
             cf_log_error("api", "upload: %s", err);
             cf_api_close_after(req);

@@ -10,6 +10,7 @@ tell whether a request that should never have been sent arrived.
   /files/NAME            the file
   /slow/NAME?bps=N       the file at N bytes per second (Content-Length set)
   /stall/NAME            headers and half the file, then nothing for 60 s
+  /nolength/NAME         the file without Content-Length (ends at close)
   /redirect?to=URL       302 to URL
 Every request ends by itself: nothing here runs for more than 60 s.
 """
@@ -55,11 +56,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
+        if parts[0] == "nolength":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         deadline = time.monotonic() + 60
         try:
-            if parts[0] == "files":
+            if parts[0] in ("files", "nolength"):
                 self.wfile.write(data)
             elif parts[0] == "slow":
                 bps = max(1, int(query.get("bps", ["1000"])[0]))
