@@ -258,10 +258,10 @@ int cf_media_source_read(cf_media_source_t *src, AVFrame *frame, char *err, size
 /* ------------------------------------------------------------------ probe */
 
 /* Where the video stream's last frame ends (its pts plus duration, in
- * st->time_base), read from the packets of the file's last seconds: Matroska
- * and MPEG-TS give streams the container's duration, which an audio stream
- * that runs longer extends. AV_NOPTS_VALUE when the packets cannot be read
- * to a clean end (a damaged file: the caller falls back to the header). */
+ * st->time_base), read from the packets of the file's last seconds: for
+ * containers without a per-stream duration (Matroska), whose container
+ * duration includes an audio stream that runs longer or starts earlier. AV_NOPTS_VALUE when the
+ * packets cannot be read to a clean end (a damaged file: the caller falls back to the header). */
 static int64_t s_video_end(cf_media_source_t *src)
 {
     AVStream *st = src->st;
@@ -314,12 +314,14 @@ int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t er
     snprintf(info->video_codec, sizeof info->video_codec, "%s",
              avcodec_get_name(st->codecpar->codec_id));
 
-    /* The video stream's length, from its first frame. */
-    int64_t end = s_video_end(&src);
-    if (end != AV_NOPTS_VALUE)
-        info->duration_us = av_rescale_q(end - src.origin, st->time_base, AV_TIME_BASE_Q);
-    else if (st->duration != AV_NOPTS_VALUE && st->duration > 0)
+    /* The video stream's length, from its first frame: the stream's own
+     * duration (an MP4 index; a truncated file still claims it, and the
+     * encoder then says the file is damaged), else its last packets. */
+    int64_t end = AV_NOPTS_VALUE;
+    if (st->duration != AV_NOPTS_VALUE && st->duration > 0)
         info->duration_us = av_rescale_q(st->duration, st->time_base, AV_TIME_BASE_Q);
+    else if ((end = s_video_end(&src)) != AV_NOPTS_VALUE)
+        info->duration_us = av_rescale_q(end - src.origin, st->time_base, AV_TIME_BASE_Q);
     else if (src.fmt->duration != AV_NOPTS_VALUE)
         info->duration_us = src.fmt->duration +
                             (src.fmt->start_time != AV_NOPTS_VALUE ? src.fmt->start_time : 0) -

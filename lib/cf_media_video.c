@@ -157,8 +157,9 @@ end:
     return ret;
 }
 
-/* swscale's name for the YCbCr matrix of a source frame. Untagged sources
- * get what players assume: BT.601 up to 576 lines, BT.709 above. */
+/* The colorspace filter's name for the YCbCr matrix of a source frame.
+ * Untagged sources get what players assume: BT.601 up to 576 lines, BT.709
+ * above. */
 static const char *s_matrix_name(const AVFrame *frame)
 {
     switch (frame->colorspace) {
@@ -166,16 +167,16 @@ static const char *s_matrix_name(const AVFrame *frame)
             return "bt709";
         case AVCOL_SPC_BT470BG:
         case AVCOL_SPC_SMPTE170M:
-            return "bt601";
+            return "bt470bg";
         case AVCOL_SPC_FCC:
             return "fcc";
         case AVCOL_SPC_SMPTE240M:
             return "smpte240m";
         case AVCOL_SPC_BT2020_NCL:
         case AVCOL_SPC_BT2020_CL:
-            return "bt2020";
+            return "bt2020ncl";
         default:
-            return frame->height <= 576 ? "bt601" : "bt709";
+            return frame->height <= 576 ? "bt470bg" : "bt709";
     }
 }
 
@@ -252,15 +253,29 @@ static int s_build_graph(s_seg_t *ctx, const AVFrame *frame)
     s_fit(frame, out->width, out->height, &w, &h);
     /* The same chain an ffmpeg command line would use: fit inside the output
      * keeping the display aspect, centre on black, square pixels, 4:2:0,
-     * BT.709 limited range (the tags cf_media_open_video_encoder writes). */
+     * BT.709 limited range (the tags cf_media_open_video_encoder writes).
+     * swscale converts RGB; the YCbCr matrix and range are converted by the
+     * colorspace filter, as swscale's own YCbCr-to-YCbCr conversion gives
+     * different frames from run to run in this FFmpeg. The range stays as it
+     * is through the scaler. BT.2020 sources get their primaries converted
+     * too; the others only their matrix. */
     len += (size_t)snprintf(spec + len, sizeof spec - len, "scale=%d:%d:flags=bicubic", w, h);
-    if (matrix)
-        len += (size_t)snprintf(spec + len, sizeof spec - len, ":in_color_matrix=%s:in_range=%s",
-                                matrix, full ? "full" : "limited");
+    if (rgb)
+        len += (size_t)snprintf(spec + len, sizeof spec - len,
+                                ":out_color_matrix=bt709:out_range=limited");
+    else if (full)
+        len += (size_t)snprintf(spec + len, sizeof spec - len, ":in_range=full:out_range=full");
+    if (matrix && (strcmp(matrix, "bt709") || full)) {
+        bool wide = !strcmp(matrix, "bt2020ncl");
+        len += (size_t)snprintf(
+            spec + len, sizeof spec - len,
+            ",colorspace=ispace=%s:irange=%s:iprimaries=%s:itrc=%s:space=bt709:range=tv:"
+            "primaries=bt709:trc=bt709:format=yuv420p",
+            matrix, full ? "pc" : "tv", wide ? "bt2020" : "bt709", wide ? "bt2020-10" : "bt709");
+    }
     snprintf(spec + len, sizeof spec - len,
-             ":out_color_matrix=bt709:out_range=limited,pad=%d:%d:(ow-iw)/2:(oh-ih)/2:color=black,"
-             "setsar=1,format=yuv420p",
-             out->width, out->height);
+             ",pad=%d:%d:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p", out->width,
+             out->height);
     int ret = s_make_graph(&ctx->graph, &ctx->buf_src, &ctx->buf_sink, frame,
                            (AVRational){out->fps_den, out->fps_num}, (AVRational){0, 1}, spec);
     if (ret < 0)
