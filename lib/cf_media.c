@@ -317,11 +317,15 @@ int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t er
     /* The video stream's length, from its first frame: the stream's own
      * duration (an MP4 index; a truncated file still claims it, and the
      * encoder then says the file is damaged), else its last packets. */
+    /* Rounded down: the planner takes ceil(duration * fps) frames, and 2
+     * frames at 30 fps are 66666.7 us, not 66667. */
     int64_t end = AV_NOPTS_VALUE;
     if (st->duration != AV_NOPTS_VALUE && st->duration > 0)
-        info->duration_us = av_rescale_q(st->duration, st->time_base, AV_TIME_BASE_Q);
+        info->duration_us =
+            av_rescale_q_rnd(st->duration, st->time_base, AV_TIME_BASE_Q, AV_ROUND_DOWN);
     else if ((end = s_video_end(&src)) != AV_NOPTS_VALUE)
-        info->duration_us = av_rescale_q(end - src.origin, st->time_base, AV_TIME_BASE_Q);
+        info->duration_us =
+            av_rescale_q_rnd(end - src.origin, st->time_base, AV_TIME_BASE_Q, AV_ROUND_DOWN);
     else if (src.fmt->duration != AV_NOPTS_VALUE)
         info->duration_us = src.fmt->duration +
                             (src.fmt->start_time != AV_NOPTS_VALUE ? src.fmt->start_time : 0) -

@@ -8,7 +8,7 @@ source "$CF_TESTS_DIR/lib/mediatest.sh"
 
 # Tagged BT.709 so that no colour conversion differs from the references.
 tags=(-colorspace bt709 -color_primaries bt709 -color_trc bt709 -color_range tv)
-out640='{"width": 640, "height": 360, "fps": 30, "preset": "fast", "crf": 0}'
+o640='{"width": 640, "height": 360, "fps": 30, "preset": "fast", "crf": 0}'
 pad640="pad=640:360:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p"
 
 gen "$dir/plain.mp4" -f lavfi -i testsrc2=size=640x360:rate=30:duration=1 -c:v libx264 \
@@ -27,7 +27,7 @@ for c in "${cases[@]}"; do
     read -r name a b cc d shape chain <<<"$c"
     cp "$dir/plain.mp4" "$dir/$name-src.mp4"
     set_matrix "$dir/$name-src.mp4" "$a" "$b" "$cc" "$d"
-    render "$name" "[$(clip "$dir/$name-src.mp4")]" "$out640"
+    render "$name" "[$(clip "$dir/$name-src.mp4")]" "$o640"
     same "$(frames "$dir/$name.mp4")" 30 "$name frames"
     same "$(crop "$dir/$name.mp4")" "$shape" "$name shape"
     gen "$dir/$name-ref.mkv" -noautorotate -i "$dir/$name-src.mp4" -vf "$chain,$pad640" -c:v ffv1

@@ -39,18 +39,18 @@ clip() {
 # frames FILE: the number of decoded video frames (ffprobe -count_frames).
 frames() {
     ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames \
-        -of csv=p=0 "$1"
+        -of csv=p=0 "$1" | grep -m1 .
 }
 
 # vprop FILE KEY: a property of the first video stream (width, pix_fmt,
 # color_space, color_transfer, color_primaries, color_range, ...).
 vprop() {
-    ffprobe -v error -select_streams v:0 -show_entries "stream=$2" -of csv=p=0 "$1"
+    ffprobe -v error -select_streams v:0 -show_entries "stream=$2" -of csv=p=0 "$1" | grep -m1 .
 }
 
 # aprop FILE KEY: a property of the first audio stream.
 aprop() {
-    ffprobe -v error -select_streams a:0 -show_entries "stream=$2" -of csv=p=0 "$1"
+    ffprobe -v error -select_streams a:0 -show_entries "stream=$2" -of csv=p=0 "$1" | grep -m1 .
 }
 
 # crop FILE: the picture's shape as WxH, from cropdetect over every frame
