@@ -42,6 +42,11 @@ frames() {
         -of csv=p=0 "$1" | grep -m1 .
 }
 
+# vmd5 FILE: one MD5 per decoded video frame, one a line.
+vmd5() {
+    ffmpeg -v error -i "$1" -map 0:v:0 -f framemd5 - | grep -v '^#' | awk -F, '{print $NF}'
+}
+
 # vprop FILE KEY: a property of the first video stream (width, pix_fmt,
 # color_space, color_transfer, color_primaries, color_range, ...).
 vprop() {
