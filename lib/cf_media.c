@@ -130,6 +130,33 @@ static bool s_is_picture(const AVStream *st)
     return st->disposition & AV_DISPOSITION_ATTACHED_PIC;
 }
 
+/* The best video stream that is a real stream (not cover art), or -1. */
+static int s_video_index(AVFormatContext *fmt)
+{
+    int index = av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, NULL, 0);
+    if (index >= 0 && !s_is_picture(fmt->streams[index]))
+        return index;
+    for (unsigned i = 0; i < fmt->nb_streams; i++) {
+        AVStream *st = fmt->streams[i];
+        if (st->codecpar->codec_type == AVMEDIA_TYPE_VIDEO && !s_is_picture(st))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* A clip's time 0: its video stream's first frame, for the audio too, so
+ * that an audio stream starting earlier or later than the video keeps its
+ * offset, and an untrimmed clip is exactly its video frames. The container's
+ * start would include an earlier audio start (one frame too many). */
+static int64_t s_clip_origin_us(AVFormatContext *fmt)
+{
+    int index = s_video_index(fmt);
+    if (index >= 0 && fmt->streams[index]->start_time != AV_NOPTS_VALUE)
+        return av_rescale_q(fmt->streams[index]->start_time, fmt->streams[index]->time_base,
+                            AV_TIME_BASE_Q);
+    return fmt->start_time != AV_NOPTS_VALUE ? fmt->start_time : 0;
+}
+
 int cf_media_source_open(cf_media_source_t *src, const char *path, enum AVMediaType type,
                          int threads, char *err, size_t errlen)
 {
@@ -189,8 +216,7 @@ int cf_media_source_open(cf_media_source_t *src, const char *path, enum AVMediaT
         cf_media_fail(err, errlen, ret, "%s: cannot open the %s decoder", path, codec->name);
         goto fail;
     }
-    int64_t start = src->fmt->start_time != AV_NOPTS_VALUE ? src->fmt->start_time : 0;
-    src->origin = av_rescale_q(start, AV_TIME_BASE_Q, src->st->time_base);
+    src->origin = av_rescale_q(s_clip_origin_us(src->fmt), AV_TIME_BASE_Q, src->st->time_base);
     src->last_pts = AV_NOPTS_VALUE;
     return 0;
 fail:
@@ -283,6 +309,41 @@ int cf_media_source_read(cf_media_source_t *src, AVFrame *frame, char *err, size
 
 /* ------------------------------------------------------------------ probe */
 
+/* Where the video stream's last frame ends (its pts plus duration, in
+ * st->time_base), read from the packets of the file's last seconds: for
+ * containers without a per-stream duration (Matroska), whose container
+ * duration includes an audio stream that runs longer or starts earlier. AV_NOPTS_VALUE when the
+ * packets cannot be read to a clean end (a damaged file: the caller falls back to the header). */
+static int64_t s_video_end(cf_media_source_t *src)
+{
+    AVStream *st = src->st;
+    int64_t end = AV_NOPTS_VALUE;
+    int64_t frame_dur = st->avg_frame_rate.num > 0
+                            ? av_rescale_q(1, av_inv_q(st->avg_frame_rate), st->time_base)
+                            : 0;
+    int64_t guess =
+        st->duration != AV_NOPTS_VALUE && st->duration > 0 ? src->origin + st->duration
+        : src->fmt->duration != AV_NOPTS_VALUE
+            ? src->origin + av_rescale_q(src->fmt->duration, AV_TIME_BASE_Q, st->time_base)
+            : AV_NOPTS_VALUE;
+    if (guess == AV_NOPTS_VALUE)
+        return AV_NOPTS_VALUE;
+    int64_t back = av_rescale_q(5 * AV_TIME_BASE, AV_TIME_BASE_Q, st->time_base);
+    if (av_seek_frame(src->fmt, st->index, guess - back, AVSEEK_FLAG_BACKWARD) < 0 &&
+        av_seek_frame(src->fmt, st->index, src->origin, AVSEEK_FLAG_BACKWARD) < 0)
+        return AV_NOPTS_VALUE;
+    int ret;
+    while ((ret = av_read_frame(src->fmt, src->pkt)) >= 0) {
+        if (src->pkt->stream_index == st->index && src->pkt->pts != AV_NOPTS_VALUE) {
+            int64_t dur = src->pkt->duration > 0 ? src->pkt->duration : frame_dur;
+            if (end == AV_NOPTS_VALUE || src->pkt->pts + dur > end)
+                end = src->pkt->pts + dur;
+        }
+        av_packet_unref(src->pkt);
+    }
+    return ret == AVERROR_EOF ? end : AV_NOPTS_VALUE;
+}
+
 int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t errlen)
 {
     memset(info, 0, sizeof *info);
@@ -305,15 +366,22 @@ int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t er
     snprintf(info->video_codec, sizeof info->video_codec, "%s",
              avcodec_get_name(st->codecpar->codec_id));
 
-    /* The video stream's end, from the file's start. */
-    int64_t start = src.fmt->start_time != AV_NOPTS_VALUE ? src.fmt->start_time : 0;
-    if (st->duration != AV_NOPTS_VALUE && st->duration > 0) {
-        int64_t st_start = st->start_time != AV_NOPTS_VALUE ? st->start_time : src.origin;
+    /* The video stream's length, from its first frame: the stream's own
+     * duration (an MP4 index; a truncated file still claims it, and the
+     * encoder then says the file is damaged), else its last packets. */
+    /* Rounded down: the planner takes ceil(duration * fps) frames, and 2
+     * frames at 30 fps are 66666.7 us, not 66667. */
+    int64_t end = AV_NOPTS_VALUE;
+    if (st->duration != AV_NOPTS_VALUE && st->duration > 0)
         info->duration_us =
-            av_rescale_q(st_start + st->duration, st->time_base, AV_TIME_BASE_Q) - start;
-    } else if (src.fmt->duration != AV_NOPTS_VALUE) {
-        info->duration_us = src.fmt->duration;
-    }
+            av_rescale_q_rnd(st->duration, st->time_base, AV_TIME_BASE_Q, AV_ROUND_DOWN);
+    else if ((end = s_video_end(&src)) != AV_NOPTS_VALUE)
+        info->duration_us =
+            av_rescale_q_rnd(end - src.origin, st->time_base, AV_TIME_BASE_Q, AV_ROUND_DOWN);
+    else if (src.fmt->duration != AV_NOPTS_VALUE)
+        info->duration_us = src.fmt->duration +
+                            (src.fmt->start_time != AV_NOPTS_VALUE ? src.fmt->start_time : 0) -
+                            av_rescale_q(src.origin, st->time_base, AV_TIME_BASE_Q);
     if (info->width <= 0 || info->height <= 0) {
         snprintf(err, errlen, "%s: video stream has no frame size", path);
         cf_media_source_close(&src);
@@ -399,6 +467,12 @@ int cf_media_open_video_encoder(const cf_plan_output_t *out, int threads, int ma
     enc->height = out->height;
     enc->pix_fmt = AV_PIX_FMT_YUV420P;
     enc->sample_aspect_ratio = (AVRational){1, 1};
+    /* What the output graph converts every source to (cf_media_video.c):
+     * tagged, so players do not guess from the frame size. */
+    enc->color_primaries = AVCOL_PRI_BT709;
+    enc->color_trc = AVCOL_TRC_BT709;
+    enc->colorspace = AVCOL_SPC_BT709;
+    enc->color_range = AVCOL_RANGE_MPEG;
     enc->time_base = (AVRational){out->fps_den, out->fps_num};
     enc->framerate = (AVRational){out->fps_num, out->fps_den};
     enc->gop_size = out->gop_frames;

@@ -26,7 +26,7 @@
 #include "cf_plan.h"
 
 typedef struct {
-    int64_t duration_us; /* video stream, from the file's start */
+    int64_t duration_us; /* video stream, from its first frame to its last frame's end */
     int width, height;
     int fps_num, fps_den; /* average frame rate (0/1 when unknown) */
     char video_codec[32];

@@ -332,8 +332,10 @@ cf_plan_t *cf_plan_from_json(const char *text, size_t len, char *err, size_t err
     json_error_t jerr;
     json_t *root = cf_json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     cf_plan_t *plan = calloc(1, sizeof *plan);
-    int64_t v;
-    int e;
+    /* Set on every path that reads them, but gcc -O3 cannot see through the
+     * S_INT macro's goto: without a value here Release builds warn. */
+    int64_t v = 0;
+    int e = 0;
     if (!root) {
         s_fail(err, errlen, "plan: invalid JSON at line %d: %s", jerr.line, jerr.text);
         goto fail;

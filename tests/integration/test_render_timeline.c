@@ -92,9 +92,12 @@ static char *s_write_comp(const char *name, const char *extra_output)
 static const char *s_reference_graph(void)
 {
     static char graph[2048];
-    const char *chain = "scale=192:108:force_original_aspect_ratio=decrease:force_divisible_by=2:"
-                        "flags=bicubic,pad=192:108:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,"
-                        "format=yuv420p";
+    /* The sources are untagged SD: BT.601, converted to the output's BT.709. */
+    const char *chain =
+        "scale=192:108:force_original_aspect_ratio=decrease:force_divisible_by=2:"
+        "flags=bicubic,colorspace=ispace=bt470bg:irange=tv:iprimaries=bt709:"
+        "itrc=bt709:space=bt709:range=tv:primaries=bt709:trc=bt709:"
+        "format=yuv420p,pad=192:108:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p";
     snprintf(graph, sizeof graph,
              "[0:v]fps=30:start_time=0.515,trim=end_frame=54,setpts=PTS-STARTPTS,%s[v0];"
              "[1:v]fps=30:start_time=1.025,trim=end_frame=60,setpts=PTS-STARTPTS,%s[v1];"
