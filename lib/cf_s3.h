@@ -46,16 +46,7 @@ void cf_s3_options_default(cf_s3_options_t *opts);
 cf_s3_t *cf_s3_new(const cf_s3_options_t *opts, char *err, size_t errlen);
 void cf_s3_destroy(cf_s3_t **self_p);
 
-/* Splits "s3://BUCKET/KEY" (KEY %-decoded). Returns 0, or -1 with a reason
- * in err (bad bucket name, empty or overlong key). */
-int cf_s3_parse_url(const char *url, char *bucket, size_t bucket_len, char *key, size_t key_len,
-                    char *err, size_t errlen);
-
-/* A DNS-compatible bucket name (3-63 of a-z, 0-9, '.', '-'; starts and ends
- * with a letter or digit; not an IP address). */
-bool cf_s3_bucket_valid(const char *bucket);
-/* A profile name: 1-64 of letters, digits, '-', '_', '.'. */
-bool cf_s3_profile_valid(const char *profile);
+#include "cf_s3_names.h"
 
 typedef struct {
     atomic_bool *cancel;     /* checked at least once a second (may be NULL) */
