@@ -6,7 +6,8 @@
  *     id: N / event: TYPE / data: {"id","type","at","payload"}
  * polls for new ones, keeps idle connections alive with comments, and ends
  * with an "end" event once the composition reached a terminal status and
- * every event before it was sent. It holds one HTTP thread while open. */
+ * every event before it was sent. It holds one HTTP thread while open, so
+ * open streams are capped per key and per node (429 beyond). */
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <stdio.h>
@@ -76,6 +77,12 @@ int cf_api_h_composition_events(cf_api_req_t *req)
     if (rc != CF_DB_OK)
         return cf_api_send_db_error(req, rc, "composition", err);
 
+    /* Each stream holds a thread for as long as it is open: capped per key
+     * and per node, so streams never take the threads /healthz needs. */
+    int refused = cf_api_stream_enter(req);
+    if (refused)
+        return refused;
+
     /* No Content-Length: the stream ends when the connection closes. */
     static const char head[] = "HTTP/1.1 200 OK\r\n"
                                "Content-Type: text/event-stream\r\n"
@@ -85,8 +92,10 @@ int cf_api_h_composition_events(cf_api_req_t *req)
                                "retry: 2000\n\n";
     cf_api_close_after(req);
     req->status = 200;
-    if (s_write(req, head, sizeof head - 1) < 0)
+    if (s_write(req, head, sizeof head - 1) < 0) {
+        cf_api_stream_leave(req);
         return 200;
+    }
 
     int64_t after = s_start_after(req);
     int64_t last_write = cf_api_now_ms();
@@ -143,5 +152,6 @@ int cf_api_h_composition_events(cf_api_req_t *req)
         }
         usleep(S_POLL_MS * 1000);
     }
+    cf_api_stream_leave(req);
     return 200;
 }
