@@ -19,7 +19,11 @@
 #include "cf_api_internal.h"
 #include "cf_db.h"
 
-#define S_POLL_MS      250
+#define S_POLL_MS 250
+/* A stream with nothing new polls ever less often, up to this: hundreds of
+ * streams of idle compositions must not keep Postgres (and the pool that
+ * /readyz and the API share) busy. */
+#define S_POLL_MAX_MS  2000
 #define S_KEEPALIVE_MS 15000
 #define S_BATCH        200
 
@@ -99,6 +103,7 @@ int cf_api_h_composition_events(cf_api_req_t *req)
 
     int64_t after = s_start_after(req);
     int64_t last_write = cf_api_now_ms();
+    int poll_ms = S_POLL_MS;
     while (!atomic_load(&api->stopping)) {
         cf_db_event_t *events = NULL;
         int count = 0;
@@ -114,6 +119,7 @@ int cf_api_h_composition_events(cf_api_req_t *req)
             break;
         if (count > 0)
             last_write = cf_api_now_ms();
+        poll_ms = count > 0 ? S_POLL_MS : poll_ms * 2 > S_POLL_MAX_MS ? S_POLL_MAX_MS : poll_ms * 2;
         if (rc == CF_DB_OK && count == S_BATCH)
             continue; /* more waiting: no pause */
         if (rc == CF_DB_OK && count == 0) {
@@ -150,7 +156,8 @@ int cf_api_h_composition_events(cf_api_req_t *req)
                 break;
             last_write = cf_api_now_ms();
         }
-        usleep(S_POLL_MS * 1000);
+        for (int slept = 0; slept < poll_ms && !atomic_load(&api->stopping); slept += S_POLL_MS)
+            usleep(S_POLL_MS * 1000);
     }
     cf_api_stream_leave(req);
     return 200;
