@@ -851,48 +851,59 @@ void cf_api_stream_leave(cf_api_req_t *req)
     pthread_mutex_unlock(&api->limit_lock);
 }
 
+/* What the API keeps about a connection (civetweb's user connection data),
+ * from its first request to its close. */
+typedef struct {
+    char addr[48];
+    bool counted; /* in api->conns under addr */
+    bool over;    /* its address had more than max_conns_per_addr */
+} s_conn_state_t;
+
 /* civetweb calls these on the worker thread that takes a connection, before
- * it reads the first request, and when it closes it. The user data of a
- * connection is 1 when it was counted, 3 when its address had more than
- * max_conns_per_addr open at once (its requests get 429, health checks
- * excepted), NULL when the table was full and it was not counted. A
- * connection that never sends a request cannot be refused before it holds
- * a thread: the request timeout bounds how long it does. */
+ * it reads the first request (when it cannot tell the client's address
+ * yet: mg_get_request_info answers NULL), and when it closes it. */
 static int s_init_connection(const struct mg_connection *conn, void **conn_data)
 {
-    cf_api_t *api = mg_get_user_data(mg_get_context(conn));
-    const struct mg_request_info *ri = mg_get_request_info(conn);
-    if (!api || !ri)
-        return 0;
-    pthread_mutex_lock(&api->limit_lock);
-    int count = s_counted_add(api->conns, api->conn_slots, ri->remote_addr, 1);
-    api->conns_open += count > 0;
-    pthread_mutex_unlock(&api->limit_lock);
-    bool over = api->opts.max_conns_per_addr > 0 && count > api->opts.max_conns_per_addr;
-    *conn_data = count > 0 ? (void *)(uintptr_t)(over ? 3 : 1) : NULL;
+    (void)conn;
+    *conn_data = calloc(1, sizeof(s_conn_state_t));
     return 0;
 }
 
 static void s_connection_close(const struct mg_connection *conn)
 {
     cf_api_t *api = mg_get_user_data(mg_get_context(conn));
-    const struct mg_request_info *ri = mg_get_request_info(conn);
-    if (!api || !ri || !mg_get_user_connection_data(conn))
-        return;
-    pthread_mutex_lock(&api->limit_lock);
-    s_counted_add(api->conns, api->conn_slots, ri->remote_addr, -1);
-    api->conns_open--;
-    pthread_mutex_unlock(&api->limit_lock);
+    s_conn_state_t *state = mg_get_user_connection_data(conn);
+    if (api && state && state->counted) {
+        pthread_mutex_lock(&api->limit_lock);
+        s_counted_add(api->conns, api->conn_slots, state->addr, -1);
+        api->conns_open--;
+        pthread_mutex_unlock(&api->limit_lock);
+    }
+    free(state);
 }
 
-/* The 429 for a request on a connection over its address's cap. */
+/* Counts the connection under its address at its first request; answers
+ * 429 on one over max_conns_per_addr (health checks excepted). Returns 0 or
+ * the status sent. A connection that never completes a request cannot be
+ * refused: it holds its thread until the request timeout, which is what
+ * bounds idle and dripping sockets. */
 static int s_conn_cap(cf_api_req_t *req)
 {
-    uintptr_t tag = (uintptr_t)mg_get_user_connection_data(req->conn);
+    cf_api_t *api = req->api;
+    s_conn_state_t *state = mg_get_user_connection_data(req->conn);
+    if (state && !state->counted) {
+        snprintf(state->addr, sizeof state->addr, "%s", req->ri->remote_addr);
+        pthread_mutex_lock(&api->limit_lock);
+        int count = s_counted_add(api->conns, api->conn_slots, state->addr, 1);
+        api->conns_open += count > 0;
+        pthread_mutex_unlock(&api->limit_lock);
+        state->counted = count > 0;
+        state->over = api->opts.max_conns_per_addr > 0 && count > api->opts.max_conns_per_addr;
+    }
     const char *path = req->ri->local_uri ? req->ri->local_uri : "";
-    if (!(tag & 2) || !strcmp(path, "/healthz") || !strcmp(path, "/readyz"))
+    if (!state || !state->over || !strcmp(path, "/healthz") || !strcmp(path, "/readyz"))
         return 0;
-    cf_api_count_rejected(req->api, "conns_per_addr");
+    cf_api_count_rejected(api, "conns_per_addr");
     return s_send_429(req, "too_many_connections",
                       "too many connections from this address; close some and retry",
                       S_RETRY_AFTER_S);
@@ -1247,7 +1258,7 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
                                      "Event streams this node serves now.", NULL, NULL, 0,
                                      metric_err, sizeof metric_err);
     self->m_conns = cf_metrics_add(m, CF_METRIC_GAUGE, "http_connections_open",
-                                   "HTTP connections held by a thread now.", NULL, NULL, 0,
+                                   "HTTP connections open that sent a request.", NULL, NULL, 0,
                                    metric_err, sizeof metric_err);
     self->m_encode_fps = cf_metrics_add(m, CF_METRIC_GAUGE, "node_encode_fps",
                                         "Measured encode speed of this node, frames/s.", "encoder",
