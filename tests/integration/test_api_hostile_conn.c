@@ -146,16 +146,17 @@ static int s_get_from(const char *src, const char *path, const char *key, char *
 /* ------------------------------------------------------------ metrics */
 
 /* The value of the first /metrics sample whose line starts with PREFIX,
- * or 0 when there is none. */
+ * 0 when there is none, -1 when /metrics did not answer. */
 static double s_metric(const char *prefix)
 {
     char err[256];
-    cf_httpc_t *client = cf_httpc_new(s_node.url, NULL, 5000, 5000, err, sizeof err);
+    cf_httpc_t *client = cf_httpc_new(s_node.url, NULL, 10000, 10000, err, sizeof err);
     cf_httpc_response_t resp;
-    double value = 0;
+    double value = -1;
     if (cf_httpc_request(client, "GET", "/metrics", NULL, NULL, NULL, 0, &resp, err, sizeof err) ==
             0 &&
-        resp.body) {
+        resp.status == 200 && resp.body) {
+        value = 0;
         for (const char *line = resp.body; line && *line; line = strchr(line, '\n')) {
             if (*line == '\n')
                 line++;
@@ -398,8 +399,9 @@ static void test_idle_and_streams(void **state)
 
     /* Streams closed by the previous test may take one keep-alive round to
      * be noticed: wait until the node holds none. */
-    for (int i = 0; i < 150 && s_plain_metric("event_streams_open") > 0; i++)
+    for (int i = 0; i < 150 && s_plain_metric("event_streams_open") != 0; i++)
         usleep(200 * 1000);
+    assert_true(s_plain_metric("event_streams_open") == 0);
 
     int *fds = calloc(S_STREAMS, sizeof *fds);
     int served = 0, refused = 0, other = 0;
