@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sodium.h>
 #include <time.h>
 
 #include "cf_api_internal.h"
@@ -22,20 +23,45 @@
 #include "cf_redis.h"
 #include "cf_url.h"
 
+/* AddressSanitizer's redzones make every frame several times larger. */
+#if defined(__SANITIZE_ADDRESS__)
+#define S_DEFAULT_STACK_KIB 1024
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define S_DEFAULT_STACK_KIB 1024
+#endif
+#endif
+#ifndef S_DEFAULT_STACK_KIB
+#define S_DEFAULT_STACK_KIB 256
+#endif
+
+/* A client told to come back later (over a connection, stream or
+ * failed-login limit) waits this long. */
+#define S_RETRY_AFTER_S   5
+#define S_AUTH_WINDOW_MS  60000
+#define S_PEER_HEADER     "X-Clipfarm-Peer-Auth"
+#define S_PEER_MAX_SKEW_S 120
+
 void cf_api_options_default(cf_api_options_t *opts)
 {
     memset(opts, 0, sizeof *opts);
     opts->http_addr = "127.0.0.1:8080";
-    opts->http_threads = 256;
+    opts->http_threads = 1024;
+    opts->http_thread_stack_kib = S_DEFAULT_STACK_KIB;
     opts->max_body_bytes = 1 << 20;
     opts->max_upload_bytes = (int64_t)1 << 30;
     opts->max_header_bytes = 16 * 1024;
-    opts->request_timeout_ms = 10000;
+    opts->request_timeout_ms = 5000;
     opts->keep_alive_timeout_ms = 2000;
     opts->rate_limit = 50;
     opts->rate_burst = 100;
     opts->auth_cache_ms = 1000;
     opts->upload_quota_bytes = (int64_t)10 << 30;
+    opts->auth_negative_ms = 5000;
+    opts->auth_fail_limit = 30;
+    opts->max_event_streams = 256;
+    opts->max_event_streams_per_key = 16;
+    opts->max_conns_per_addr = 128;
     opts->redis_prefix = "cf:";
     cf_apikey_hashkey_derive(NULL, 0, opts->hashkey);
 }
@@ -371,6 +397,13 @@ int cf_api_read_body(cf_api_req_t *req, int64_t max, char **body_p, size_t *len_
             break;
         len += (size_t)n;
     }
+    if (declared >= 0 && (long long)len < declared) {
+        /* mg_read answers 0 also when the client stalls past the timeout. */
+        free(body);
+        cf_api_close_after(req);
+        return cf_api_send_error(req, 408, "timeout", NULL,
+                                 "the request body stalled after %zu of %lld bytes", len, declared);
+    }
     if ((int64_t)len > max) {
         /* Chunked upload without a length that went over the limit. */
         free(body);
@@ -462,6 +495,82 @@ static void s_auth_store(cf_api_t *api, const cf_api_auth_entry_t *entry)
     pthread_rwlock_unlock(&api->auth_lock);
 }
 
+static unsigned s_hash(const char *text)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h;
+}
+
+void cf_api_count_rejected(cf_api_t *api, const char *reason)
+{
+    const char *labels[] = {reason};
+    cf_metric_inc(api->m_rejected, labels, 1);
+}
+
+/* Sends 429 with Retry-After and closes the connection. */
+static int s_send_429(cf_api_req_t *req, const char *code, const char *message, int seconds)
+{
+    char headers[64];
+    snprintf(headers, sizeof headers, "Retry-After: %d\r\n", seconds);
+    json_t *detail =
+        json_pack("{s:s,s:s,s:i}", "code", code, "message", message, "retry_after_s", seconds);
+    cf_api_close_after(req);
+    return cf_api_send_error_json(req, 429, detail, headers);
+}
+
+/* True when Postgres said recently that key ID does not exist. */
+static bool s_auth_known_missing(cf_api_t *api, const char *id)
+{
+    cf_api_auth_miss_t *slot = &api->auth_miss[s_hash(id) % CF_API_AUTH_MISS_SLOTS];
+    pthread_rwlock_rdlock(&api->auth_lock);
+    bool missing = slot->expires_ms > cf_api_now_ms() && !strcmp(slot->id, id);
+    pthread_rwlock_unlock(&api->auth_lock);
+    return missing;
+}
+
+static void s_auth_store_missing(cf_api_t *api, const char *id)
+{
+    if (api->opts.auth_negative_ms <= 0)
+        return;
+    cf_api_auth_miss_t *slot = &api->auth_miss[s_hash(id) % CF_API_AUTH_MISS_SLOTS];
+    pthread_rwlock_wrlock(&api->auth_lock);
+    snprintf(slot->id, sizeof slot->id, "%s", id);
+    slot->expires_ms = cf_api_now_ms() + api->opts.auth_negative_ms;
+    pthread_rwlock_unlock(&api->auth_lock);
+}
+
+/* Seconds ADDR must wait before its next try after too many failed
+ * authentications this minute; 0 when it may try. Counted per node: an
+ * attacker spreading over N nodes gets N times the limit, never a query per
+ * guess beyond it. */
+static int s_auth_wait_s(cf_api_t *api, const char *addr, bool failed_now)
+{
+    if (api->opts.auth_fail_limit <= 0)
+        return 0;
+    cf_api_auth_fail_t *slot = &api->auth_fail[s_hash(addr) % CF_API_AUTH_FAIL_SLOTS];
+    int64_t now = cf_api_now_ms();
+    int wait_s = 0;
+    pthread_mutex_lock(&api->fail_lock);
+    bool mine = !strcmp(slot->addr, addr);
+    bool expired = now - slot->window_ms >= S_AUTH_WINDOW_MS;
+    if (failed_now) {
+        /* A colliding address takes the slot over: at worst one attacker's
+         * count restarts, which the limit per minute still bounds. */
+        if (!mine || expired) {
+            snprintf(slot->addr, sizeof slot->addr, "%s", addr);
+            slot->window_ms = now;
+            slot->failures = 0;
+        }
+        slot->failures++;
+    } else if (mine && !expired && slot->failures >= api->opts.auth_fail_limit) {
+        wait_s = (int)((slot->window_ms + S_AUTH_WINDOW_MS - now + 999) / 1000);
+    }
+    pthread_mutex_unlock(&api->fail_lock);
+    return wait_s > 0 ? wait_s : 0;
+}
+
 /* Checks the request's API key. Returns 0 when it may go on, or the status
  * of the error response sent. */
 static int s_authenticate(cf_api_req_t *req)
@@ -477,11 +586,16 @@ static int s_authenticate(cf_api_req_t *req)
         return cf_api_send_error(req, 401, "unauthorized", NULL, "invalid API key");
     cf_api_auth_entry_t entry;
     if (!s_auth_lookup(api, id, &entry)) {
+        if (s_auth_known_missing(api, id))
+            return cf_api_send_error(req, 401, "unauthorized", NULL, "invalid API key");
         cf_db_api_key_t row = {0};
         char err[256];
+        cf_metric_inc(api->m_auth_db, NULL, 1);
         int rc = cf_db_api_key_find(api->opts.db, id, &row, err, sizeof err);
-        if (rc == CF_DB_NOT_FOUND)
+        if (rc == CF_DB_NOT_FOUND) {
+            s_auth_store_missing(api, id);
             return cf_api_send_error(req, 401, "unauthorized", NULL, "invalid API key");
+        }
         if (rc != CF_DB_OK) {
             cf_db_api_key_clear(&row);
             return cf_api_send_db_error(req, rc, "API key", err);
@@ -565,6 +679,244 @@ static int s_rate_limit(cf_api_req_t *req)
     return cf_api_send_error_json(req, 429, detail, headers);
 }
 
+/* ------------------------------------------------------------ peers */
+
+static void s_peer_key_init(cf_api_t *api)
+{
+    static const char context[] = "clipfarm peer http v1";
+    uint8_t public_key[CF_APIKEY_HASHKEY_BYTES];
+    cf_apikey_hashkey_derive(NULL, 0, public_key);
+    /* Without a cluster secret the hashing key is public: so would be a
+     * credential derived from it, and none is sent or accepted. */
+    api->peer_key_set = sodium_memcmp(public_key, api->opts.hashkey, sizeof public_key) != 0;
+    if (api->peer_key_set)
+        crypto_generichash(api->peer_key, sizeof api->peer_key, (const unsigned char *)context,
+                           sizeof context - 1, api->opts.hashkey, CF_APIKEY_HASHKEY_BYTES);
+}
+
+/* MAC of "v1\nTIME\nMETHOD\nPATH" as lowercase hex (65 bytes). */
+static void s_peer_mac(const cf_api_t *api, long long when, const char *method, const char *path,
+                       char hex[65])
+{
+    char message[1200];
+    int n = snprintf(message, sizeof message, "v1\n%lld\n%s\n%s", when, method, path);
+    if (n < 0 || (size_t)n >= sizeof message)
+        n = (int)sizeof message - 1; /* paths are short; a cut one never matches */
+    uint8_t mac[32];
+    crypto_generichash(mac, sizeof mac, (const unsigned char *)message, (size_t)n, api->peer_key,
+                       sizeof api->peer_key);
+    sodium_bin2hex(hex, 65, mac, sizeof mac);
+}
+
+int cf_api_peer_credential(cf_api_t *api, const char *method, const char *path, char *out,
+                           size_t outlen)
+{
+    if (!api->peer_key_set)
+        return -1;
+    long long now = (long long)time(NULL);
+    char hex[65];
+    s_peer_mac(api, now, method, path, hex);
+    int n = snprintf(out, outlen, S_PEER_HEADER ": v1 %lld %s", now, hex);
+    return n > 0 && (size_t)n < outlen ? 0 : -1;
+}
+
+/* True when VALUE is a credential of a node of this cluster for this
+ * request, made within S_PEER_MAX_SKEW_S of our clock (so a copy seen on
+ * the wire fetches the same path for two minutes at most). */
+static bool s_peer_verify(cf_api_req_t *req, const char *value)
+{
+    cf_api_t *api = req->api;
+    long long when = 0;
+    char hex[80] = "";
+    if (!api->peer_key_set || sscanf(value, "v1 %lld %79s", &when, hex) != 2 || strlen(hex) != 64)
+        return false;
+    long long skew = (long long)time(NULL) - when;
+    if (skew > S_PEER_MAX_SKEW_S || skew < -S_PEER_MAX_SKEW_S)
+        return false;
+    char expected[65];
+    s_peer_mac(api, when, req->ri->request_method, req->ri->local_uri ? req->ri->local_uri : "",
+               expected);
+    return sodium_memcmp(expected, hex, 64) == 0;
+}
+
+/* Authentication of a route that needs it: a peer's credential (only where
+ * peers fetch from each other) or an API key, refused outright for an
+ * address that failed too often this minute. Returns 0 or the status sent. */
+static int s_auth_gate(cf_api_req_t *req)
+{
+    cf_api_t *api = req->api;
+    const char *addr = req->ri->remote_addr;
+    int wait_s = s_auth_wait_s(api, addr, false);
+    if (wait_s > 0) {
+        cf_api_count_rejected(api, "auth_blocked");
+        return s_send_429(req, "too_many_failures",
+                          "too many failed authentications from this address; retry later", wait_s);
+    }
+    const char *peer = mg_get_header(req->conn, S_PEER_HEADER);
+    int status;
+    if (peer && req->route->handler == cf_api_h_composition_output) {
+        req->peer = s_peer_verify(req, peer);
+        /* The node that proxied the request checked the caller's key and
+         * its tenancy; here the peer stands for it. */
+        req->admin = req->peer;
+        status = req->peer
+                     ? 0
+                     : cf_api_send_error(req, 401, "unauthorized", NULL, "invalid peer credential");
+    } else {
+        status = s_authenticate(req);
+    }
+    if (status == 401 || status == 403) {
+        cf_api_count_rejected(api, peer ? "peer_auth_failed" : "auth_failed");
+        s_auth_wait_s(api, addr, true);
+    }
+    return status;
+}
+
+/* ------------------------------------------------------------ limits */
+
+/* Adds DELTA to NAME's count in TABLE (SLOTS entries, a power of two) and
+ * returns the new count, or -1 when NAME is new and the table full (then
+ * nothing changed). Called with limit_lock held. */
+static int s_counted_add(cf_api_counted_t *table, int slots, const char *name, int delta)
+{
+    unsigned mask = (unsigned)slots - 1;
+    cf_api_counted_t *reuse = NULL;
+    for (unsigned i = 0, at = s_hash(name) & mask; i < (unsigned)slots; i++, at = (at + 1) & mask) {
+        cf_api_counted_t *slot = &table[at];
+        if (!strcmp(slot->name, name)) {
+            slot->count += delta;
+            return slot->count;
+        }
+        if (!reuse && slot->count == 0)
+            reuse = slot;
+        if (!slot->name[0])
+            break; /* end of the chain: NAME is not in the table */
+    }
+    if (!reuse || delta <= 0)
+        return -1;
+    snprintf(reuse->name, sizeof reuse->name, "%s", name);
+    reuse->count = delta;
+    return delta;
+}
+
+static int s_pow2_at_least(int n)
+{
+    int p = 64;
+    while (p < n)
+        p <<= 1;
+    return p;
+}
+
+/* Whose streams a request's stream counts as: its key, or its address on a
+ * node serving without keys. */
+static void s_stream_owner(cf_api_req_t *req, char *out, size_t outlen)
+{
+    if (req->key_id[0])
+        snprintf(out, outlen, "key:%s", req->key_id);
+    else
+        snprintf(out, outlen, "addr:%.42s", req->ri->remote_addr); /* an IPv6 one may be cut */
+}
+
+int cf_api_stream_enter(cf_api_req_t *req)
+{
+    cf_api_t *api = req->api;
+    char owner[48];
+    s_stream_owner(req, owner, sizeof owner);
+    const char *refused = NULL;
+    pthread_mutex_lock(&api->limit_lock);
+    if (api->streams_open >= api->max_streams) {
+        refused = "streams_node";
+    } else {
+        int count = s_counted_add(api->streams, api->stream_slots, owner, 1);
+        if (count < 0) {
+            refused = "streams_node";
+        } else if (count > api->opts.max_event_streams_per_key) {
+            s_counted_add(api->streams, api->stream_slots, owner, -1);
+            refused = "streams_key";
+        } else {
+            api->streams_open++;
+        }
+    }
+    pthread_mutex_unlock(&api->limit_lock);
+    if (!refused)
+        return 0;
+    cf_api_count_rejected(api, refused);
+    return s_send_429(req, "too_many_streams",
+                      strcmp(refused, "streams_key")
+                          ? "this node serves as many event streams as it can; retry later"
+                          : "this API key has as many event streams open as it may; close one",
+                      S_RETRY_AFTER_S);
+}
+
+void cf_api_stream_leave(cf_api_req_t *req)
+{
+    cf_api_t *api = req->api;
+    char owner[48];
+    s_stream_owner(req, owner, sizeof owner);
+    pthread_mutex_lock(&api->limit_lock);
+    s_counted_add(api->streams, api->stream_slots, owner, -1);
+    api->streams_open--;
+    pthread_mutex_unlock(&api->limit_lock);
+}
+
+/* What the API keeps about a connection (civetweb's user connection data),
+ * from its first request to its close. */
+typedef struct {
+    char addr[48];
+    bool counted; /* in api->conns under addr */
+    bool over;    /* its address had more than max_conns_per_addr */
+} s_conn_state_t;
+
+/* civetweb calls these on the worker thread that takes a connection, before
+ * it reads the first request (when it cannot tell the client's address
+ * yet: mg_get_request_info answers NULL), and when it closes it. */
+static int s_init_connection(const struct mg_connection *conn, void **conn_data)
+{
+    (void)conn;
+    *conn_data = calloc(1, sizeof(s_conn_state_t));
+    return 0;
+}
+
+static void s_connection_close(const struct mg_connection *conn)
+{
+    cf_api_t *api = mg_get_user_data(mg_get_context(conn));
+    s_conn_state_t *state = mg_get_user_connection_data(conn);
+    if (api && state && state->counted) {
+        pthread_mutex_lock(&api->limit_lock);
+        s_counted_add(api->conns, api->conn_slots, state->addr, -1);
+        api->conns_open--;
+        pthread_mutex_unlock(&api->limit_lock);
+    }
+    free(state);
+}
+
+/* Counts the connection under its address at its first request; answers
+ * 429 on one over max_conns_per_addr (health checks excepted). Returns 0 or
+ * the status sent. A connection that never completes a request cannot be
+ * refused: it holds its thread until the request timeout, which is what
+ * bounds idle and dripping sockets. */
+static int s_conn_cap(cf_api_req_t *req)
+{
+    cf_api_t *api = req->api;
+    s_conn_state_t *state = mg_get_user_connection_data(req->conn);
+    if (state && !state->counted) {
+        snprintf(state->addr, sizeof state->addr, "%s", req->ri->remote_addr);
+        pthread_mutex_lock(&api->limit_lock);
+        int count = s_counted_add(api->conns, api->conn_slots, state->addr, 1);
+        api->conns_open += count > 0;
+        pthread_mutex_unlock(&api->limit_lock);
+        state->counted = count > 0;
+        state->over = api->opts.max_conns_per_addr > 0 && count > api->opts.max_conns_per_addr;
+    }
+    const char *path = req->ri->local_uri ? req->ri->local_uri : "";
+    if (!state || !state->over || !strcmp(path, "/healthz") || !strcmp(path, "/readyz"))
+        return 0;
+    cf_api_count_rejected(api, "conns_per_addr");
+    return s_send_429(req, "too_many_connections",
+                      "too many connections from this address; close some and retry",
+                      S_RETRY_AFTER_S);
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 static int s_dispatch(cf_api_req_t *req)
@@ -601,7 +953,7 @@ static int s_dispatch(cf_api_req_t *req)
     /* Without keys there are no tenants: everyone sees everything. */
     req->admin = req->api->opts.insecure_no_auth;
     if (req->route->auth && !req->api->opts.insecure_no_auth) {
-        int status = s_authenticate(req);
+        int status = s_auth_gate(req);
         if (status)
             return status;
     }
@@ -619,7 +971,9 @@ static int s_handle(struct mg_connection *conn, void *cbdata)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     cf_api_req_t req = {.api = api, .conn = conn, .ri = mg_get_request_info(conn)};
-    int status = s_dispatch(&req);
+    int status = s_conn_cap(&req);
+    if (!status)
+        status = s_dispatch(&req);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (!req.status)
         req.status = status; /* a streaming handler that wrote its own head */
@@ -703,6 +1057,10 @@ static void s_collect(void *arg)
     } else {
         cf_metric_set(api->m_db_up, NULL, 0);
     }
+    pthread_mutex_lock(&api->limit_lock);
+    cf_metric_set(api->m_streams, NULL, api->streams_open);
+    cf_metric_set(api->m_conns, NULL, api->conns_open);
+    pthread_mutex_unlock(&api->limit_lock);
     cf_queue_t *q = cf_api_queue_get(api);
     int64_t depth[CF_PRIORITY_COUNT];
     if (q && cf_queue_depth(q, depth, err, sizeof err) == 0) {
@@ -777,8 +1135,12 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     }
     if (cf_hostport_parse(opts->http_addr, host, sizeof host, &port, err, errlen) < 0)
         return NULL;
-    if (opts->http_threads < 1 || opts->http_threads > 10000) {
-        snprintf(err, errlen, "--http-threads must be 1..10000");
+    if (opts->http_threads < 2 || opts->http_threads > 10000) {
+        snprintf(err, errlen, "--http-threads must be 2..10000");
+        return NULL;
+    }
+    if (opts->http_thread_stack_kib < 64 || opts->http_thread_stack_kib > 65536) {
+        snprintf(err, errlen, "--http-thread-stack-kib must be 64..65536");
         return NULL;
     }
     cf_api_t *self = calloc(1, sizeof *self);
@@ -800,6 +1162,8 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     self->loopback = s_is_loopback(host);
     pthread_rwlock_init(&self->auth_lock, NULL);
     pthread_rwlock_init(&self->lease_lock, NULL);
+    pthread_mutex_init(&self->fail_lock, NULL);
+    pthread_mutex_init(&self->limit_lock, NULL);
     /* Lease ~50 ms worth of tokens per round trip to Redis, never more than
      * a quarter of the burst: exact for small limits, cheap for big ones. */
     double lease = opts->rate_limit * 0.05;
@@ -810,6 +1174,21 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     self->lease_size = lease >= 1 ? (int)lease : 1;
     s_pool_init(&self->redis_pool, 16);
     s_pool_init(&self->queue_pool, 4);
+    /* Every connection holds a thread, so there are never more addresses
+     * than threads; streams are kept to half the threads so that the other
+     * half always answers /healthz and the API. */
+    self->max_streams = opts->max_event_streams;
+    if (self->max_streams > opts->http_threads / 2)
+        self->max_streams = opts->http_threads / 2;
+    self->conn_slots = s_pow2_at_least(2 * opts->http_threads);
+    self->stream_slots = s_pow2_at_least(2 * self->max_streams);
+    self->conns = calloc((size_t)self->conn_slots, sizeof *self->conns);
+    self->streams = calloc((size_t)self->stream_slots, sizeof *self->streams);
+    if (!self->conns || !self->streams) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    s_peer_key_init(self);
 
     if (!opts->insecure_no_auth) {
         int active = 0;
@@ -882,6 +1261,20 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
         m, CF_METRIC_COUNTER, "cluster_messages_rejected_total",
         "Control messages dropped: malformed, unknown version or type, or a stale epoch.", NULL,
         NULL, 0, metric_err, sizeof metric_err);
+    self->m_rejected = cf_metrics_add(
+        m, CF_METRIC_COUNTER, "api_rejected_total",
+        "Requests and connections refused by a protection limit: conns_per_addr, streams_node, "
+        "streams_key, auth_failed, auth_blocked, peer_auth_failed, upload_truncated.",
+        "reason", NULL, 0, metric_err, sizeof metric_err);
+    self->m_auth_db = cf_metrics_add(m, CF_METRIC_COUNTER, "auth_db_lookups_total",
+                                     "API keys looked up in Postgres (not in either cache).", NULL,
+                                     NULL, 0, metric_err, sizeof metric_err);
+    self->m_streams = cf_metrics_add(m, CF_METRIC_GAUGE, "event_streams_open",
+                                     "Event streams this node serves now.", NULL, NULL, 0,
+                                     metric_err, sizeof metric_err);
+    self->m_conns = cf_metrics_add(m, CF_METRIC_GAUGE, "http_connections_open",
+                                   "HTTP connections open that sent a request.", NULL, NULL, 0,
+                                   metric_err, sizeof metric_err);
     self->m_encode_fps = cf_metrics_add(m, CF_METRIC_GAUGE, "node_encode_fps",
                                         "Measured encode speed of this node, frames/s.", "encoder",
                                         NULL, 0, metric_err, sizeof metric_err);
@@ -907,10 +1300,25 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     memset(&callbacks, 0, sizeof callbacks);
     callbacks.http_error = s_http_error;
     callbacks.log_message = s_log_message;
+    callbacks.init_connection = s_init_connection;
+    callbacks.connection_close = s_connection_close;
     struct mg_init_data init = {
         .callbacks = &callbacks, .user_data = self, .configuration_options = options};
     struct mg_error_data error = {.text = err, .text_buffer_size = errlen};
+    /* civetweb creates all its threads in mg_start2 with a default-sized
+     * stack (8 MiB of address space each, from RLIMIT_STACK) and has no
+     * option for it: lend it a smaller process default for that call. */
+    pthread_attr_t saved, small;
+    bool restore = pthread_getattr_default_np(&saved) == 0;
+    pthread_attr_init(&small);
+    pthread_attr_setstacksize(&small, (size_t)opts->http_thread_stack_kib * 1024);
+    pthread_setattr_default_np(&small);
     self->ctx = mg_start2(&init, &error);
+    if (restore) {
+        pthread_setattr_default_np(&saved);
+        pthread_attr_destroy(&saved);
+    }
+    pthread_attr_destroy(&small);
     if (!self->ctx) {
         char why[512];
         snprintf(why, sizeof why, "%s", err[0] ? err : "unknown error");
@@ -924,8 +1332,8 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     struct mg_server_port bound[4];
     int nports = mg_get_server_ports(self->ctx, 4, bound);
     self->port = nports > 0 ? bound[0].port : port;
-    cf_log_info("api", "REST API on http://%s:%d (%d threads)", host, self->port,
-                opts->http_threads);
+    cf_log_info("api", "REST API on http://%s:%d (%d threads of %d KiB, %d event streams)", host,
+                self->port, opts->http_threads, opts->http_thread_stack_kib, self->max_streams);
     return self;
 fail:
     cf_api_destroy(&self);
@@ -949,6 +1357,10 @@ void cf_api_destroy(cf_api_t **self_p)
     s_pool_drain(&self->queue_pool, s_queue_destroy);
     pthread_rwlock_destroy(&self->auth_lock);
     pthread_rwlock_destroy(&self->lease_lock);
+    pthread_mutex_destroy(&self->fail_lock);
+    pthread_mutex_destroy(&self->limit_lock);
+    free(self->conns);
+    free(self->streams);
     free(self->http_addr);
     free(self->redis_url);
     free(self->redis_prefix);

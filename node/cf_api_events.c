@@ -6,7 +6,8 @@
  *     id: N / event: TYPE / data: {"id","type","at","payload"}
  * polls for new ones, keeps idle connections alive with comments, and ends
  * with an "end" event once the composition reached a terminal status and
- * every event before it was sent. It holds one HTTP thread while open. */
+ * every event before it was sent. It holds one HTTP thread while open, so
+ * open streams are capped per key and per node (429 beyond). */
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <stdio.h>
@@ -19,7 +20,11 @@
 #include "cf_api_internal.h"
 #include "cf_db.h"
 
-#define S_POLL_MS      250
+#define S_POLL_MS 250
+/* A stream with nothing new polls ever less often, up to this: hundreds of
+ * streams of idle compositions must not keep Postgres (and the pool that
+ * /readyz and the API share) busy. */
+#define S_POLL_MAX_MS  2000
 #define S_KEEPALIVE_MS 15000
 #define S_BATCH        200
 
@@ -71,6 +76,12 @@ int cf_api_h_composition_events(cf_api_req_t *req)
         return rc;
     cf_db_composition_t comp;
 
+    /* Each stream holds a thread for as long as it is open: capped per key
+     * and per node, so streams never take the threads /healthz needs. */
+    int refused = cf_api_stream_enter(req);
+    if (refused)
+        return refused;
+
     /* No Content-Length: the stream ends when the connection closes. */
     static const char head[] = "HTTP/1.1 200 OK\r\n"
                                "Content-Type: text/event-stream\r\n"
@@ -80,11 +91,14 @@ int cf_api_h_composition_events(cf_api_req_t *req)
                                "retry: 2000\n\n";
     cf_api_close_after(req);
     req->status = 200;
-    if (s_write(req, head, sizeof head - 1) < 0)
+    if (s_write(req, head, sizeof head - 1) < 0) {
+        cf_api_stream_leave(req);
         return 200;
+    }
 
     int64_t after = s_start_after(req);
     int64_t last_write = cf_api_now_ms();
+    int poll_ms = S_POLL_MS;
     while (!atomic_load(&api->stopping)) {
         cf_db_event_t *events = NULL;
         int count = 0;
@@ -100,6 +114,7 @@ int cf_api_h_composition_events(cf_api_req_t *req)
             break;
         if (count > 0)
             last_write = cf_api_now_ms();
+        poll_ms = count > 0 ? S_POLL_MS : poll_ms * 2 > S_POLL_MAX_MS ? S_POLL_MAX_MS : poll_ms * 2;
         if (rc == CF_DB_OK && count == S_BATCH)
             continue; /* more waiting: no pause */
         if (rc == CF_DB_OK && count == 0) {
@@ -136,7 +151,9 @@ int cf_api_h_composition_events(cf_api_req_t *req)
                 break;
             last_write = cf_api_now_ms();
         }
-        usleep(S_POLL_MS * 1000);
+        for (int slept = 0; slept < poll_ms && !atomic_load(&api->stopping); slept += S_POLL_MS)
+            usleep(S_POLL_MS * 1000);
     }
+    cf_api_stream_leave(req);
     return 200;
 }

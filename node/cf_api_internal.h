@@ -34,6 +34,32 @@ typedef struct {
 
 #define CF_API_AUTH_CACHE_SLOTS 256
 
+/* Key ids Postgres does not know, answered 401 without a query until
+ * expires_ms (the negative cache: one query per unknown id and period). */
+typedef struct {
+    char id[CF_APIKEY_ID_CHARS + 1];
+    int64_t expires_ms;
+} cf_api_auth_miss_t;
+
+#define CF_API_AUTH_MISS_SLOTS 1024
+
+/* Failed authentications of one client address in the current minute. */
+typedef struct {
+    char addr[48];
+    int64_t window_ms; /* start of the window (monotonic) */
+    int failures;
+} cf_api_auth_fail_t;
+
+#define CF_API_AUTH_FAIL_SLOTS 4096
+
+/* Open connections (or event streams) of one client address (or key); an
+ * open-addressed table whose slots keep their name at count 0, so probe
+ * chains never break. */
+typedef struct {
+    char name[48];
+    int count;
+} cf_api_counted_t;
+
 typedef struct {
     char bucket[160];
     atomic_int tokens;
@@ -76,12 +102,35 @@ struct cf_api_t {
     cf_metric_t *m_db_up;
     cf_metric_t *m_local_cache; /* api_local_cache_total{result} */
     cf_metric_t *m_refused;     /* api_refused_total{reason}: hostile or forbidden input */
+    cf_metric_t *m_rejected;    /* api_rejected_total{reason} */
+    cf_metric_t *m_auth_db;     /* auth_db_lookups_total */
+    cf_metric_t *m_streams;     /* event_streams_open */
+    cf_metric_t *m_conns;       /* http_connections_open */
 
     cf_api_pool_t redis_pool; /* redisContext * for rate limits and pings */
     cf_api_pool_t queue_pool; /* cf_queue_t * producers */
 
     pthread_rwlock_t auth_lock;
     cf_api_auth_entry_t auth_cache[CF_API_AUTH_CACHE_SLOTS];
+    cf_api_auth_miss_t auth_miss[CF_API_AUTH_MISS_SLOTS]; /* under auth_lock */
+    pthread_mutex_t fail_lock;
+    cf_api_auth_fail_t auth_fail[CF_API_AUTH_FAIL_SLOTS]; /* under fail_lock */
+
+    /* Connections per client address and event streams per node and per
+     * key (cf_api.c), under limit_lock. */
+    pthread_mutex_t limit_lock;
+    cf_api_counted_t *conns; /* conn_slots entries */
+    int conn_slots;
+    int conns_open;
+    cf_api_counted_t *streams; /* stream_slots entries */
+    int stream_slots;
+    int streams_open;
+    int max_streams; /* max_event_streams, clamped to http_threads / 2 */
+
+    /* Credential of node-to-node requests (cf_api_peer_credential); all
+     * zero when the node has no cluster secret (then none is accepted). */
+    uint8_t peer_key[32];
+    bool peer_key_set;
 
     /* Rate-limit tokens leased from the Redis buckets (cf_api.c). */
     pthread_rwlock_t lease_lock;
@@ -109,7 +158,8 @@ typedef struct {
     char id[128];                        /* the {id} path parameter, when the route has one */
     char key_id[CF_APIKEY_ID_CHARS + 1]; /* authenticated key ("" when none) */
     bool admin; /* sees every key's compositions (admin key, or no auth at all) */
-    int status; /* status sent, for the metrics */
+    bool peer;                           /* authenticated as another node of the cluster */
+    int status;                          /* status sent, for the metrics */
 } cf_api_req_t;
 
 /* A handler sends exactly one response and returns its status. */
@@ -192,6 +242,26 @@ int cf_api_read_body(cf_api_req_t *req, int64_t max, char **body_p, size_t *len_
 /* Copies query parameter NAME (URL-decoded) into OUT. Returns its length, or
  * -1 when absent, -2 when longer than outlen - 1. */
 int cf_api_query(cf_api_req_t *req, const char *name, char *out, size_t outlen);
+
+/* ------------------------------------------------------------ limits */
+
+/* Admits one more event stream for the request's key (or address) and for
+ * the node. Returns 0 (call cf_api_stream_leave when the stream ends), or
+ * the status of the 429 sent (with Retry-After). */
+int cf_api_stream_enter(cf_api_req_t *req);
+void cf_api_stream_leave(cf_api_req_t *req);
+
+/* Counts one rejection in api_rejected_total{reason}. */
+void cf_api_count_rejected(cf_api_t *api, const char *reason);
+
+/* ------------------------------------------------------------ peers */
+
+/* The header line ("Name: value", no CRLF) that authenticates this node to
+ * a peer for METHOD PATH: a BLAKE2b MAC, keyed by a key derived from the
+ * cluster secret, of the method, the path and the time. Returns 0, or -1
+ * when this node has no cluster secret. */
+int cf_api_peer_credential(cf_api_t *api, const char *method, const char *path, char *out,
+                           size_t outlen);
 
 /* ------------------------------------------------------------ shared objects */
 

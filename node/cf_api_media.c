@@ -75,13 +75,26 @@ int cf_api_h_media_upload(cf_api_req_t *req)
     int status = 0;
     while (buf && !status) {
         int n = mg_read(req->conn, buf, piece);
+        uint64_t got = cf_blob_writer_size(writer);
+        /* civetweb reads 0 both at the end of the body and when the client
+         * stalls past the request timeout: only the declared length tells
+         * a whole upload from a truncated one, which is never stored. */
+        if (n == 0 && declared >= 0 && got < (uint64_t)declared) {
+            cf_api_close_after(req);
+            cf_api_count_rejected(api, "upload_truncated");
+            status = cf_api_send_error(req, 408, "timeout", NULL,
+                                       "the upload stalled after %llu of %lld bytes",
+                                       (unsigned long long)got, declared);
+            break;
+        }
         if (n == 0)
             break;
         if (n < 0) {
             cf_api_close_after(req);
+            cf_api_count_rejected(api, "upload_truncated");
             status = cf_api_send_error(req, 400, "bad_request", NULL,
                                        "the upload was cut off after %llu bytes",
-                                       (unsigned long long)cf_blob_writer_size(writer));
+                                       (unsigned long long)got);
             break;
         }
         int rc = cf_blob_writer_write(writer, buf, (size_t)n, err, sizeof err);

@@ -43,13 +43,39 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->fetch_timeout_s = 3600;
     opts->upload_quota_bytes = (double)api.upload_quota_bytes;
     opts->blob_keep_s = 7 * 86400;
+    opts->http_thread_stack_kib = api.http_thread_stack_kib;
+    opts->auth_negative_ms = api.auth_negative_ms;
+    opts->auth_fail_limit = api.auth_fail_limit;
+    opts->max_event_streams = api.max_event_streams;
+    opts->max_event_streams_per_key = api.max_event_streams_per_key;
+    opts->max_conns_per_addr = api.max_conns_per_addr;
 }
 
 int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, size_t capacity)
 {
     const cf_option_t mine[] = {
-        {"http-threads", "CF_HTTP_THREADS", CF_OPT_INT, &o->http_threads, 1, 10000,
-         "HTTP connections served at once; size it for the keep-alive clients (default 256)", "N"},
+        {"http-threads", "CF_HTTP_THREADS", CF_OPT_INT, &o->http_threads, 2, 10000,
+         "HTTP connections served at once; size it for the keep-alive clients (default 1024)", "N"},
+        {"http-thread-stack-kib", "CF_HTTP_THREAD_STACK_KIB", CF_OPT_INT, &o->http_thread_stack_kib,
+         64, 65536, "stack of each HTTP thread in KiB (default 256)", "KIB"},
+        {"max-conns-per-addr", "CF_MAX_CONNS_PER_ADDR", CF_OPT_INT, &o->max_conns_per_addr, 0,
+         1000000,
+         "connections one client address may hold; beyond it requests get 429, 0 = off (default "
+         "128; 0 behind a proxy)",
+         "N"},
+        {"max-event-streams", "CF_MAX_EVENT_STREAMS", CF_OPT_INT, &o->max_event_streams, 1, 100000,
+         "event streams this node serves at once, at most half of --http-threads (default 256)",
+         "N"},
+        {"max-event-streams-per-key", "CF_MAX_EVENT_STREAMS_PER_KEY", CF_OPT_INT,
+         &o->max_event_streams_per_key, 1, 100000,
+         "event streams one API key may hold open (default 16)", "N"},
+        {"auth-fail-limit", "CF_AUTH_FAIL_LIMIT", CF_OPT_INT, &o->auth_fail_limit, 0, 1000000,
+         "failed authentications per client address per minute before 429, 0 = off (default "
+         "30)",
+         "N"},
+        {"auth-negative-cache-ms", "CF_AUTH_NEGATIVE_CACHE_MS", CF_OPT_INT, &o->auth_negative_ms, 0,
+         600000, "how long an unknown key id is refused without asking Postgres (default 5000)",
+         "MS"},
         {"max-body-bytes", "CF_MAX_BODY_BYTES", CF_OPT_INT, &o->max_body_bytes, 1024, 1 << 30,
          "largest JSON request body (default 1048576)", "N"},
         {"max-upload-bytes", "CF_MAX_UPLOAD_BYTES", CF_OPT_DOUBLE, &o->max_upload_bytes, 1, 1e15,
@@ -58,7 +84,8 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
          "largest request line plus headers (default 16384)", "N"},
         {"http-request-timeout-ms", "CF_HTTP_REQUEST_TIMEOUT_MS", CF_OPT_INT,
          &o->request_timeout_ms, 100, 3600000,
-         "time to receive a request's headers or body (default 10000)", "MS"},
+         "time to receive a request's headers, or the longest stall in a body (default 5000)",
+         "MS"},
         {"http-keepalive-timeout-ms", "CF_HTTP_KEEPALIVE_TIMEOUT_MS", CF_OPT_INT,
          &o->keep_alive_timeout_ms, 0, 3600000,
          "idle time before a keep-alive connection is closed (default 2000)", "MS"},
@@ -175,6 +202,12 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
     ao.rate_limit = opts->rate_limit;
     ao.rate_burst = opts->rate_burst;
     ao.auth_cache_ms = opts->auth_cache_ms;
+    ao.http_thread_stack_kib = opts->http_thread_stack_kib;
+    ao.auth_negative_ms = opts->auth_negative_ms;
+    ao.auth_fail_limit = opts->auth_fail_limit;
+    ao.max_event_streams = opts->max_event_streams;
+    ao.max_event_streams_per_key = opts->max_event_streams_per_key;
+    ao.max_conns_per_addr = opts->max_conns_per_addr;
     ao.insecure_no_auth = opts->insecure_no_auth;
     ao.redis_url = cfg->redis_url;
     if (opts->redis_prefix)

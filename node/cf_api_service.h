@@ -41,6 +41,12 @@ typedef struct {
     double rate_limit;
     double rate_burst;
     int auth_cache_ms;
+    int http_thread_stack_kib;
+    int auth_negative_ms;
+    int auth_fail_limit;
+    int max_event_streams;
+    int max_event_streams_per_key;
+    int max_conns_per_addr;
     bool insecure_no_auth;
     bool no_render;     /* serve the API only; never take compositions */
     char *redis_prefix; /* queue, cache and rate-limit keys (NULL: "cf:") */

@@ -156,6 +156,15 @@ typedef struct {
     int64_t connected_ms; /* when the DEALER was (re)created */
 } s_peer_t;
 
+#define S_ZAP_LOG_KEYS      64
+#define S_ZAP_LOG_PERIOD_MS 60000
+
+typedef struct {
+    char key[41];
+    int64_t logged_ms;   /* when its last line was written */
+    unsigned suppressed; /* refusals since, not logged */
+} s_zap_log_t;
+
 typedef struct {
     zsock_t *pipe;
     cf_node_t *shared;
@@ -191,6 +200,10 @@ typedef struct {
     int64_t next_heartbeat, next_beacon, next_tick, next_status, next_view;
     int64_t started_ms;
     int64_t started_wall_ms;
+
+    /* Refused handshakes are logged once per key per minute (a peer with a
+     * stale key retries every few hundred ms); the rest are counted. */
+    s_zap_log_t zap_log[S_ZAP_LOG_KEYS];
 
     bool dirty;
     char printed[4096]; /* the last state line printed */
@@ -700,6 +713,40 @@ static void s_publish_view(s_self_t *self)
 
 /* ------------------------------------------------------------------ handlers */
 
+/* Logs a refused handshake from KEY unless one was logged in the last
+ * minute; then it is only counted, and the next line says how many were
+ * not logged. An attacker with ever new keys evicts the oldest entry, so
+ * the table stays small and a line per new key is still at most what the
+ * handshakes themselves cost. */
+static void s_log_zap_refusal(s_self_t *self, const char *address, const char *key)
+{
+    int64_t now = zclock_mono();
+    s_zap_log_t *entry = NULL, *oldest = &self->zap_log[0];
+    for (int i = 0; i < S_ZAP_LOG_KEYS && !entry; i++) {
+        s_zap_log_t *e = &self->zap_log[i];
+        if (e->key[0] && !strcmp(e->key, key))
+            entry = e;
+        else if (e->logged_ms < oldest->logged_ms)
+            oldest = e;
+    }
+    if (entry && now - entry->logged_ms < S_ZAP_LOG_PERIOD_MS) {
+        entry->suppressed++;
+        return;
+    }
+    unsigned suppressed = entry ? entry->suppressed : 0;
+    if (!entry) {
+        entry = oldest;
+        snprintf(entry->key, sizeof entry->key, "%s", key);
+    }
+    entry->logged_ms = now;
+    entry->suppressed = 0;
+    cf_log_warn("node",
+                "refused a CURVE handshake from %s (key %s): not learned from an "
+                "authenticated beacon or the registry (%u more from this key not logged in "
+                "the last minute)",
+                address, key, suppressed);
+}
+
 static void s_handle_zap(s_self_t *self)
 {
     zmsg_t *request = zmsg_recv(self->zap);
@@ -727,10 +774,7 @@ static void s_handle_zap(s_self_t *self)
         s_count(self, CF_NODE_ZAP_ALLOWED);
     } else {
         s_count(self, CF_NODE_ZAP_DENIED);
-        cf_log_warn("node",
-                    "refused a CURVE handshake from %s (key %s): not learned from an "
-                    "authenticated beacon or the registry",
-                    address ? address : "?", key[0] ? key : "?");
+        s_log_zap_refusal(self, address ? address : "?", key[0] ? key : "?");
     }
     zmsg_t *reply = zmsg_new();
     zmsg_addstr(reply, "1.0");

@@ -193,6 +193,18 @@ cmp "$API_WORK/via-a" "$out" || fail "output through the other node differs"
 curl -sf -H "Authorization: Bearer $API_KEY" -H 'Range: bytes=-500' -o "$API_WORK/tail-a" \
     "$A/api/v1/compositions/$id1/output" || fail "range through the other node"
 cmp "$API_WORK/tail-a" <(tail -c 500 "$out") || fail "suffix range through the other node differs"
+# The caller's key stays on node A: B takes A's peer credential (derived from
+# the cluster secret) and never looks the key up, even once its own cache of
+# the key has lapsed (auth cache 1 s).
+lookups() { curl -s "$B/metrics" | awk '/^auth_db_lookups_total /{print $2; found=1} END{if (!found) print 0}'; }
+sleep 1.2
+before=$(lookups)
+curl -sf -H "Authorization: Bearer $API_KEY" -o "$API_WORK/via-a2" "$A/api/v1/compositions/$id1/output" \
+    || fail "download through the other node (peer credential): $(api_node_log b | tail -3)"
+cmp "$API_WORK/via-a2" "$out" || fail "output through the other node differs (peer credential)"
+[[ $(lookups) == "$before" ]] || fail "node B looked up the caller's key: A forwarded it"
+api_curl -H 'X-Clipfarm-Peer-Auth: v1 1 0000' -H 'X-Clipfarm-Proxied: 1' "$B/api/v1/compositions/$id1/output"
+expect_error 401 unauthorized "forged peer credential"
 
 # Events: a Server-Sent Events stream that ends after the terminal status.
 events=$(curl -s -N --max-time 20 -H "Authorization: Bearer $API_KEY" "$A/api/v1/compositions/$id1/events")

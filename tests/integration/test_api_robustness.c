@@ -270,12 +270,14 @@ static int s_setup(void **state)
     char timeout[16];
     snprintf(timeout, sizeof timeout, "%d", S_REQUEST_TO_MS);
     /* Threads sized for the crowd plus the probe and the others: civetweb
-     * serves one connection per thread. */
+     * serves one connection per thread. The crowd and the probe share one
+     * address here, so no cap per address (test_api_hostile_conn has it). */
     const char *extra[] = {"--no-render", "--rate-limit",
                            "0",           "--http-threads",
                            "640",         "--http-request-timeout-ms",
                            timeout,       "--http-keepalive-timeout-ms",
-                           "30000",       NULL};
+                           "30000",       "--max-conns-per-addr",
+                           "0",           NULL};
     api_testnode_start(&s_node, extra);
     return 0;
 }
