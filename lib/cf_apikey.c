@@ -138,3 +138,18 @@ const char *cf_apikey_from_bearer(const char *value)
         value++;
     return *value ? value : NULL;
 }
+
+void cf_apikey_webhook_secret(const uint8_t hashkey[CF_APIKEY_HASHKEY_BYTES], const char *key_id,
+                              char out[CF_APIKEY_WEBHOOK_SECRET_SIZE])
+{
+    static const char context[] = "clipfarm webhook v1:";
+    crypto_generichash_state state;
+    unsigned char digest[32];
+    crypto_generichash_init(&state, hashkey, CF_APIKEY_HASHKEY_BYTES, sizeof digest);
+    crypto_generichash_update(&state, (const unsigned char *)context, sizeof context - 1);
+    crypto_generichash_update(&state, (const unsigned char *)key_id, strlen(key_id));
+    crypto_generichash_final(&state, digest, sizeof digest);
+    memcpy(out, "whsec_", 6);
+    sodium_bin2hex(out + 6, 65, digest, sizeof digest);
+    sodium_memzero(digest, sizeof digest);
+}

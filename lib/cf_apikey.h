@@ -59,4 +59,15 @@ int cf_apikey_verify(const uint8_t hashkey[CF_APIKEY_HASHKEY_BYTES], const char 
  * not a bearer credential. */
 const char *cf_apikey_from_bearer(const char *value);
 
+/* "whsec_" + 64 hex + NUL */
+#define CF_APIKEY_WEBHOOK_SECRET_SIZE (6 + 64 + 1)
+
+/* The webhook secret of key KEY_ID: "whsec_" + hex of a BLAKE2b-256 of
+ * "clipfarm webhook v1:" + KEY_ID keyed by HASHKEY (derived from the
+ * cluster secret). Every node computes it; nothing stores it; `clipfarm
+ * apikey create` shows it once. Receivers use the whole string, as shown,
+ * as the HMAC-SHA256 key. */
+void cf_apikey_webhook_secret(const uint8_t hashkey[CF_APIKEY_HASHKEY_BYTES], const char *key_id,
+                              char out[CF_APIKEY_WEBHOOK_SECRET_SIZE]);
+
 #endif

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "cf_json.h"
+#include "cf_s3_names.h"
 #include "cf_comp.h"
 
 #include <ctype.h>
@@ -306,6 +307,12 @@ static void s_check_source(const char *source, const char *path, cf_comp_errors_
             s_add(errors, "%s: URL contains spaces", path);
         return;
     }
+    if (!strncmp(source, "s3://", 5)) {
+        char bucket[64], key[CF_COMP_MAX_S3_KEY + 1], why[128];
+        if (cf_s3_parse_url(source, bucket, sizeof bucket, key, sizeof key, why, sizeof why) < 0)
+            s_add(errors, "%s: %s", path, why);
+        return;
+    }
     if (!strncmp(source, "blob:", 5)) {
         const char *hash = source + 5;
         size_t hash_len = strlen(hash);
@@ -317,7 +324,7 @@ static void s_check_source(const char *source, const char *path, cf_comp_errors_
             s_add(errors, "%s: blob: needs a blob's hash (64 lower-case hex digits)", path);
         return;
     }
-    s_add(errors, "%s: unsupported source (use file://, http://, https:// or blob:)", path);
+    s_add(errors, "%s: unsupported source (use file://, http://, https://, s3:// or blob:)", path);
 }
 
 /* Reads an optional time in seconds into *us. Returns 1 when present and
@@ -494,10 +501,48 @@ static void s_parse_output(json_t *out, cf_comp_t *comp, cf_comp_errors_t *error
     }
 }
 
+/* "destination": {"s3": {"bucket": B, "key": K, "profile": P}}. */
+static void s_parse_destination(json_t *dest, cf_comp_t *comp, cf_comp_errors_t *errors)
+{
+    if (!dest)
+        return;
+    static const char *const known[] = {"s3", NULL};
+    static const char *const known_s3[] = {"bucket", "key", "profile", NULL};
+    if (!json_is_object(dest)) {
+        s_add(errors, "destination: must be an object");
+        return;
+    }
+    s_unknown_keys(dest, "destination.", known, errors);
+    json_t *s3 = json_object_get(dest, "s3");
+    if (!json_is_object(s3)) {
+        s_add(errors, "destination.s3: is required (an object with bucket and key)");
+        return;
+    }
+    s_unknown_keys(s3, "destination.s3.", known_s3, errors);
+    const char *bucket = json_string_value(json_object_get(s3, "bucket"));
+    const char *key = json_string_value(json_object_get(s3, "key"));
+    json_t *profile = json_object_get(s3, "profile");
+    if (!bucket || !cf_s3_bucket_valid(bucket))
+        s_add(errors, "destination.s3.bucket: must be a bucket name (3-63 of a-z, 0-9, '.', '-')");
+    if (!key || !*key || strlen(key) > CF_COMP_MAX_S3_KEY)
+        s_add(errors, "destination.s3.key: must be 1 to %d bytes", CF_COMP_MAX_S3_KEY);
+    else if (strpbrk(key, "\r\n"))
+        s_add(errors, "destination.s3.key: must not hold line breaks");
+    if (profile && (!json_is_string(profile) || !cf_s3_profile_valid(json_string_value(profile))))
+        s_add(errors, "destination.s3.profile: must be a profile name (letters, digits, -, _, .)");
+    if (bucket && key)
+        comp->dest_s3_bucket = strdup(bucket), comp->dest_s3_key = strdup(key);
+    if (json_is_string(profile))
+        comp->dest_s3_profile = strdup(json_string_value(profile));
+    if ((bucket && key && (!comp->dest_s3_bucket || !comp->dest_s3_key)) ||
+        (json_is_string(profile) && !comp->dest_s3_profile))
+        s_add(errors, "destination: out of memory");
+}
+
 static cf_comp_t *s_from_json(json_t *root, cf_comp_errors_t *errors)
 {
-    static const char *const known[] = {"title",  "priority",        "clips",
-                                        "output", "segment_seconds", NULL};
+    static const char *const known[] = {"title",           "priority",    "clips",       "output",
+                                        "segment_seconds", "destination", "webhook_url", NULL};
     int before = errors ? errors->count : 0;
     cf_comp_t *comp = calloc(1, sizeof *comp);
     if (!comp) {
@@ -582,6 +627,21 @@ static cf_comp_t *s_from_json(json_t *root, cf_comp_errors_t *errors)
             comp->segment_seconds = json_number_value(seg);
     }
 
+    s_parse_destination(json_object_get(root, "destination"), comp, errors);
+    json_t *hook = json_object_get(root, "webhook_url");
+    if (hook) {
+        const char *url = json_string_value(hook);
+        size_t host_len = url && strstr(url, "://") ? strcspn(strstr(url, "://") + 3, "/?#") : 0;
+        if (!url || (strncmp(url, "http://", 7) && strncmp(url, "https://", 8)) || !host_len)
+            s_add(errors, "webhook_url: must be an http:// or https:// URL");
+        else if (strlen(url) > CF_COMP_MAX_SOURCE)
+            s_add(errors, "webhook_url: longer than %d characters", CF_COMP_MAX_SOURCE);
+        else if (strpbrk(url, " \t\r\n"))
+            s_add(errors, "webhook_url: contains spaces or control characters");
+        else if (!(comp->webhook_url = strdup(url)))
+            s_add(errors, "webhook_url: out of memory");
+    }
+
     if (!comp->title || (errors && errors->count > before)) {
         if (!comp->title)
             s_add(errors, "composition: out of memory");
@@ -648,6 +708,10 @@ void cf_comp_destroy(cf_comp_t **comp_p)
         free(comp->clips[i].source);
     free(comp->clips);
     free(comp->title);
+    free(comp->dest_s3_bucket);
+    free(comp->dest_s3_key);
+    free(comp->dest_s3_profile);
+    free(comp->webhook_url);
     free(comp);
     *comp_p = NULL;
 }
@@ -690,6 +754,15 @@ char *cf_comp_to_json(const cf_comp_t *comp)
     json_object_set(root, "clips", clips);
     json_object_set(root, "output", out);
     json_object_set_new(root, "segment_seconds", json_real(comp->segment_seconds));
+    if (comp->dest_s3_bucket) {
+        json_t *s3 =
+            json_pack("{s:s,s:s}", "bucket", comp->dest_s3_bucket, "key", comp->dest_s3_key);
+        if (s3 && comp->dest_s3_profile)
+            json_object_set_new(s3, "profile", json_string(comp->dest_s3_profile));
+        json_object_set_new(root, "destination", json_pack("{s:o}", "s3", s3));
+    }
+    if (comp->webhook_url)
+        json_object_set_new(root, "webhook_url", json_string(comp->webhook_url));
     text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 end:
     json_decref(clips);

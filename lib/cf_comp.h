@@ -7,7 +7,9 @@
  *    "output": {"width": 1280, "height": 720, "fps": 30, "container": "mp4",
  *               "video_codec": "h264", "preset": "balanced", "crf": 23,
  *               "audio_bitrate": "192k", "encoder": "auto"},
- *    "segment_seconds": 10}
+ *    "segment_seconds": 10,
+ *    "destination": {"s3": {"bucket": "b", "key": "renders/promo.mp4"}},
+ *    "webhook_url": "https://hooks.example.com/clipfarm"}
  *
  * cf_comp_parse() validates everything it can without looking at the sources
  * and reports every problem as "path: reason" (e.g. "clips[2].end: must be
@@ -36,6 +38,7 @@
 #define CF_COMP_MAX_SOURCE       2048
 #define CF_COMP_MIN_SEGMENT_SECS 1
 #define CF_COMP_MAX_SEGMENT_SECS 600
+#define CF_COMP_MAX_S3_KEY       1024
 
 typedef enum { CF_CONTAINER_MP4, CF_CONTAINER_MKV } cf_container_t;
 typedef enum { CF_CODEC_H264, CF_CODEC_HEVC } cf_codec_t;
@@ -65,6 +68,12 @@ typedef struct {
     cf_encoder_t encoder;   /* as asked; "auto" is resolved by the renderer */
     bool faststart;         /* MP4 moov in front (balanced and high presets) */
     double segment_seconds; /* planner's target segment length */
+    /* "destination": {"s3": {"bucket", "key", "profile"}}: where the node
+     * holding the output uploads it (all NULL without one; profile may be
+     * NULL for the node's default credentials). */
+    char *dest_s3_bucket, *dest_s3_key, *dest_s3_profile;
+    /* "webhook_url": told every terminal status (NULL without one). */
+    char *webhook_url;
 } cf_comp_t;
 
 /* A list of validation problems, each "path: reason". */

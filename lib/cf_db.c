@@ -100,7 +100,8 @@ const char *cf_db_rc_name(int rc)
     "'error', CASE WHEN c.error_code IS NULL THEN NULL ELSE json_build_object("                    \
     "'code', c.error_code, 'message', c.error_message) END, "                                      \
     "'output', CASE WHEN c.output_location IS NULL THEN NULL ELSE json_build_object("              \
-    "'location', c.output_location, 'size_bytes', c.output_size_bytes, "                           \
+    "'location', c.output_location, 's3', c.output_s3_location, "                                  \
+    "'size_bytes', c.output_size_bytes, "                                                          \
     "'duration_s', c.output_duration_s, 'hash', c.output_hash) END, "                              \
     "'version', c.version, 'created_at', " S_TS(                                                   \
         "c.created_at") ", "                                                                       \
@@ -186,6 +187,10 @@ typedef enum {
     S_BLOB_USAGE,
     S_BLOB_OWNED,
     S_BLOB_GC,
+    S_S3_LOCATION,
+    S_WEBHOOK_CLAIM,
+    S_WEBHOOK_DONE,
+    S_WEBHOOK_RETRY,
     S_COUNT
 } s_stmt_t;
 
@@ -389,6 +394,38 @@ static const s_stmt_def_t s_stmts[S_COUNT] = {
                    " AND NOT EXISTS (SELECT 1 FROM gone g2"
                    "  WHERE g2.hash = k.hash AND g2.api_key_id = k.api_key_id))",
                    false},
+    [S_S3_LOCATION] = {"composition_s3_location",
+                       "UPDATE compositions SET output_s3_location = $2::text"
+                       " WHERE id = $1::uuid AND status = 'processing' RETURNING 1",
+                       false},
+    /* Due deliveries nobody holds, claimed by $1 for $2 seconds. */
+    [S_WEBHOOK_CLAIM] =
+        {"webhook_claim",
+         "UPDATE webhook_deliveries d SET claimed_by = $1::text,"
+         " claimed_until = now() + $2::int * interval '1 second',"
+         " attempts = d.attempts + 1"
+         " WHERE d.id IN (SELECT id FROM webhook_deliveries"
+         "  WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_at <= now()"
+         "  AND (claimed_until IS NULL OR claimed_until < now())"
+         "  ORDER BY next_at LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+         " RETURNING d.id, d.composition_id, coalesce(d.api_key_id, ''), d.url,"
+         " d.body, d.attempts,"
+         " extract(epoch FROM now() - d.created_at)::float8",
+         false},
+    /* $2: 'delivered' or 'abandoned'; only the claim's holder ($3) ends it. */
+    [S_WEBHOOK_DONE] = {"webhook_done",
+                        "UPDATE webhook_deliveries SET claimed_until = NULL,"
+                        " delivered_at = CASE WHEN $2::text = 'delivered' THEN now() END,"
+                        " abandoned_at = CASE WHEN $2::text = 'abandoned' THEN now() END"
+                        " WHERE id = $1::bigint AND claimed_by = $3::text"
+                        " AND delivered_at IS NULL AND abandoned_at IS NULL RETURNING 1",
+                        false},
+    [S_WEBHOOK_RETRY] = {"webhook_retry",
+                         "UPDATE webhook_deliveries SET claimed_until = NULL,"
+                         " next_at = now() + $2::bigint * interval '1 millisecond'"
+                         " WHERE id = $1::bigint AND claimed_by = $3::text"
+                         " AND delivered_at IS NULL RETURNING 1",
+                         false},
 };
 
 /* SQL of statements whose text needs parameter numbers filled in. Built once
@@ -1998,4 +2035,101 @@ void cf_db_strings_free(char ***items_p, int count)
         free((*items_p)[i]);
     free(*items_p);
     *items_p = NULL;
+}
+
+/* ====================================================================== s3, webhooks */
+
+int cf_db_composition_set_s3_location(cf_db_t *db, const char *id, const char *location, char *err,
+                                      size_t errlen)
+{
+    const char *params[] = {id, location};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_S3_LOCATION, 2, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    int rows = PQntuples(res);
+    PQclear(res);
+    if (rows != 1) {
+        snprintf(err, errlen, "composition %s is no longer processing", id);
+        return CF_DB_ILLEGAL;
+    }
+    return CF_DB_OK;
+}
+
+int cf_db_webhook_claim(cf_db_t *db, const char *holder, int lease_s, int max,
+                        cf_db_webhook_t **items_p, int *count_p, char *err, size_t errlen)
+{
+    *items_p = NULL;
+    *count_p = 0;
+    char lease[16], limit[16];
+    snprintf(lease, sizeof lease, "%d", lease_s);
+    snprintf(limit, sizeof limit, "%d", max);
+    const char *params[] = {holder, lease, limit};
+    PGresult *res = NULL;
+    int rc = s_exec(db, S_WEBHOOK_CLAIM, 3, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    int rows = PQntuples(res);
+    cf_db_webhook_t *items = calloc((size_t)rows + 1, sizeof *items);
+    if (!items) {
+        PQclear(res);
+        snprintf(err, errlen, "out of memory");
+        return CF_DB_ERROR;
+    }
+    for (int i = 0; i < rows; i++) {
+        items[i].id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        snprintf(items[i].composition_id, sizeof items[i].composition_id, "%s",
+                 PQgetvalue(res, i, 1));
+        items[i].api_key_id = strdup(PQgetvalue(res, i, 2));
+        items[i].url = strdup(PQgetvalue(res, i, 3));
+        items[i].body = strdup(PQgetvalue(res, i, 4));
+        items[i].attempts = (int)strtol(PQgetvalue(res, i, 5), NULL, 10);
+        items[i].age_s = strtod(PQgetvalue(res, i, 6), NULL);
+    }
+    PQclear(res);
+    *items_p = items;
+    *count_p = rows;
+    for (int i = 0; i < rows; i++) {
+        if (!items[i].api_key_id || !items[i].url || !items[i].body) {
+            cf_db_webhooks_free(items_p, rows);
+            *count_p = 0;
+            snprintf(err, errlen, "out of memory");
+            return CF_DB_ERROR;
+        }
+    }
+    return CF_DB_OK;
+}
+
+void cf_db_webhooks_free(cf_db_webhook_t **items_p, int count)
+{
+    if (!items_p || !*items_p)
+        return;
+    for (int i = 0; i < count; i++) {
+        free((*items_p)[i].api_key_id);
+        free((*items_p)[i].url);
+        free((*items_p)[i].body);
+    }
+    free(*items_p);
+    *items_p = NULL;
+}
+
+int cf_db_webhook_finish(cf_db_t *db, int64_t id, const char *holder, bool delivered,
+                         int64_t retry_in_ms, bool give_up, char *err, size_t errlen)
+{
+    char idtext[24], delay[24];
+    snprintf(idtext, sizeof idtext, "%lld", (long long)id);
+    snprintf(delay, sizeof delay, "%lld", (long long)retry_in_ms);
+    PGresult *res = NULL;
+    int rc;
+    if (delivered || give_up) {
+        const char *params[] = {idtext, delivered ? "delivered" : "abandoned", holder};
+        rc = s_exec(db, S_WEBHOOK_DONE, 3, params, NULL, NULL, &res, err, errlen);
+    } else {
+        const char *params[] = {idtext, delay, holder};
+        rc = s_exec(db, S_WEBHOOK_RETRY, 3, params, NULL, NULL, &res, err, errlen);
+    }
+    if (rc < 0)
+        return rc;
+    PQclear(res);
+    return CF_DB_OK;
 }

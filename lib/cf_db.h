@@ -438,6 +438,36 @@ int cf_db_blob_gc(cf_db_t *db, const char *node_id, int keep_s, int max_rows, ch
                   int *count_p, char *err, size_t errlen);
 void cf_db_strings_free(char ***items_p, int count);
 
+/* ------------------------------------------------------------------ s3, webhooks */
+
+/* Records where the output was uploaded ("s3://BUCKET/KEY") while the
+ * composition is processing (before it completes); CF_DB_ILLEGAL after. */
+int cf_db_composition_set_s3_location(cf_db_t *db, const char *id, const char *location, char *err,
+                                      size_t errlen);
+
+/* A webhook to deliver (made by a trigger when a composition with a
+ * webhook_url reaches a terminal status; see sql/021_s3_webhooks.sql). */
+typedef struct {
+    int64_t id;
+    char composition_id[CF_DB_ID_LEN];
+    char *api_key_id; /* whose secret signs it ("" without auth) */
+    char *url;
+    char *body;   /* the same bytes on every attempt */
+    int attempts; /* including this one */
+    double age_s; /* since the terminal status */
+} cf_db_webhook_t;
+
+/* Claims at most MAX due deliveries nobody holds for LEASE_S seconds as
+ * HOLDER (counting the attempt). Free with cf_db_webhooks_free. */
+int cf_db_webhook_claim(cf_db_t *db, const char *holder, int lease_s, int max,
+                        cf_db_webhook_t **items_p, int *count_p, char *err, size_t errlen);
+void cf_db_webhooks_free(cf_db_webhook_t **items_p, int count);
+
+/* Ends HOLDER's attempt at delivery ID: delivered, given up, or due again
+ * in RETRY_IN_MS. */
+int cf_db_webhook_finish(cf_db_t *db, int64_t id, const char *holder, bool delivered,
+                         int64_t retry_in_ms, bool give_up, char *err, size_t errlen);
+
 /* Finds a key by id (revoked ones too: check revoked_at). Free with
  * cf_db_api_key_clear. */
 int cf_db_api_key_find(cf_db_t *db, const char *id, cf_db_api_key_t *key, char *err, size_t errlen);

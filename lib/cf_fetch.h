@@ -6,6 +6,8 @@
  *                      held in memory), written to a temporary name and
  *                      renamed when complete; HTTP errors, refused
  *                      connections and stalls are errors
+ *   s3://BUCKET/KEY    downloaded with the node's S3 client into the cache
+ *                      (resumed after a break, capped, cancellable)
  *   blob:HEX           asked of a resolver (the node's blob store); without
  *                      one, a clear error
  */
@@ -18,6 +20,8 @@
 #include <stdint.h>
 
 #include "cf_source_policy.h"
+
+typedef struct cf_s3_t cf_s3_t;
 
 /* Maps REF ("blob:<hex>") to a local file path. Returns 0, or -1 with a
  * reason in err. cf_blob_path(store, ...) has this shape with ARG = store. */
@@ -40,6 +44,9 @@ typedef struct {
      * the downloading thread: keeps heartbeats and cancel checks going. */
     void (*tick)(void *arg, uint64_t bytes, uint64_t total);
     void *tick_arg;
+    /* s3://BUCKET/KEY sources (NULL: refused): fetched into cache_dir like
+     * http ones, with the node's endpoint and default credentials. */
+    cf_s3_t *s3;
 } cf_fetch_opts_t;
 
 /* Resolves SOURCE to a local, readable file. Returns 0 with *path_p set (the

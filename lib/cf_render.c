@@ -294,6 +294,7 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
                              .blob_arg = opts->blob_arg,
                              .cancel = opts->cancel,
                              .policy = opts->policy,
+                             .s3 = opts->s3,
                              .tick = s_fetch_tick,
                              .tick_arg = &tick};
     for (int i = 0; i < comp->clip_count; i++) {

@@ -20,6 +20,8 @@
 #include "cf_fetch.h"
 #include "cf_plan.h"
 
+typedef struct cf_s3_t cf_s3_t;
+
 typedef struct {
     const char *phase; /* "fetch", "probe", "encode", "stitch" */
     int64_t done;      /* units of the phase: sources, or frames while encoding */
@@ -41,6 +43,7 @@ typedef struct {
     /* What sources may be read (NULL: any readable file, any address; the
      * node passes the operator's policy). */
     const cf_source_policy_t *policy;
+    cf_s3_t *s3; /* s3:// sources (NULL: refused) */
     /* Peak memory the encoders may use, in bytes: 0 means
      * CF_RENDER_DEFAULT_MEMORY, < 0 no limit. To stay within it the render
      * runs fewer segments at once and, when one encoder alone would not fit,

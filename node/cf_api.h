@@ -23,6 +23,8 @@
 
 #include "cf_apikey.h"
 
+typedef struct cf_s3_t cf_s3_t;
+
 typedef struct cf_api_t cf_api_t;
 typedef struct cf_db cf_db_t;
 typedef struct cf_cache cf_cache_t;
@@ -77,7 +79,9 @@ typedef struct {
     void *cluster_arg;
     /* What compositions may name as sources (borrowed; NULL: any). */
     const cf_source_policy_t *policy;
-    int64_t upload_quota_bytes; /* per key, 0: none (default 10 GiB) */
+    int64_t upload_quota_bytes;               /* per key, 0: none (default 10 GiB) */
+    const cf_source_policy_t *webhook_policy; /* webhook_url addresses (borrowed; NULL: any) */
+    cf_s3_t *s3;                              /* NULL: s3:// sources and destinations refused */
 } cf_api_options_t;
 
 /* Fills OPTS with the defaults above (pointers NULL). */

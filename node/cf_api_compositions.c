@@ -82,13 +82,34 @@ int cf_api_composition_visible(cf_api_req_t *req, char **json_p, size_t *len_p)
     return 0;
 }
 
-/* What a caller may name as a source (cf_api_source_check_fn): what the
- * node's policy allows (media roots, address rules for IP literals; host
- * names are checked again when connecting), and only its own uploads. */
-static int s_check_source(void *arg, const char *source, char *why, size_t whylen)
+/* What a caller may name (cf_api_source_check_fn): sources the node's
+ * policy allows (media roots, address rules for IP literals; host names are
+ * checked again when connecting), only its own uploads, S3 only where the
+ * node has it, webhook URLs by the webhook address rules. */
+static int s_check_source(void *arg, const char *field, const char *source, char *why,
+                          size_t whylen)
 {
     cf_api_req_t *req = arg;
     cf_api_t *api = req->api;
+    bool s3 = !strncmp(source, "s3://", 5);
+    if (s3 && !api->opts.s3) {
+        snprintf(why, whylen,
+                 "S3 is not configured on this node (--s3-endpoint or --s3-region, and "
+                 "credentials)");
+        return 1;
+    }
+    if (!strcmp(field, "webhook_url")) {
+        if (cf_source_policy_check_source(api->opts.webhook_policy, source, why, whylen) < 0) {
+            /* The same rules with their own option. */
+            if (strstr(why, "source address not allowed"))
+                snprintf(why, whylen,
+                         "webhook address not allowed (loopback, private and other internal "
+                         "networks need --allow-webhook-net)");
+            cf_metric_inc(api->m_refused, (const char *[]){"webhook_policy"}, 1);
+            return 1;
+        }
+        return 0;
+    }
     if (cf_source_policy_check_source(api->opts.policy, source, why, whylen) < 0) {
         cf_metric_inc(api->m_refused, (const char *[]){"source_policy"}, 1);
         return 1;

@@ -158,8 +158,8 @@ typedef struct {
     char id[128];                        /* the {id} path parameter, when the route has one */
     char key_id[CF_APIKEY_ID_CHARS + 1]; /* authenticated key ("" when none) */
     bool admin; /* sees every key's compositions (admin key, or no auth at all) */
-    bool peer;                           /* authenticated as another node of the cluster */
-    int status;                          /* status sent, for the metrics */
+    bool peer;  /* authenticated as another node of the cluster */
+    int status; /* status sent, for the metrics */
 } cf_api_req_t;
 
 /* A handler sends exactly one response and returns its status. */

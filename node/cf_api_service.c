@@ -12,11 +12,16 @@
 #include "cf_db.h"
 #include "cf_log.h"
 #include "cf_metrics.h"
+#include "cf_s3.h"
 #include "cf_source_policy.h"
+#include "cf_webhook.h"
 #include "cf_worker.h"
 
 struct cf_api_service_t {
     cf_source_policy_t *policy;
+    cf_source_policy_t *webhook_policy;
+    cf_s3_t *s3;
+    cf_webhook_t *webhooks;
     cf_db_t *db;
     cf_cache_t *cache;
     cf_metrics_t *metrics;
@@ -43,6 +48,12 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->fetch_timeout_s = 3600;
     opts->upload_quota_bytes = (double)api.upload_quota_bytes;
     opts->blob_keep_s = 7 * 86400;
+    opts->s3_part_bytes = 16 << 20;
+    cf_webhook_options_t wh;
+    cf_webhook_options_default(&wh);
+    opts->webhook_max_age_s = wh.max_age_s;
+    opts->webhook_retry_base_ms = wh.retry_base_ms;
+    opts->webhook_timeout_ms = wh.timeout_ms;
     opts->http_thread_stack_kib = api.http_thread_stack_kib;
     opts->auth_negative_ms = api.auth_negative_ms;
     opts->auth_fail_limit = api.auth_fail_limit;
@@ -124,6 +135,32 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
         {"blob-keep-s", "CF_BLOB_KEEP_S", CF_OPT_INT, &o->blob_keep_s, 1, 1 << 30,
          "uploads no composition refers to are removed after this many seconds (default 604800)",
          "S"},
+        {"s3-endpoint", "CF_S3_ENDPOINT", CF_OPT_STRING, &o->s3_endpoint, 0, 0,
+         "S3-compatible endpoint, http(s)://HOST[:PORT] (default: AWS for --s3-region)", "URL"},
+        {"s3-region", "CF_S3_REGION", CF_OPT_STRING, &o->s3_region, 0, 0,
+         "S3 region used to sign requests (default us-east-1)", "REGION"},
+        {"s3-credentials-file", "CF_S3_CREDENTIALS_FILE", CF_OPT_STRING, &o->s3_credentials_file, 0,
+         0,
+         "AWS-style credentials file with [profile] sections (the environment's AWS_ACCESS_KEY_ID "
+         "/ AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN are the default profile)",
+         "FILE"},
+        {"s3-path-style", "CF_S3_PATH_STYLE", CF_OPT_FLAG, &o->s3_path_style, 0, 0,
+         "address buckets as ENDPOINT/BUCKET/KEY instead of BUCKET.ENDPOINT/KEY", NULL},
+        {"s3-part-bytes", "CF_S3_PART_BYTES", CF_OPT_DOUBLE, &o->s3_part_bytes, 65536, 5e9,
+         "multipart upload part size; larger outputs are uploaded in parts (default 16777216; AWS "
+         "needs at least 5 MiB)",
+         "N"},
+        {"allow-webhook-net", "CF_ALLOW_WEBHOOK_NETS", CF_OPT_LIST, &o->allow_webhook_nets, 0, 0,
+         "internal network webhook URLs may reach (repeatable; comma-separated in the environment; "
+         "default none)",
+         "CIDR"},
+        {"webhook-max-age-s", "CF_WEBHOOK_MAX_AGE_S", CF_OPT_INT, &o->webhook_max_age_s, 1, 604800,
+         "webhook attempts stop this long after the terminal status (default 3600)", "S"},
+        {"webhook-retry-base-ms", "CF_WEBHOOK_RETRY_BASE_MS", CF_OPT_INT, &o->webhook_retry_base_ms,
+         10, 3600000,
+         "first webhook retry delay; it doubles each attempt, with jitter (default 2000)", "MS"},
+        {"webhook-timeout-ms", "CF_WEBHOOK_TIMEOUT_MS", CF_OPT_INT, &o->webhook_timeout_ms, 100,
+         600000, "one webhook attempt (default 10000)", "MS"},
     };
     size_t used = 0;
     while (used < capacity && table[used].name)
@@ -161,6 +198,34 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         goto fail;
     cf_source_policy_set_limits(self->policy, (uint64_t)opts->max_source_bytes,
                                 opts->fetch_timeout_s);
+    if (!(self->webhook_policy = cf_source_policy_new())) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (cf_source_policy_add_nets(self->webhook_policy, opts->allow_webhook_nets, "\n", err,
+                                  errlen) < 0) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", err);
+        /* The same parser as --allow-source-net: name the right option. */
+        char *name = strstr(why, "--allow-source-net");
+        snprintf(err, errlen, "--allow-webhook-net%s",
+                 name ? name + strlen("--allow-source-net") : why);
+        goto fail;
+    }
+    const char *env_key = getenv("AWS_ACCESS_KEY_ID");
+    if (opts->s3_endpoint || opts->s3_region || opts->s3_credentials_file ||
+        (env_key && *env_key)) {
+        cf_s3_options_t so;
+        cf_s3_options_default(&so);
+        so.endpoint = opts->s3_endpoint;
+        if (opts->s3_region)
+            so.region = opts->s3_region;
+        so.credentials_file = opts->s3_credentials_file;
+        so.path_style = opts->s3_path_style;
+        so.part_bytes = (uint64_t)opts->s3_part_bytes;
+        if (!(self->s3 = cf_s3_new(&so, err, errlen)))
+            goto fail;
+    }
 
     cf_db_options_t dbo;
     cf_db_options_default(&dbo);
@@ -221,6 +286,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
     ao.cluster = opts->cluster;
     ao.cluster_arg = opts->cluster_arg;
     ao.policy = self->policy;
+    ao.webhook_policy = self->webhook_policy;
+    ao.s3 = self->s3;
     ao.upload_quota_bytes = (int64_t)opts->upload_quota_bytes;
     if (cf_apikey_hashkey_load(cfg->cluster_secret_file, ao.hashkey, err, errlen) < 0)
         goto fail;
@@ -246,10 +313,22 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.on_load = opts->on_load;
         wo.on_load_arg = opts->on_load_arg;
         wo.policy = self->policy;
+        wo.s3 = self->s3;
         wo.blob_keep_s = opts->blob_keep_s;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }
+    cf_webhook_options_t who;
+    cf_webhook_options_default(&who);
+    who.db = self->db;
+    who.policy = self->webhook_policy;
+    who.holder = opts->node_id;
+    memcpy(who.hashkey, ao.hashkey, sizeof who.hashkey);
+    who.max_age_s = opts->webhook_max_age_s;
+    who.retry_base_ms = opts->webhook_retry_base_ms;
+    who.timeout_ms = opts->webhook_timeout_ms;
+    if (!(self->webhooks = cf_webhook_new(&who, err, errlen)))
+        goto fail;
     return self;
 fail:
     cf_api_service_destroy(&self);
@@ -263,6 +342,7 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
     cf_api_service_t *self = *self_p;
     /* The renderer first (it may still write through the pool), then the
      * API, then what both borrowed. */
+    cf_webhook_destroy(&self->webhooks);
     cf_worker_destroy(&self->worker);
     cf_api_destroy(&self->api);
     if (self->db)
@@ -272,6 +352,8 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
     cf_blob_store_destroy(&self->blobs);
     cf_metrics_destroy(&self->metrics);
     cf_source_policy_destroy(&self->policy);
+    cf_source_policy_destroy(&self->webhook_policy);
+    cf_s3_destroy(&self->s3);
     free(self);
     *self_p = NULL;
 }

@@ -58,6 +58,18 @@ typedef struct {
     int fetch_timeout_s;       /* one source download, whole (default 3600) */
     double upload_quota_bytes; /* bytes of uploads one key may hold (default 10 GiB) */
     int blob_keep_s;           /* unreferenced uploads are removed after (default 7 days) */
+    /* S3 (lib/cf_s3.h): enabled by an endpoint, a region, a credentials
+     * file or AWS_ACCESS_KEY_ID in the environment. */
+    char *s3_endpoint;
+    char *s3_region;
+    char *s3_credentials_file;
+    bool s3_path_style;
+    double s3_part_bytes;
+    /* Webhooks (node/cf_webhook.h). */
+    char *allow_webhook_nets; /* '\n'-separated CIDRs */
+    int webhook_max_age_s;
+    int webhook_retry_base_ms;
+    int webhook_timeout_ms;
 } cf_api_service_options_t;
 
 /* Fills OPTS with the defaults of cf_api_options_default and one render

@@ -26,9 +26,25 @@ int cf_api_validate_composition_for(const char *body, size_t len, cf_api_source_
     cf_comp_t *comp = cf_comp_parse(body, len, &errors);
     if (comp && check) {
         json_t *refused = json_array();
-        for (int i = 0; refused && i < comp->clip_count; i++) {
-            char why[512] = "";
-            int rc = check(check_arg, comp->clips[i].source, why, sizeof why);
+        char dest[1200] = "";
+        if (comp->dest_s3_bucket)
+            snprintf(dest, sizeof dest, "s3://%s/%s", comp->dest_s3_bucket, comp->dest_s3_key);
+        for (int i = -2; refused && i < comp->clip_count; i++) {
+            char why[512] = "", field[48];
+            const char *value;
+            if (i == -2) {
+                snprintf(field, sizeof field, "webhook_url");
+                value = comp->webhook_url;
+            } else if (i == -1) {
+                snprintf(field, sizeof field, "destination.s3");
+                value = dest[0] ? dest : NULL;
+            } else {
+                snprintf(field, sizeof field, "clips[%d].source", i);
+                value = comp->clips[i].source;
+            }
+            if (!value)
+                continue;
+            int rc = check(check_arg, field, value, why, sizeof why);
             if (rc < 0) {
                 json_decref(refused);
                 cf_comp_destroy(&comp);
@@ -36,8 +52,6 @@ int cf_api_validate_composition_for(const char *body, size_t len, cf_api_source_
                 return -2;
             }
             if (rc > 0) {
-                char field[48];
-                snprintf(field, sizeof field, "clips[%d].source", i);
                 json_array_append_new(refused,
                                       json_pack("{s:s,s:s}", "field", field, "message", why));
             }

@@ -5,11 +5,13 @@
 #include <jansson.h>
 #include <stddef.h>
 
-/* Checks one clip source of a valid composition against what the caller
- * may use (node policy, ownership). Returns 0 when allowed, 1 with a
- * reason in why (the source is refused), -1 when it cannot be checked now
- * (database down). */
-typedef int(cf_api_source_check_fn)(void *arg, const char *source, char *why, size_t whylen);
+/* Checks one reference of a valid composition against what the caller may
+ * use (node policy, ownership, what the node is configured for): FIELD is
+ * "clips[N].source", "webhook_url" or "destination.s3" (VALUE then
+ * "s3://BUCKET/KEY"). Returns 0 when allowed, 1 with a reason in why (it
+ * is refused), -1 when it cannot be checked now (database down). */
+typedef int(cf_api_source_check_fn)(void *arg, const char *field, const char *value, char *why,
+                                    size_t whylen);
 
 /* Validates LEN bytes of JSON. Returns 0 when valid, with the title
  * (caller frees) and the priority's name ("high", "default", "low"; static);
@@ -19,7 +21,8 @@ int cf_api_validate_composition(const char *body, size_t len, char **title_p,
                                 const char **priority_p, json_t **problems_p);
 
 /* cf_api_validate_composition that also runs CHECK (may be NULL) on every
- * clip source of a composition that is otherwise valid; a refused source
+ * clip source, the webhook URL and the destination of a composition that is
+ * otherwise valid; a refused source
  * is a problem like any other ("clips[N].source"). Returns -2 when CHECK
  * answered -1. */
 int cf_api_validate_composition_for(const char *body, size_t len, cf_api_source_check_fn *check,

@@ -20,6 +20,7 @@
 #include "cf_log.h"
 #include "cf_metrics.h"
 #include "cf_queue.h"
+#include "cf_s3.h"
 #include "cf_worker_render.h"
 
 #define S_PROGRESS_DB_MS   500  /* composition progress written at most this often */
@@ -210,6 +211,49 @@ static void s_on_progress(void *arg, const cf_worker_progress_t *p)
     }
 }
 
+static void s_upload_tick(void *arg)
+{
+    s_job_t *job = arg;
+    cf_worker_progress_t p = {"upload", 0, 0, 0, 0};
+    s_on_progress(job, &p);
+}
+
+/* The output to the composition's S3 destination, if it has one, before it
+ * may complete: returns 0 (uploaded and recorded, or nothing to do), or -1
+ * with "S3 CODE: message" in err. */
+static int s_upload_destination(s_job_t *job, const char *spec_json, const char *path, char *err,
+                                size_t errlen)
+{
+    cf_worker_t *w = job->slot->worker;
+    char *bucket = NULL, *key = NULL, *profile = NULL;
+    if (!cf_worker_render_destination(spec_json, &bucket, &key, &profile))
+        return 0;
+    int rc = -1;
+    char code[64] = "", location[1200], why[512];
+    if (!w->opts.s3) {
+        snprintf(err, errlen, "S3 is not configured on the node that holds the output");
+        goto end;
+    }
+    cf_s3_transfer_t t = {.cancel = &job->cancel, .tick = s_upload_tick, .tick_arg = job};
+    if (cf_s3_upload(w->opts.s3, profile, bucket, key, path, &t, code, why, sizeof why) < 0) {
+        snprintf(err, errlen, "upload to s3://%s/%s failed: %s", bucket, key, why);
+        goto end;
+    }
+    snprintf(location, sizeof location, "s3://%s/%s", bucket, key);
+    if (cf_db_composition_set_s3_location(w->opts.db, job->id, location, why, sizeof why) !=
+        CF_DB_OK) {
+        snprintf(err, errlen, "%s", why);
+        goto end;
+    }
+    cf_log_info("worker", "%s: uploaded to %s", job->id, location);
+    rc = 0;
+end:
+    free(bucket);
+    free(key);
+    free(profile);
+    return rc;
+}
+
 /* BLAKE2b-256 of the file, streamed. */
 static int s_hash_file(const char *path, char hex[65], int64_t *size)
 {
@@ -303,10 +347,11 @@ static void s_render(s_slot_t *slot, const char *id)
     cf_log_info("worker", "%s: rendering \"%s\"", id, comp.title ? comp.title : "");
     cf_worker_render_result_t result;
     rc = cf_worker_render(comp.spec_json ? comp.spec_json : "", out_path, outputs, w->opts.blobs,
-                          w->opts.policy, w->opts.render_jobs, &job.cancel, s_on_progress, &job,
-                          S_RENDER_REPORT_MS, &result, err, sizeof err);
+                          w->opts.policy, w->opts.s3, w->opts.render_jobs, &job.cancel,
+                          s_on_progress, &job, S_RENDER_REPORT_MS, &result, err, sizeof err);
     s_set_active(&job, 0);
     const char *outcome;
+    bool upload_failed = false;
     if (rc == 0) {
         s_transition(&job, CF_STATE_ASSEMBLING);
         char hash[65];
@@ -319,9 +364,17 @@ static void s_render(s_slot_t *slot, const char *id)
         } else {
             output.size_bytes = size;
             s_record_segments(&job, &result);
-            char why[256];
-            rc = cf_db_composition_complete(w->opts.db, id, &output, why, sizeof why);
-            if (rc != CF_DB_OK) {
+            char why[512];
+            rc = s_upload_destination(&job, comp.spec_json ? comp.spec_json : "", out_path, err,
+                                      sizeof err);
+            if (rc == 0)
+                rc = cf_db_composition_complete(w->opts.db, id, &output, why, sizeof why);
+            else
+                upload_failed = true;
+            if (upload_failed) {
+                job.cancelled_by_user = atomic_load(&job.cancel) && !atomic_load(&w->stop);
+                rc = -1;
+            } else if (rc != CF_DB_OK) {
                 snprintf(err, sizeof err, "%s", why);
                 job.cancelled_by_user = rc == CF_DB_ILLEGAL || rc == CF_DB_TERMINAL;
                 rc = -1;
@@ -349,7 +402,9 @@ static void s_render(s_slot_t *slot, const char *id)
         } else {
             outcome = "failed";
             cf_log_warn("worker", "%s: failed: %s", id, err);
-            cf_db_composition_fail(w->opts.db, id, "render_failed", err, why, sizeof why);
+            cf_db_composition_fail(w->opts.db, id,
+                                   upload_failed ? "s3_upload_failed" : "render_failed", err, why,
+                                   sizeof why);
             if (job.segments_total > job.segments_seen) {
                 const char *failed[] = {"failed"};
                 cf_metric_inc(w->m_segments, failed, job.segments_total - job.segments_seen);

@@ -23,6 +23,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+typedef struct cf_s3_t cf_s3_t;
+
 typedef struct cf_worker_t cf_worker_t;
 typedef struct cf_db cf_db_t;
 typedef struct cf_metrics_t cf_metrics_t;
@@ -51,6 +53,7 @@ typedef struct {
     int blob_keep_s;           /* unreferenced uploads kept (default 7 days) */
     /* What the compositions' sources may reach (borrowed; NULL: anything). */
     const cf_source_policy_t *policy;
+    cf_s3_t *s3; /* s3:// sources and S3 destinations (NULL: refused) */
 } cf_worker_options_t;
 
 void cf_worker_options_default(cf_worker_options_t *opts);

@@ -40,9 +40,10 @@ static int s_resolve_blob(void *arg, const char *ref, char *path, size_t pathlen
 }
 
 int cf_worker_render(const char *spec_json, const char *out_path, const char *work_parent,
-                     cf_blob_store_t *blobs, const cf_source_policy_t *policy, int jobs,
-                     atomic_bool *cancel, cf_worker_progress_fn progress, void *progress_arg,
-                     int interval_ms, cf_worker_render_result_t *result, char *err, size_t errlen)
+                     cf_blob_store_t *blobs, const cf_source_policy_t *policy, struct cf_s3_t *s3,
+                     int jobs, atomic_bool *cancel, cf_worker_progress_fn progress,
+                     void *progress_arg, int interval_ms, cf_worker_render_result_t *result,
+                     char *err, size_t errlen)
 {
     memset(result, 0, sizeof *result);
     cf_comp_errors_t errors = {0};
@@ -69,6 +70,7 @@ int cf_worker_render(const char *spec_json, const char *out_path, const char *wo
         .blob_resolver = blobs ? s_resolve_blob : NULL,
         .blob_arg = blobs,
         .policy = policy,
+        .s3 = s3,
     };
     cf_render_result_t rr = {0};
     int rc = cf_render_run(comp, out_path, &opts, &rr, err, errlen);
@@ -92,4 +94,24 @@ int cf_worker_render(const char *spec_json, const char *out_path, const char *wo
     cf_render_result_clear(&rr);
     cf_comp_destroy(&comp);
     return rc;
+}
+
+int cf_worker_render_destination(const char *spec_json, char **bucket_p, char **key_p,
+                                 char **profile_p)
+{
+    *bucket_p = *key_p = *profile_p = NULL;
+    cf_comp_errors_t errors = {0};
+    cf_comp_t *comp = cf_comp_parse(spec_json, strlen(spec_json), &errors);
+    cf_comp_errors_free(&errors);
+    if (!comp || !comp->dest_s3_bucket) {
+        cf_comp_destroy(&comp);
+        return 0;
+    }
+    /* Handed over, not copied. */
+    *bucket_p = comp->dest_s3_bucket;
+    *key_p = comp->dest_s3_key;
+    *profile_p = comp->dest_s3_profile;
+    comp->dest_s3_bucket = comp->dest_s3_key = comp->dest_s3_profile = NULL;
+    cf_comp_destroy(&comp);
+    return 1;
 }

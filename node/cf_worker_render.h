@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+typedef struct cf_s3_t cf_s3_t;
+
 typedef struct cf_blob_store_t cf_blob_store_t;
 typedef struct cf_source_policy_t cf_source_policy_t;
 
@@ -42,8 +44,15 @@ const char *cf_worker_render_extension(const char *spec_json);
  * thread every interval_ms; CANCEL stops the render. Returns 0 and fills
  * RESULT, or -1 with a one-line reason in err ("cancelled" when stopped). */
 int cf_worker_render(const char *spec_json, const char *out_path, const char *work_parent,
-                     cf_blob_store_t *blobs, const cf_source_policy_t *policy, int jobs,
-                     atomic_bool *cancel, cf_worker_progress_fn progress, void *progress_arg,
-                     int interval_ms, cf_worker_render_result_t *result, char *err, size_t errlen);
+                     cf_blob_store_t *blobs, const cf_source_policy_t *policy, cf_s3_t *s3,
+                     int jobs, atomic_bool *cancel, cf_worker_progress_fn progress,
+                     void *progress_arg, int interval_ms, cf_worker_render_result_t *result,
+                     char *err, size_t errlen);
+
+/* The composition's S3 destination: 1 with new strings in *bucket_p,
+ * *key_p and *profile_p (NULL for the default credentials), 0 when it has
+ * none. */
+int cf_worker_render_destination(const char *spec_json, char **bucket_p, char **key_p,
+                                 char **profile_p);
 
 #endif

@@ -30,9 +30,11 @@ static int s_create(cf_db_t *db, const uint8_t *hashkey, const char *name, bool 
         cf_cli_error("apikey", "%s", err);
         return rc == CF_DB_UNAVAILABLE ? CF_EXIT_USAGE : CF_EXIT_FAILURE;
     }
+    char webhook_secret[CF_APIKEY_WEBHOOK_SECRET_SIZE];
+    cf_apikey_webhook_secret(hashkey, id, webhook_secret);
     if (json) {
-        json_t *out = json_pack("{s:s,s:s,s:s,s:s}", "id", id, "name", name, "key", key, "scope",
-                                admin ? "admin" : "own");
+        json_t *out = json_pack("{s:s,s:s,s:s,s:s,s:s}", "id", id, "name", name, "key", key,
+                                "webhook_secret", webhook_secret, "scope", admin ? "admin" : "own");
         char *text = json_dumps(out, JSON_COMPACT);
         printf("%s\n", text ? text : "{}");
         free(text);
@@ -43,6 +45,7 @@ static int s_create(cf_db_t *db, const uint8_t *hashkey, const char *name, bool 
                 name,
                 admin ? "admin: sees and manages every key's compositions"
                       : "sees only its own compositions and uploads");
+        fprintf(stderr, "Webhook secret (verifies Clipfarm-Signature): %s\n", webhook_secret);
     }
     return CF_EXIT_OK;
 }

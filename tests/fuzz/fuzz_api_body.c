@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static cf_source_policy_t *s_policy;
 
-static int s_check(void *arg, const char *source, char *why, size_t whylen)
+static int s_check(void *arg, const char *field, const char *source, char *why, size_t whylen)
 {
     return cf_source_policy_check_source(arg, source, why, whylen) < 0 ? 1 : 0;
 }

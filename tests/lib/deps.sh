@@ -8,7 +8,23 @@ CF_BUILD_PACKAGES=(
     libmsgpack-dev libcurl4-openssl-dev libcivetweb-dev libsodium-dev libjansson-dev
 )
 CF_RUNTIME_PACKAGES=(postgresql redis-server redis-tools ffmpeg iproute2 procps curl)
-CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev llvm jq)
+CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev llvm jq python3 bc)
+
+# cf_install_s3rver DIR: the S3-compatible test server (npm's s3rver),
+# installed into DIR once; prints the path of its command.
+cf_install_s3rver() {
+    local dir=$1 bin=$1/node_modules/.bin/s3rver
+    if [[ ! -x $bin ]]; then
+        # Debian's npm unless one is installed another way (its package would
+        # conflict with that node).
+        command -v npm >/dev/null || cf_install_packages nodejs npm || return 1
+        mkdir -p "$dir" \
+            && npm install --prefix "$dir" --no-audit --no-fund --loglevel=error s3rver@3.7.1 \
+                >"$dir/npm.log" 2>&1 \
+            || { cat "$dir/npm.log" >&2; echo "npm could not install s3rver" >&2; return 1; }
+    fi
+    echo "$bin"
+}
 
 # cf_install_packages PKG...: installs the packages that are not installed yet.
 cf_install_packages() {
