@@ -866,12 +866,15 @@ static int s_setup(void **state)
     snprintf(s_keys[0], sizeof s_keys[0], "%s", s_node.key);
     char secret[700];
     snprintf(secret, sizeof secret, "%s/secret", s_node.dir);
+    /* Admin keys: every key watches the one composition below (an ordinary
+     * key would get 404 for another key's composition; tenancy is tested in
+     * api_hostile). */
     for (int i = 1; i < S_KEYS; i++) {
         char name[16];
         snprintf(name, sizeof name, "k%d", i);
         cf_test_proc_t proc =
-            cf_test_runl(cf_test_bin(), "apikey", "create", name, "--database-url", s_node.db_url,
-                         "--cluster-secret-file", secret, NULL);
+            cf_test_runl(cf_test_bin(), "apikey", "create", name, "--admin", "--database-url",
+                         s_node.db_url, "--cluster-secret-file", secret, NULL);
         if (proc.status != 0)
             fail_msg("apikey create: %s", proc.err);
         snprintf(s_keys[i], sizeof s_keys[i], "%.*s", (int)strcspn(proc.out, "\n"), proc.out);

@@ -268,7 +268,7 @@ static void test_invalid_composition(void **state)
     assert_int_equal(p.status, 2);
     assert_string_equal(
         p.err, "clipfarm render: clips[0].source: unsupported source (use file://, http://, "
-               "https:// or blob:)\n"
+               "https://, s3:// or blob:)\n"
                "clipfarm render: clips[0].end: must be greater than start (2.0)\n"
                "clipfarm render: output.fps: must be between 1 and 120\n");
     cf_test_proc_free(&p);
