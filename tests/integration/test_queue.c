@@ -678,8 +678,8 @@ static void s_killed_consumer(bool victim_committed)
     assert_int_equal(cf_queue_take(survivor, 1000, &item, err, sizeof err), 1);
     assert_string_equal(item.id, id);
     int rc = cf_db_composition_take(db, item.id, "survivor", err, sizeof err);
-    /* Applied once: by the survivor when the victim died before its commit;
-     * refused when the victim's commit already took it. */
+    /* Before its commit: the survivor takes it, once. After its commit:
+     * refused, and this is the KNOWN DEFECT below, not the right outcome. */
     assert_int_equal(rc, victim_committed ? CF_DB_ILLEGAL : CF_DB_OK);
     assert_int_equal(cf_queue_ack(survivor, &item, err, sizeof err), 0);
 
@@ -689,7 +689,21 @@ static void s_killed_consumer(bool victim_committed)
              " WHERE e.composition_id = c.id AND payload->>'to' = 'planning')"
              " FROM compositions c WHERE id = '%s'",
              id);
-    s_expect_sql(s_db_url, sql, victim_committed ? "1 victim" : "1 survivor");
+    if (!victim_committed) {
+        s_expect_sql(s_db_url, sql, "1 survivor");
+    } else {
+        /* KNOWN DEFECT, to be fixed by the coordination issue "stranded
+         * compositions get reclaimed": a composition whose consumer died
+         * after its commit stays processing and owned by the dead consumer
+         * forever; nobody renders it, nothing fails it. The right outcome
+         * is that it is reclaimed (taken again, attempts 2, or failed).
+         * This asserts the defect as it is today, so that the fix shows
+         * here: when it lands, replace this block with the reclaim. */
+        s_expect_sql(s_db_url, sql, "1 victim");
+        snprintf(sql, sizeof sql, "SELECT status || '/' || stage FROM compositions WHERE id = '%s'",
+                 id);
+        s_expect_sql(s_db_url, sql, "processing/planning"); /* stranded */
+    }
     snprintf(key, sizeof key, "%sq:proc:victim", s_prefix);
     assert_int_equal(s_redis_int(s_redis_url, "LLEN %s", key), 0);
     int64_t depth[CF_PRIORITY_COUNT];
@@ -706,7 +720,8 @@ static void test_consumer_killed_before_commit(void **state)
     s_killed_consumer(false);
 }
 
-static void test_consumer_killed_after_commit(void **state)
+/* KNOWN DEFECT (see s_killed_consumer): the composition is stranded. */
+static void test_consumer_killed_after_commit_known_defect_stranded(void **state)
 {
     s_killed_consumer(true);
 }
@@ -752,7 +767,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_priority_order_and_depth, s_before, s_after),
         cmocka_unit_test_setup_teardown(test_consumer_killed_before_commit, s_before, s_after),
-        cmocka_unit_test_setup_teardown(test_consumer_killed_after_commit, s_before, s_after),
+        cmocka_unit_test_setup_teardown(test_consumer_killed_after_commit_known_defect_stranded,
+                                        s_before, s_after),
         cmocka_unit_test_setup_teardown(test_reconcile_restores_lost_items, s_before, s_after),
         cmocka_unit_test_setup_teardown(test_ten_thousand_exactly_once, s_before, s_after),
     };
