@@ -25,6 +25,15 @@ api_curl "$API_URL/healthz"
 expect_status 200 "healthz without keys"
 grep -q "no API keys yet" "$API_WORK/local/log" || fail "no warning about missing keys"
 API_KEY=$(api_key first) || exit 1
+# What the database keeps is the key's BLAKE2b keyed by the cluster secret,
+# computed here independently (Python's hashlib) from the secret file.
+key_id=${API_KEY:3:16}
+stored=$(psql "$API_DB" -qAtX -c "SELECT encode(secret_hash, 'hex') FROM api_keys WHERE id = '$key_id'")
+want=$(python3 -c 'import hashlib, sys
+hk = hashlib.blake2b(b"clipfarm api key hashing v1\0" + open(sys.argv[1], "rb").read().strip(),
+                     digest_size=32).digest()
+print(hashlib.blake2b(sys.argv[2].encode(), digest_size=32, key=hk).hexdigest())' "$API_SECRET" "$API_KEY")
+[[ -n $stored && $stored == "$want" ]] || fail "stored hash $stored, independently computed $want"
 api_curl "$API_URL/api/v1/compositions"
 expect_status 200 "after the first key"
 echo "api_auth_required: ok"

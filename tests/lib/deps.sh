@@ -8,7 +8,7 @@ CF_BUILD_PACKAGES=(
     libmsgpack-dev libcurl4-openssl-dev libcivetweb-dev libsodium-dev libjansson-dev
 )
 CF_RUNTIME_PACKAGES=(postgresql redis-server redis-tools ffmpeg iproute2 procps curl)
-CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev llvm jq)
+CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev llvm jq python3 openssl)
 
 # cf_install_packages PKG...: installs the packages that are not installed yet.
 cf_install_packages() {
