@@ -45,6 +45,12 @@ typedef struct {
     bool no_render;     /* serve the API only; never take compositions */
     char *redis_prefix; /* queue, cache and rate-limit keys (NULL: "cf:") */
     int render_jobs;
+    /* The renderer's maintenance loop (cf_worker.h); 0: the worker's default. */
+    int reap_interval_ms;
+    int reconcile_interval_ms;
+    int purge_interval_ms;
+    int keep_completed_s;
+    int keep_failed_s;
 } cf_api_service_options_t;
 
 /* Fills OPTS with the defaults of cf_api_options_default and one render
