@@ -8,7 +8,8 @@
 #     Postgres, and its output file leaves the data dir;
 #   - reconciles periodically: a composition queued in Postgres only (no
 #     loss) renders within --reconcile-interval-ms, far below the 30 s
-#     default.
+#     default;
+#   - renders with two slots, each composition taken and rendered once.
 # Node "api" (--no-render, another Redis prefix) creates the compositions:
 # they reach Postgres but never the renderer's queue. Postgres and Redis are
 # the judges (psql, redis-cli), not the node's API or logs.
@@ -90,6 +91,39 @@ c3=$(create periodic) || exit 1
 # is well below the 30 s default, so an interval that is not applied fails.
 wait_sql 20 "SELECT status FROM compositions WHERE id = '$c3'" completed
 [[ $(rcli EXISTS "${P}q:reconciled") == 1 ]] || fail "the marker went away: that was a loss, not a period"
+api_node_stop render
+
+# ---------------------------------------------------------------- two slots, exactly once
+# The node's own slots (not a test consumer) take 12 compositions pushed at
+# once: each is taken once and rendered once, by both slots, at the same time.
+api_node_start render --slots 2 --render-jobs 1
+B=$API_URL
+ids=()
+for ((i = 0; i < 12; i++)); do
+    api_curl -X POST -H 'Content-Type: application/json' \
+        -d "$(api_comp_json "$API_WORK/a.mp4" "slot-$i")" "$B/api/v1/compositions"
+    expect_status 202 "create slot-$i"
+    ids+=("'$(jq -r .id <<<"$body")'")
+done
+in_list=$(IFS=,; echo "${ids[*]}")
+wait_sql 120 "SELECT count(*) FROM compositions WHERE id IN ($in_list) AND status = 'completed'" 12
+[[ $(sql "SELECT count(*) FROM compositions WHERE id IN ($in_list) AND attempts = 1") == 12 ]] \
+    || fail "a composition was attempted more than once"
+[[ $(sql "SELECT count(*) || '/' || count(DISTINCT composition_id) FROM events WHERE type = 'status'
+          AND payload->>'to' = 'planning' AND composition_id IN ($in_list)") == 12/12 ]] \
+    || fail "taken more or less than once each"
+slots=$(sql "SELECT count(DISTINCT payload->>'by') FROM events WHERE type = 'status'
+             AND payload->>'to' = 'planning' AND composition_id IN ($in_list)")
+[[ $slots == 2 ]] || fail "$slots slot(s) took work, expected 2"
+# Two renders overlapped in time: taken (planning) before the other completed.
+overlaps=$(sql "WITH r AS (SELECT composition_id,
+                  min(at) FILTER (WHERE payload->>'to' = 'planning') AS t0,
+                  min(at) FILTER (WHERE payload->>'to' = 'completed') AS t1
+                FROM events WHERE type = 'status' AND composition_id IN ($in_list) GROUP BY 1)
+              SELECT count(*) FROM r a JOIN r b ON a.composition_id < b.composition_id
+              WHERE a.t0 < b.t1 AND b.t0 < a.t1")
+((overlaps > 0)) || fail "the two slots never rendered at the same time"
+echo "two slots: $overlaps overlapping pairs of renders"
 api_node_stop render
 api_node_stop api
 echo "worker_maintenance: ok"
