@@ -49,15 +49,28 @@ static inline void api_raise_fd_limit(rlim_t want)
     }
 }
 
+/* A port on 127.0.0.1 that was free a moment ago, below the kernel's range
+ * for outgoing connections (10000-32767), so no client socket takes it in
+ * between. Another process still can: api_testnode_start retries then. */
 static inline int api_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof addr;
-    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&addr, &len), 0);
-    close(fd);
-    return ntohs(addr.sin_port);
+    static unsigned seed;
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)time(NULL);
+    for (int tries = 0; tries < 200; tries++) {
+        int port = 10000 + (int)(rand_r(&seed) % 22768);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in addr = {.sin_family = AF_INET,
+                                   .sin_port = htons((uint16_t)port),
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        int ok = fd >= 0 && bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (ok)
+            return port;
+    }
+    fail_msg("no free port");
+    return -1;
 }
 
 /* GET PATH with the node's key; returns the status, 0 when unreachable. */
@@ -120,12 +133,7 @@ static inline void api_testnode_start(api_testnode_t *node, const char *const *e
     snprintf(node->key, sizeof node->key, "%.*s", (int)strcspn(proc.out, "\n"), proc.out);
     cf_test_proc_free(&proc);
 
-    node->port = api_free_port();
-    int cport = api_free_port();
     char http[64], control[64];
-    snprintf(http, sizeof http, "127.0.0.1:%d", node->port);
-    snprintf(control, sizeof control, "127.0.0.1:%d", cport);
-    snprintf(node->url, sizeof node->url, "http://%s", http);
 
     const char *argv[64];
     int argc = 0;
@@ -148,29 +156,51 @@ static inline void api_testnode_start(api_testnode_t *node, const char *const *e
     for (int i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
-    node->pid = fork();
-    assert_true(node->pid >= 0);
-    if (node->pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    free(cmd_copy);
-    char err[256];
-    cf_httpc_t *client = cf_httpc_new(node->url, NULL, 500, 2000, err, sizeof err);
-    double deadline = api_now() + 30;
-    while (api_get_status(client, "/healthz") != 200) {
-        int status;
-        if (waitpid(node->pid, &status, WNOHANG) == node->pid || api_now() > deadline) {
+    /* A port free when we looked may be taken by the time the node binds
+     * it: then the node exits saying so, and it gets other ports. */
+    for (int attempt = 1;; attempt++) {
+        node->port = api_free_port();
+        snprintf(http, sizeof http, "127.0.0.1:%d", node->port);
+        snprintf(control, sizeof control, "127.0.0.1:%d", api_free_port());
+        snprintf(node->url, sizeof node->url, "http://%s", http);
+        node->pid = fork();
+        assert_true(node->pid >= 0);
+        if (node->pid == 0) {
+            int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            execvp(argv[0], (char *const *)argv);
+            _exit(127);
+        }
+        char err[256];
+        cf_httpc_t *client = cf_httpc_new(node->url, NULL, 500, 2000, err, sizeof err);
+        double deadline = api_now() + 30;
+        bool up = true;
+        while (up && api_get_status(client, "/healthz") != 200) {
+            int status;
+            if (waitpid(node->pid, &status, WNOHANG) == node->pid) {
+                node->pid = 0;
+                up = false;
+            } else if (api_now() > deadline) {
+                up = false;
+            }
+            if (up)
+                usleep(100 * 1000);
+        }
+        cf_httpc_destroy(&client);
+        if (up)
+            break;
+        char *grep[] = {"grep", "-q", "Address already in use", log, NULL};
+        proc = cf_test_run(grep, NULL);
+        bool port_taken = proc.status == 0 && node->pid == 0;
+        cf_test_proc_free(&proc);
+        if (!port_taken || attempt == 3) {
             char *cat[] = {"tail", "-n", "20", log, NULL};
             proc = cf_test_run(cat, NULL);
             fail_msg("node did not come up: %s", proc.out);
         }
-        usleep(100 * 1000);
     }
-    cf_httpc_destroy(&client);
+    free(cmd_copy);
 }
 
 /* The end of the node's log (its last 16 KiB), for failure messages; a
