@@ -179,6 +179,16 @@ expect_error 416 range_not_satisfiable "range past the end"
 grep -qi "^Content-Range: bytes \*/$size$" <<<"$headers" || fail "416 Content-Range: $headers"
 api_curl -H "If-None-Match: $etag" "$B/api/v1/compositions/$id1/output"
 expect_status 304 "If-None-Match"
+# If-Range: the range only while the ETag still matches; otherwise the
+# whole file (RFC 9110 13.1.5), byte for byte.
+code=$(curl -s -H "Authorization: Bearer $API_KEY" -H 'Range: bytes=100-199' -H "If-Range: $etag" \
+    -o "$API_WORK/ifrange" -w '%{http_code}' "$B/api/v1/compositions/$id1/output")
+[[ $code == 206 ]] || fail "If-Range with the current ETag: HTTP $code"
+cmp "$API_WORK/ifrange" <(tail -c +101 "$out" | head -c 100) || fail "If-Range range bytes differ"
+code=$(curl -s -H "Authorization: Bearer $API_KEY" -H 'Range: bytes=100-199' -H 'If-Range: "stale"' \
+    -o "$API_WORK/ifrange" -w '%{http_code}' "$B/api/v1/compositions/$id1/output")
+[[ $code == 200 ]] || fail "If-Range with another ETag: HTTP $code, expected the whole file"
+cmp "$API_WORK/ifrange" "$out" || fail "If-Range with another ETag: not the whole file"
 # From node A, which does not hold the file: fetched from node B (once A
 # has discovered B through the registry; until then A says 503).
 for ((i = 0; i < 100; i++)); do
