@@ -79,12 +79,17 @@ static int s_fail(char *err, size_t errlen, const char *source, const char *fmt,
 static int s_fail(char *err, size_t errlen, const char *source, const char *fmt, ...)
 {
     int n = snprintf(err, errlen, "%s: ", source);
-    if (n < 0 || (size_t)n >= errlen)
-        return -1;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-    va_end(ap);
+    if (n >= 0 && (size_t)n < errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    /* Messages quote the user's values: a newline or another control byte
+     * in one must not break the "one line on stderr" rule. */
+    for (char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     return -1;
 }
 

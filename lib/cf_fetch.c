@@ -187,6 +187,12 @@ int cf_fetch_url(const char *url, const char *dest, const cf_fetch_opts_t *opts,
     curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err);
     curl_easy_setopt(curl, CURLOPT_USERAGENT, "clipfarm/" CF_VERSION);
     int64_t started_ms = s_now_ms();
+    /* https trusts the system's CAs, or only those of CF_CA_FILE (a PEM
+     * bundle: a private CA, a test's self-signed certificate); peer and
+     * host verification stay on either way. */
+    const char *ca_file = getenv("CF_CA_FILE");
+    if (ca_file && *ca_file)
+        curl_easy_setopt(curl, CURLOPT_CAINFO, ca_file);
     CURLcode rc = curl_easy_perform(curl);
     bool overall_timeout = rc == CURLE_OPERATION_TIMEDOUT && timeout_s > 0 &&
                            s_now_ms() - started_ms >= timeout_s * 1000 - 50;

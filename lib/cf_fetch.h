@@ -5,7 +5,9 @@
  *   http(s)://...      streamed with libcurl into a cache directory (never
  *                      held in memory), written to a temporary name and
  *                      renamed when complete; HTTP errors, refused
- *                      connections and stalls are errors
+ *                      connections and stalls are errors; https verifies
+ *                      against the system's CAs or the PEM file named by
+ *                      the environment variable CF_CA_FILE
  *   s3://BUCKET/KEY    downloaded with the node's S3 client into the cache
  *                      (resumed after a break, capped, cancellable)
  *   blob:HEX           asked of a resolver (the node's blob store); without

@@ -161,6 +161,18 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
          "first webhook retry delay; it doubles each attempt, with jitter (default 2000)", "MS"},
         {"webhook-timeout-ms", "CF_WEBHOOK_TIMEOUT_MS", CF_OPT_INT, &o->webhook_timeout_ms, 100,
          600000, "one webhook attempt (default 10000)", "MS"},
+        {"reap-interval-ms", "CF_REAP_INTERVAL_MS", CF_OPT_INT, &o->reap_interval_ms, 10, 3600000,
+         "how often queue items of dead consumers are returned (default 5000)", "MS"},
+        {"reconcile-interval-ms", "CF_RECONCILE_INTERVAL_MS", CF_OPT_INT, &o->reconcile_interval_ms,
+         10, 86400000,
+         "how often the queue is rebuilt from Postgres even without a loss (default 30000)", "MS"},
+        {"purge-interval-ms", "CF_PURGE_INTERVAL_MS", CF_OPT_INT, &o->purge_interval_ms, 10,
+         86400000, "how often expired results are purged (default 600000)", "MS"},
+        {"keep-completed-s", "CF_KEEP_COMPLETED_S", CF_OPT_INT, &o->keep_completed_s, 1,
+         365 * 86400, "how long a completed composition and its output are kept (default 7 days)",
+         "S"},
+        {"keep-failed-s", "CF_KEEP_FAILED_S", CF_OPT_INT, &o->keep_failed_s, 1, 365 * 86400,
+         "how long a failed or cancelled composition is kept (default 24 h)", "S"},
     };
     size_t used = 0;
     while (used < capacity && table[used].name)
@@ -315,6 +327,16 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.policy = self->policy;
         wo.s3 = self->s3;
         wo.blob_keep_s = opts->blob_keep_s;
+        if (opts->reap_interval_ms > 0)
+            wo.reap_interval_ms = opts->reap_interval_ms;
+        if (opts->reconcile_interval_ms > 0)
+            wo.reconcile_interval_ms = opts->reconcile_interval_ms;
+        if (opts->purge_interval_ms > 0)
+            wo.purge_interval_ms = opts->purge_interval_ms;
+        if (opts->keep_completed_s > 0)
+            wo.keep_completed_s = opts->keep_completed_s;
+        if (opts->keep_failed_s > 0)
+            wo.keep_failed_s = opts->keep_failed_s;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }

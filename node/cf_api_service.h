@@ -70,6 +70,12 @@ typedef struct {
     int webhook_max_age_s;
     int webhook_retry_base_ms;
     int webhook_timeout_ms;
+    /* The renderer's maintenance loop (cf_worker.h); 0: the worker's default. */
+    int reap_interval_ms;
+    int reconcile_interval_ms;
+    int purge_interval_ms;
+    int keep_completed_s;
+    int keep_failed_s;
 } cf_api_service_options_t;
 
 /* Fills OPTS with the defaults of cf_api_options_default and one render

@@ -147,7 +147,7 @@ int cf_cmd_node(int argc, char **argv)
                         .heartbeat_s = 1,
                         .beacon_interval_s = 0.5,
                         .replay_window_s = 30};
-    cf_option_t extra[64] = {
+    cf_option_t extra[96] = {
         {"print-config", NULL, CF_OPT_FLAG, &cmd.print_config, 0, 0,
          "print the effective configuration (secrets masked) and exit", NULL},
         {"lease-ttl", "CF_LEASE_TTL", CF_OPT_DOUBLE, &cmd.lease_ttl_s, 0.3, 3600,

@@ -53,19 +53,19 @@ echo "new coordinator: node $new, epoch $new_epoch, $elapsed ms after kill -9 (l
 [[ $(cfnet_psql -c "SELECT holder || ' ' || epoch FROM coordinator_lease") == "$new_id $new_epoch" ]] ||
     cl_fail "the lease row does not name node $new at epoch $new_epoch"
 for i in "${survivors[@]}"; do
-    cfnet_wait 3 bash -c "[[ \$(jq -r '.coordinator + \" \" + (.epoch|tostring)' $(cfnet_status "$i")) == '$new_id $new_epoch' ]]" ||
+    cfnet_wait 10 bash -c "[[ \$(jq -r '.coordinator + \" \" + (.epoch|tostring)' $(cfnet_status "$i")) == '$new_id $new_epoch' ]]" ||
         cl_fail "node $i does not follow the new coordinator"
 done
 # The dead node is gone for the survivors, and the new coordinator recorded
 # that in the registry under its own epoch.
 for i in "${survivors[@]}"; do
-    cfnet_wait 5 bash -c "jq -e '.peers[] | select(.id == \"$old_id\") | .state == \"gone\"' $(cfnet_status "$i")" ||
+    cfnet_wait 15 bash -c "jq -e '.peers[] | select(.id == \"$old_id\") | .state == \"gone\"' $(cfnet_status "$i")" ||
         cl_fail "node $i does not see the old coordinator gone"
 done
 recorded_gone() {
     [[ $(cfnet_psql -c "SELECT state || ' ' || gone_epoch FROM nodes WHERE id = '$old_id'") == "gone $new_epoch" ]]
 }
-cfnet_wait 5 recorded_gone ||
+cfnet_wait 15 recorded_gone ||
     cl_fail "the registry does not record the old coordinator gone at epoch $new_epoch"
 # Still exactly one, for a while.
 for _ in $(seq 30); do sample "${survivors[@]}"; sleep 0.05; done

@@ -31,6 +31,39 @@ all_see() {
     for i in "$@"; do sees_all "$i" "$n" || return 1; done
 }
 
+# An independent record of every fenced write, kept by Postgres itself (a
+# test-only trigger, not the nodes' counters, and not cluster_view, which
+# the coordinator rewrites every second and so hides a stale write soon
+# after): each write of cluster_view, and each departure recorded in nodes,
+# with the epoch it carried. Install after the nodes migrated the schema.
+cl_audit_install() {
+    cfnet_psql <<'SQL' >/dev/null
+CREATE TABLE cf_test_audit (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    what text NOT NULL,
+    epoch bigint
+);
+CREATE FUNCTION cf_test_audit_view() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO cf_test_audit (what, epoch) VALUES ('cluster_view', NEW.epoch); RETURN NEW; END $$;
+CREATE FUNCTION cf_test_audit_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.gone_epoch IS DISTINCT FROM OLD.gone_epoch THEN
+        INSERT INTO cf_test_audit (what, epoch) VALUES ('gone ' || NEW.id, NEW.gone_epoch);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER cf_test_audit_view AFTER INSERT OR UPDATE ON cluster_view
+    FOR EACH ROW EXECUTE FUNCTION cf_test_audit_view();
+CREATE TRIGGER cf_test_audit_gone AFTER UPDATE ON nodes
+    FOR EACH ROW EXECUTE FUNCTION cf_test_audit_gone();
+SQL
+}
+# The last audit row's id (0 when none): writes after this moment have higher ids.
+cl_audit_mark() { cfnet_psql -c "SELECT coalesce(max(id), 0) FROM cf_test_audit"; }
+# cl_audit_count MARK EPOCH: fenced writes after MARK that carried EPOCH.
+cl_audit_count() { cfnet_psql -c "SELECT count(*) FROM cf_test_audit WHERE id > $1 AND epoch = $2"; }
+
 ready() { [[ -s $(cfnet_status "$1") ]]; }
 all_ready() {
     local i

@@ -74,13 +74,13 @@ grep -qE "role=worker epoch=$c_epoch coordinator=none peers=" "$CFNET_DIR/h$c/ou
     cl_fail "the leaving coordinator did not print its last state"
 t0=$(cfnet_now_ms)
 new_coordinator() { one_coordinator "${rest[@]}" && (($(epoch "$(coordinators "${rest[@]}")") > c_epoch)); }
-cfnet_wait 3 new_coordinator || cl_fail "nobody took over after the release"
+cfnet_wait 10 new_coordinator || cl_fail "nobody took over after the release"
 w=$(coordinators "${rest[@]}")
 p=${rest[0]}
 [[ $p == "$w" ]] && p=${rest[1]}
 echo "node $w coordinator $(($(cfnet_now_ms) - t0)) ms later (lease TTL 5000 ms)"
 for i in "${rest[@]}"; do
-    cfnet_wait 3 bash -c "jq -e '.peers[] | select(.id == \"$c_id\") | .state == \"left\"' $(cfnet_status "$i")" ||
+    cfnet_wait 10 bash -c "jq -e '.peers[] | select(.id == \"$c_id\") | .state == \"left\"' $(cfnet_status "$i")" ||
         cl_fail "node $i did not see node $c leave"
     grep -q "peer $c_id left: shutdown" "$CFNET_DIR/h$i/err" || cl_fail "the departure is not logged"
 done

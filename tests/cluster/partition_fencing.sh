@@ -19,7 +19,8 @@ cfnet_wait 10 one_coordinator 1 2 3 || cl_fail "no coordinator"
 old=$(coordinators 1 2 3)
 old_id=$(node_id "$old")
 old_epoch=$(epoch "$old")
-cfnet_wait 5 bash -c "[[ \$(jq .counters.fenced_writes_applied $(cfnet_status "$old")) -ge 1 ]]" ||
+cl_audit_install || cl_fail "cannot install the write audit"
+cfnet_wait 15 bash -c "[[ \$(jq .counters.fenced_writes_applied $(cfnet_status "$old")) -ge 1 ]]" ||
     cl_fail "the coordinator made no write"
 others=()
 for i in 1 2 3; do [[ $i != "$old" ]] && others+=("$i"); done
@@ -27,6 +28,7 @@ echo "coordinator: node $old ($old_id), epoch $old_epoch; partitioning it"
 
 cfnet_partition "$old"
 t0=$(cfnet_now_ms)
+mark=$(cl_audit_mark)
 
 # The others elect a new coordinator with a higher epoch.
 new=
@@ -41,9 +43,9 @@ echo "new coordinator: node $new, epoch $new_epoch, $(($(cfnet_now_ms) - t0)) ms
 
 # Cut off, the old coordinator stepped down on its own (its lease could not
 # be renewed), yet writes it made as coordinator are still queued.
-cfnet_wait 5 bash -c "jq -e '.role == \"worker\"' $(cfnet_status "$old")" ||
+cfnet_wait 15 bash -c "jq -e '.role == \"worker\"' $(cfnet_status "$old")" ||
     cl_fail "the partitioned coordinator still claims the role"
-cfnet_wait 5 bash -c "jq -e '.fence.pending >= 1' $(cfnet_status "$old")" ||
+cfnet_wait 15 bash -c "jq -e '.fence.pending >= 1' $(cfnet_status "$old")" ||
     cl_fail "the partitioned coordinator has no write waiting"
 # Writes are sent in order and the oldest waiting one is blocked: nothing
 # it issued after the cut can have been applied, so this count is final.
@@ -75,6 +77,11 @@ grep -q "refused a .* write of epoch $old_epoch" "$CFNET_DIR/h$old/err" ||
     cl_fail "the lease is not the new coordinator's"
 view=$(cfnet_psql -c "SELECT coordinator || ' ' || epoch FROM cluster_view")
 [[ $view == "$new_id $new_epoch" ]] || cl_fail "cluster_view was written by '$view'"
+# Postgres' own record of every fenced write since the cut (a view the new
+# coordinator republishes could hide one): none carried the old epoch.
+[[ $(cl_audit_count "$mark" "$old_epoch") == 0 ]] ||
+    cl_fail "Postgres recorded a write of epoch $old_epoch after the partition: $(cfnet_psql -c "SELECT * FROM cf_test_audit WHERE id > $mark AND epoch = $old_epoch")"
+(($(cl_audit_count "$mark" "$new_epoch") > 0)) || cl_fail "the audit saw no write of the new coordinator"
 stale=$(cfnet_psql -c "SELECT count(*) FROM nodes WHERE gone_epoch = $old_epoch")
 [[ $stale == 0 ]] || cl_fail "$stale registry row(s) were changed under the stale epoch"
 [[ $(cfnet_psql -c "SELECT gone_epoch FROM nodes WHERE id = '$old_id'") == "$new_epoch" ]] ||

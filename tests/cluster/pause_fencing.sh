@@ -12,11 +12,16 @@ cfnet_wait 10 one_coordinator 1 2 3 || cl_fail "no coordinator"
 old=$(coordinators 1 2 3)
 old_id=$(node_id "$old")
 old_epoch=$(epoch "$old")
+cl_audit_install || cl_fail "cannot install the write audit"
+audit_saw() { (($(cfnet_psql -c "SELECT count(*) FROM cf_test_audit WHERE epoch = $1") > 0)); }
+cfnet_wait 15 audit_saw "$old_epoch" ||
+    cl_fail "the audit saw no write of the coordinator"
 others=()
 for i in 1 2 3; do [[ $i != "$old" ]] && others+=("$i"); done
 
 echo "coordinator: node $old, epoch $old_epoch; SIGSTOP"
 cfnet_pause "$old"
+mark=$(cl_audit_mark)
 cfnet_wait $((CL_TTL + 2)) bash -c "
     for i in ${others[*]}; do
         jq -e 'select(.role == \"coordinator\" and .epoch > $old_epoch)' $CFNET_DIR/h\$i/status.json && exit 0
@@ -25,7 +30,7 @@ new=$(coordinators "${others[@]}")
 new_id=$(node_id "$new")
 new_epoch=$(epoch "$new")
 echo "new coordinator: node $new, epoch $new_epoch"
-cfnet_wait 5 all_see 1 "${others[@]}" || cl_fail "the others do not see each other"
+cfnet_wait 15 all_see 1 "${others[@]}" || cl_fail "the others do not see each other"
 applied=$(counter "$old" fenced_writes_applied)
 
 resumed_at=$(date +%s%3N) # wall clock, as in the node's log
@@ -57,15 +62,21 @@ line=$(awk -v t="$resumed_iso" '$1 >= t && /node: role=worker epoch=[0-9]+ / { p
 stepped_down=$(($(date -d "${line%% *}" +%s%3N) - resumed_at))
 echo "old coordinator stepped down $stepped_down ms after waking up"
 ((stepped_down <= 1000)) || cl_fail "stepping down took $stepped_down ms"
-cfnet_wait 5 bash -c "jq -e '.fence.pending == 0' $(cfnet_status "$old")" ||
+cfnet_wait 15 bash -c "jq -e '.fence.pending == 0' $(cfnet_status "$old")" ||
     cl_fail "the old coordinator's writes are still pending"
 [[ $(counter "$old" fenced_writes_applied) == "$applied" ]] ||
     cl_fail "a write of the woken coordinator was applied"
+# Postgres' own record: after the pause, no write with the old epoch landed
+# (not even one the new coordinator's next publication overwrote), while the
+# new coordinator's did.
+[[ $(cl_audit_count "$mark" "$old_epoch") == 0 ]] ||
+    cl_fail "Postgres recorded a write of epoch $old_epoch after the pause: $(cfnet_psql -c "SELECT * FROM cf_test_audit WHERE id > $mark AND epoch = $old_epoch")"
+(($(cl_audit_count "$mark" "$new_epoch") > 0)) || cl_fail "the audit saw no write of the new coordinator"
 [[ $(cfnet_psql -c "SELECT holder || ' ' || epoch FROM coordinator_lease") == "$new_id $new_epoch" ]] ||
     cl_fail "the lease moved"
 [[ $(cfnet_psql -c "SELECT coordinator || ' ' || epoch FROM cluster_view") == "$new_id $new_epoch" ]] ||
     cl_fail "cluster_view is not the new coordinator's"
-cfnet_wait 5 bash -c "jq -e '.coordinator == \"$new_id\" and .epoch == $new_epoch' $(cfnet_status "$old")" ||
+cfnet_wait 15 bash -c "jq -e '.coordinator == \"$new_id\" and .epoch == $new_epoch' $(cfnet_status "$old")" ||
     cl_fail "the old coordinator does not follow the new one"
 stale=0
 for i in "${others[@]}"; do stale=$((stale + $(counter "$i" messages_stale_epoch))); done

@@ -1,7 +1,8 @@
 /* libFuzzer target for the composition parser (lib/cf_comp.c) and the
  * planner (lib/cf_plan.c), which take JSON from the REST API. A rejected
  * composition must come with at least one problem; an accepted one must
- * survive a round trip through cf_comp_to_json, and its plan (sources as
+ * survive a round trip through cf_comp_to_json with every field (the JSON
+ * of the parsed JSON is the same), and its plan (sources as
  * long as the trims need) must account for every frame and sample and
  * survive a round trip through cf_plan_to_json / cf_plan_from_json. */
 #include <stdint.h>
@@ -84,6 +85,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!again || again->clip_count != comp->clip_count || again->fps_num != comp->fps_num ||
         again->fps_den != comp->fps_den || again->width != comp->width)
         abort();
+    /* Every field survives the round trip: the parsed form serialises to
+     * exactly the same JSON (cf_comp_to_json writes every field). */
+    char *json_again = cf_comp_to_json(again);
+    if (!json_again || strcmp(json, json_again))
+        abort();
+    free(json_again);
     s_check_plan(comp);
     free(json);
     cf_comp_destroy(&again);

@@ -29,11 +29,23 @@ trap 'rm -rf "$work"' EXIT
 expect_exit 2 "$CF_BIN" node --database-url 'postgresql://postgres@127.0.0.1:1/clipfarm' \
     --cluster-secret-file "$work/secret" --data-dir "$work/data"
 expect_one_line "$err" "^clipfarm node: --database-url: cannot connect"
-# Unreadable secret file: missing, and (when not root, which reads anything) mode 000.
+# Unreadable secret file: missing, a directory, mode 000.
 expect_exit 2 "$CF_BIN" node --cluster-secret-file /nonexistent/secret
 expect_one_line "$err" "^clipfarm node: --cluster-secret-file: cannot read '/nonexistent/secret': No such file"
 expect_exit 2 "$CF_BIN" node --cluster-secret-file /
 expect_one_line "$err" "^clipfarm node: --cluster-secret-file: cannot read ./.: not a regular file"
+# Mode 000. Root reads any file through CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH:
+# as root the command runs without those two capabilities, so the file's
+# mode is what decides, as for any other user.
+cp "$work/secret" "$work/locked"
+chmod 000 "$work/locked"
+as_user=()
+if [[ $(id -u) == 0 ]]; then
+    command -v setpriv >/dev/null || fail "setpriv (util-linux) is needed to drop root's file capabilities"
+    as_user=(setpriv --bounding-set -dac_override,-dac_read_search --inh-caps -dac_override,-dac_read_search)
+fi
+expect_exit 2 "${as_user[@]}" "$CF_BIN" node --cluster-secret-file "$work/locked"
+expect_one_line "$err" "^clipfarm node: --cluster-secret-file: cannot read '$work/locked': Permission denied"
 # Values out of range.
 expect_exit 2 "$CF_BIN" node --slots 0
 expect_one_line "$err" "^clipfarm node: --slots: must be a number from 1 to 256"

@@ -26,7 +26,10 @@ expect_exit 0 "$CF_BIN" submit --wait --json "$API_WORK/good.json"
 # On a terminal: a live progress bar redrawn in place on stderr.
 script -qec "'$CF_BIN' submit --wait '$API_WORK/good.json'" "$API_WORK/tty.log" >/dev/null \
     || fail "submit --wait on a TTY failed: $(cat "$API_WORK/tty.log")"
-grep -q $'\r' "$API_WORK/tty.log" || fail "no bar redrawn on the TTY: $(cat -A "$API_WORK/tty.log")"
+# The pty ends every line with \r\n: only a \r that is not a line end is a
+# bar redrawn in place.
+sed 's/\r$//' "$API_WORK/tty.log" | grep -q $'\r' \
+    || fail "no bar redrawn on the TTY: $(cat -A "$API_WORK/tty.log")"
 grep -qE '\[#+\.*\] +100%|100%' "$API_WORK/tty.log" || fail "no bar at 100%: $(cat -A "$API_WORK/tty.log")"
 # A composition that fails to render: exit 1, one line saying why.
 expect_exit 1 "$CF_BIN" submit --wait "$API_WORK/broken.json"
@@ -106,12 +109,13 @@ expect_one_line "$err" "^clipfarm download: -o FILE is required"
 expect_exit 0 "$CF_BIN" status
 [[ $out == *"cluster "* && $out == *"queue "* && $out == *NODE* ]] || fail "status: $out"
 expect_exit 0 "$CF_BIN" status --json
-jq -e '(.cluster.nodes | length) >= 1 and (.active | type) == "array"' <<<"$out" >/dev/null \
+jq -e '(.cluster.nodes | length) == 2 and (.active | type) == "array"' <<<"$out" >/dev/null \
     || fail "status --json: $out"
 expect_exit 0 "$CF_BIN" nodes
-[[ $(head -n 1 <<<"$out") == NODE* && $(wc -l <<<"$out") -ge 2 ]] || fail "nodes: $out"
+# Two nodes run (a and idle): a header and one line each.
+[[ $(head -n 1 <<<"$out") == NODE* && $(wc -l <<<"$out") == 3 ]] || fail "nodes: $out"
 expect_exit 0 "$CF_BIN" nodes --json
-jq -e 'length >= 1 and all(.[]; has("id") and has("role"))' <<<"$out" >/dev/null \
+jq -e 'length == 2 and all(.[]; has("id") and has("role"))' <<<"$out" >/dev/null \
     || fail "nodes --json: $out"
 
 # ---------------------------------------------------------------- errors

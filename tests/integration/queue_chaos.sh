@@ -1,8 +1,10 @@
 # 4 producers and 4 consumers move 3,000 compositions through the full state
 # machine while, mid-run, Redis is flushed (FLUSHALL), Redis is restarted
 # (losing everything), and Postgres is restarted. Every accepted composition
-# must still complete, each exactly once; the reconcile loop must have
-# restored the lost queue and the pool must have reconnected.
+# must still complete, each exactly once. The flush must really have lost a
+# backlog (counted and flushed in one atomic step), and reconciles started by
+# the loss (periodic reconcile is off) must have pushed back at least that
+# many; the pool must have reconnected.
 # Uses its own private servers: it restarts them.
 source "$CF_TESTS_DIR/lib/testlib.sh"
 source "$CF_TESTS_DIR/lib/servers.sh"
@@ -32,12 +34,14 @@ n=3000
 # builds up in Redis, so the flush and the restart really lose queued items.
 "$helper" workload --db "$CF_PG_URL" --redis "$CF_REDIS_URL_PRIVATE" --count "$n" \
     --producers 4 --consumers 4 --rate 500 --work-ms 8 --full --ttl-ms 3000 --timeout-s 200 \
+    --reconcile-every-ms 0 \
     --status-file "$work/status" >"$work/out" 2>"$work/err" &
 wl_pid=$!
 
-# wait_for FIELD MIN: until the workload's status file shows FIELD >= MIN.
+# wait_for FIELD MIN [SECONDS]: until the workload's status file shows
+# FIELD >= MIN (within 90 s unless told).
 wait_for() {
-    local deadline=$((SECONDS + 90)) value
+    local deadline=$((SECONDS + ${3:-90})) value
     while ((SECONDS < deadline)); do
         value=$(sed -n "s/.*$1=\([0-9]*\).*/\1/p" "$work/status" 2>/dev/null)
         [[ -n $value ]] && ((value >= $2)) && return 0
@@ -48,10 +52,20 @@ wait_for() {
 }
 
 wait_for created $((n / 5))
-backlog=$(redis-cli -p "$CF_REDIS_PORT" eval \
-    "return redis.call('LLEN','cf:q:high')+redis.call('LLEN','cf:q:default')+redis.call('LLEN','cf:q:low')" 0)
+# What reconciles pushed so far (the first pass, at start-up: no marker yet).
+before=$(sed -n 's/.*reconciled_on_loss=\([0-9]*\).*/\1/p' "$work/status")
+# Count the intake lists and flush in one script: Redis runs it atomically,
+# so exactly $backlog queued items are lost.
+backlog=$(redis-cli -p "$CF_REDIS_PORT" eval "local n = redis.call('LLEN','cf:q:high') +
+    redis.call('LLEN','cf:q:default') + redis.call('LLEN','cf:q:low')
+    redis.call('FLUSHALL') return n" 0)
+[[ $backlog =~ ^[0-9]+$ ]] || fail "count and flush failed: $backlog"
 echo "FLUSHALL with $backlog queued items in Redis ($(cat "$work/status"))"
-redis-cli -p "$CF_REDIS_PORT" FLUSHALL >/dev/null || fail "FLUSHALL failed"
+((backlog > 0)) || fail "Redis held no backlog at FLUSHALL: the flush lost nothing"
+# Repaired: only a reconcile can bring those items back (no periodic one
+# runs), and it must push at least every one of them.
+wait_for reconciled_on_loss $((before + backlog)) 30
+echo "reconciled after the flush: $(cat "$work/status")"
 
 wait_for created $((2 * n / 5))
 echo "restarting Redis ($(cat "$work/status"))"
@@ -80,10 +94,11 @@ for to in planning encoding assembling completed; do
 done
 
 # The restores really happened.
-reconciled=$(sed -n 's/.*reconciled=\([0-9]*\).*/\1/p' "$work/out")
+reconciled=$(sed -n 's/.*reconciled_on_loss=\([0-9]*\).*/\1/p' "$work/out")
 discarded=$(sed -n 's/.*discarded=\([0-9]*\).*/\1/p' "$work/out")
 retries=$(sed -n 's/.*db retries=\([0-9]*\).*/\1/p' "$work/out")
-((reconciled > 0)) || fail "reconcile pushed nothing after losing Redis"
+((reconciled >= before + backlog)) \
+    || fail "reconciles after losses pushed $reconciled, fewer than $before at start + $backlog lost"
 # Postgres' restart killed the pooled connections: the pool must have found
 # them dead and replaced them.
 ((discarded > 0)) || fail "the pool never replaced a connection Postgres closed"

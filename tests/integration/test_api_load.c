@@ -4,6 +4,7 @@
  * a client was told about must exist in the state it should be in, and be
  * in the intake queue when queued: nothing lost, nothing duplicated. */
 #include "api_testnode.h"
+#include "cf_redis.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -216,6 +217,58 @@ static void test_mixed_load(void **state)
     json_decref(cluster);
     cf_httpc_response_clear(&resp);
     cf_httpc_destroy(&http);
+
+    /* The same, judged by Postgres and Redis themselves, not through the API
+     * and its caches: exactly the compositions the clients were told about
+     * (plus the shared one), each in its state; every queued one on an
+     * intake list in Redis. */
+    PGconn *pg = cf_db_connect(s_node.db_url, 10, err, sizeof err);
+    if (!pg)
+        fail_msg("postgres: %s", err);
+    PGresult *res = PQexec(pg, "SELECT id::text, status FROM compositions");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), created + 1);
+    redisContext *redis =
+        cf_redis_connect(cf_test_require_env("CF_TEST_REDIS_URL"), 5000, err, sizeof err);
+    if (!redis)
+        fail_msg("redis: %s", err);
+    int in_redis_total = 0;
+    /* Every intake list, read with one Lua call: no consumer runs here. */
+    redisReply *items = redisCommand(
+        redis, "EVAL %s 3 %sq:high %sq:default %sq:low",
+        "local all = {} for _, k in ipairs(KEYS) do for _, v in ipairs(redis.call('LRANGE', k, 0, "
+        "-1)) do all[#all + 1] = v end end return all",
+        s_node.prefix, s_node.prefix, s_node.prefix);
+    assert_non_null(items);
+    assert_int_equal(items->type, REDIS_REPLY_ARRAY);
+    for (int i = 0; i < S_CLIENTS; i++)
+        for (int k = 0; k < clients[i].id_count; k++) {
+            const char *id = clients[i].ids[k],
+                       *want = clients[i].cancelled[k] ? "cancelled" : "queued";
+            int row = -1;
+            for (int r = 0; r < PQntuples(res) && row < 0; r++)
+                if (!strcmp(PQgetvalue(res, r, 0), id))
+                    row = r;
+            if (row < 0)
+                fail_msg("%s is not in Postgres", id);
+            if (strcmp(PQgetvalue(res, row, 1), want))
+                fail_msg("%s is %s in Postgres, expected %s", id, PQgetvalue(res, row, 1), want);
+            if (clients[i].cancelled[k])
+                continue;
+            /* An item is the id behind a one-letter priority tag. */
+            int in_redis = 0;
+            for (size_t e = 0; e < items->elements; e++)
+                in_redis += strstr(items->element[e]->str, id) != NULL;
+            if (in_redis != 1)
+                fail_msg("queued %s is %d times on the intake lists", id, in_redis);
+            in_redis_total++;
+        }
+    printf("Postgres holds %d compositions; %d queued ones each once in Redis\n", PQntuples(res),
+           in_redis_total);
+    freeReplyObject(items);
+    redisFree(redis);
+    PQclear(res);
+    PQfinish(pg);
     free(clients);
 }
 
@@ -228,9 +281,17 @@ static int s_setup(void **state)
     return 0;
 }
 
-static int s_teardown(void **state)
+/* The node leaves cleanly after the load: exit 0 on SIGTERM, no sanitizer
+ * report. A test of its own (not the group teardown, whose failures cmocka
+ * does not count), run even when the one before failed. */
+static void test_node_stops_cleanly(void **state)
 {
     api_testnode_stop(&s_node);
+}
+
+static int s_teardown(void **state)
+{
+    api_testnode_cleanup(&s_node);
     return 0;
 }
 
@@ -238,6 +299,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mixed_load),
+        cmocka_unit_test(test_node_stops_cleanly),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

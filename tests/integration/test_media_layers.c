@@ -1,9 +1,10 @@
 /* The media engine's three layers used separately, as a cluster will:
  * composition -> plan -> plan as JSON (what a coordinator hands out) ->
  * each segment encoded on its own, in reverse order, from the JSON plan ->
- * audio -> stitch. The result must be bit-identical, packet for packet, to
- * what cf_render produces in one go: segments do not depend on where or
- * when they were encoded. */
+ * audio -> stitch. The result must be bit-identical, packet for packet and
+ * in both streams, to what cf_render produces in one go: segments do not
+ * depend on where or when they were encoded. And judged by ffmpeg, not by
+ * the engine: the frames and samples the plan promised are in the file. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,41 @@ static void s_ffmpeg(const char *lavfi_video, const char *lavfi_audio, const cha
     if (p.status != 0)
         fail_msg("ffmpeg: %s", p.err);
     cf_test_proc_free(&p);
+}
+
+/* One MD5 per audio packet of PATH (ffmpeg's framemd5 on a stream copy). */
+static char *s_audio_packet_md5(const char *path)
+{
+    cf_test_proc_t p = cf_test_runl("ffmpeg", "-v", "error", "-i", path, "-map", "0:a", "-c",
+                                    "copy", "-f", "framemd5", "-", NULL);
+    cf_test_expect_success(&p, "ffmpeg framemd5 audio");
+    free(p.err);
+    return p.out;
+}
+
+/* Decoded video frames and audio samples (per channel) of PATH, counted by
+ * ffprobe and ffmpeg. */
+static void s_count_media(const char *path, long long *frames, long long *samples)
+{
+    cf_test_proc_t p =
+        cf_test_runl("ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+                     "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", path, NULL);
+    cf_test_expect_success(&p, "ffprobe frames");
+    *frames = atoll(p.out);
+    cf_test_proc_free(&p);
+    char *pcm = NULL;
+    assert_true(asprintf(&pcm, "%s.pcm", path) > 0);
+    p = cf_test_runl("ffmpeg", "-v", "error", "-y", "-i", path, "-map", "0:a", "-ac", "1", "-f",
+                     "s16le", pcm, NULL);
+    cf_test_expect_success(&p, "ffmpeg decode audio");
+    cf_test_proc_free(&p);
+    FILE *f = fopen(pcm, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *samples = ftell(f) / 2;
+    fclose(f);
+    unlink(pcm);
+    free(pcm);
 }
 
 static int s_setup(void **state)
@@ -146,6 +182,22 @@ static void test_segments_anywhere(void **state)
     char *h_whole = cf_test_video_md5(whole, true), *h_joined = cf_test_video_md5(joined, true);
     assert_int_equal(cf_test_count_lines(h_whole), 124);
     assert_string_equal(h_whole, h_joined);
+    char *a_whole = s_audio_packet_md5(whole), *a_joined = s_audio_packet_md5(joined);
+    assert_true(cf_test_count_lines(a_whole) > 10);
+    assert_string_equal(a_whole, a_joined);
+    free(a_whole);
+    free(a_joined);
+    long long frames = 0, samples = 0;
+    s_count_media(joined, &frames, &samples);
+    print_message("ffmpeg: %lld frames, %lld samples; plan: %lld frames, %lld samples\n", frames,
+                  samples, (long long)plan->total_frames, (long long)plan->total_samples);
+    assert_int_equal(frames, plan->total_frames);
+    /* AAC codes 1024-sample frames: the last one is padded, and ffmpeg
+     * decodes the padding too (the file does not trim its end), so up to
+     * one frame more, never fewer. */
+    if (samples < plan->total_samples || samples >= plan->total_samples + 1024)
+        fail_msg("ffmpeg decodes %lld samples, the plan has %lld", samples,
+                 (long long)plan->total_samples);
 
     /* A segment from another plan's settings does not join. */
     cf_plan_t *other = cf_plan_from_json(plan_json, strlen(plan_json), err, sizeof err);

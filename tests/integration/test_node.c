@@ -264,9 +264,16 @@ static void s_node_alone(void **state)
     assert_true(cf_node_is_coordinator(node, &epoch));
     assert_int_equal(epoch, 1);
     cf_node_set_load(node, 3, 1);
-    usleep(400 * 1000);
-
-    json_t *snap = cf_node_snapshot(node);
+    /* The actor applies the load when it gets to it: wait for it to show. */
+    json_t *snap = NULL;
+    for (int i = 0; i < 250; i++) {
+        json_decref(snap);
+        snap = cf_node_snapshot(node);
+        if (snap && json_integer_value(json_object_get(snap, "free_slots")) == 3 &&
+            json_integer_value(json_object_get(snap, "in_flight")) == 1)
+            break;
+        usleep(20 * 1000);
+    }
     assert_non_null(snap);
     assert_string_equal(json_string_value(json_object_get(snap, "id")), id);
     assert_string_equal(json_string_value(json_object_get(snap, "role")), "coordinator");
@@ -304,7 +311,13 @@ static void s_node_alone(void **state)
     /* Its row, the lease and the published view are in Postgres. */
     char sql[256];
     snprintf(sql, sizeof sql, "SELECT state || ' ' || free_slots FROM nodes WHERE id = '%s'", id);
+    /* The row is rewritten at the next heartbeat: wait for the load there. */
     char *value = s_query(sql);
+    for (int i = 0; i < 250 && strcmp(value, "up 3"); i++) {
+        free(value);
+        usleep(20 * 1000);
+        value = s_query(sql);
+    }
     assert_string_equal(value, "up 3");
     free(value);
     value = s_query("SELECT holder::text || ' ' || epoch FROM coordinator_lease");

@@ -8,6 +8,9 @@
  *   integration_test_queue workload --db URL --redis URL --prefix P --count N
  *       [--producers 4] [--consumers 4] [--rate PER_S] [--work-ms MS]
  *       [--full] [--ttl-ms MS] [--timeout-s S] [--status-file F]
+ *       [--reconcile-every-ms MS]
+ * --reconcile-every-ms 0 reconciles only when Redis lost its data (the
+ * marker key is gone): then every repair counts as one of a loss.
  * It exits 0 once every composition was processed, 1 on timeout. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -187,11 +190,12 @@ typedef struct {
     int count;
     int producers;
     int consumers;
-    int rate;      /* creations per second in total; 0 = as fast as possible */
-    int work_ms;   /* simulated work per item */
-    bool full;     /* take -> encoding -> assembling -> completed, not only take */
-    int ttl_ms;    /* consumer heartbeat TTL */
-    int timeout_s; /* give up after this */
+    int rate;               /* creations per second in total; 0 = as fast as possible */
+    int work_ms;            /* simulated work per item */
+    bool full;              /* take -> encoding -> assembling -> completed, not only take */
+    int ttl_ms;             /* consumer heartbeat TTL */
+    int timeout_s;          /* give up after this */
+    int reconcile_every_ms; /* periodic reconcile; 0: only after a loss */
     const char *status_file;
     cf_db_t *db;
     atomic_int next_index;
@@ -202,7 +206,8 @@ typedef struct {
     atomic_int db_retries;
     atomic_int push_failures;
     atomic_int reaped;
-    atomic_int reconciled;
+    atomic_int reconciled;         /* pushed by every reconcile */
+    atomic_int reconciled_on_loss; /* pushed by reconciles after Redis lost its data */
     atomic_int producers_left;
     atomic_bool stop;
     int64_t deadline_ms;
@@ -257,9 +262,16 @@ static void *s_producer(void *arg)
         }
         atomic_fetch_add(&w->created, 1);
         mine++;
-        /* Accepted: a push that fails (Redis away) is repaired by reconcile. */
-        if (cf_queue_push(q, id, c.priority, err, sizeof err) < 0)
+        /* Accepted: like the API, push once. Without a periodic reconcile
+         * (--reconcile-every-ms 0) nothing would repair a push that fails
+         * after the repair of a loss (the client's reconnect backoff
+         * outlasts Redis' restart): then retry it here. */
+        while (cf_queue_push(q, id, c.priority, err, sizeof err) < 0) {
             atomic_fetch_add(&w->push_failures, 1);
+            if (w->reconcile_every_ms > 0 || s_now_ms() > w->deadline_ms)
+                break;
+            s_sleep_ms(50);
+        }
     }
     cf_queue_destroy(&q);
     atomic_fetch_sub(&w->producers_left, 1);
@@ -307,8 +319,10 @@ static void *s_consumer(void *arg)
     return NULL;
 }
 
-/* The node's housekeeping: reap dead consumers, reconcile Redis with
- * Postgres when Redis lost its data, and every second anyway. */
+/* The queue library's housekeeping as a node would drive it: reap dead
+ * consumers, reconcile Redis with Postgres when Redis lost its data, and
+ * every reconcile_every_ms anyway (when > 0). (The node's own loop, in
+ * node/cf_worker.c, is tested by worker_maintenance.sh.) */
 static void *s_housekeeper(void *arg)
 {
     s_workload_t *w = arg;
@@ -320,10 +334,13 @@ static void *s_housekeeper(void *arg)
         bool needed = false;
         if (cf_queue_reap(q, &returned, err, sizeof err) == 0)
             atomic_fetch_add(&w->reaped, returned);
-        if ((cf_queue_needs_reconcile(q, &needed, err, sizeof err) == 0 && needed) ||
-            s_now_ms() - last_reconcile > 1000) {
+        bool lost = cf_queue_needs_reconcile(q, &needed, err, sizeof err) == 0 && needed;
+        if (lost ||
+            (w->reconcile_every_ms > 0 && s_now_ms() - last_reconcile > w->reconcile_every_ms)) {
             if (cf_queue_reconcile(q, w->db, &pushed, err, sizeof err) == 0) {
                 atomic_fetch_add(&w->reconciled, pushed);
+                if (lost)
+                    atomic_fetch_add(&w->reconciled_on_loss, pushed);
                 last_reconcile = s_now_ms();
             }
         }
@@ -342,7 +359,8 @@ static void s_write_status(const s_workload_t *w)
     FILE *f = fopen(tmp, "w");
     if (!f)
         return;
-    fprintf(f, "created=%d processed=%d\n", atomic_load(&w->created), atomic_load(&w->processed));
+    fprintf(f, "created=%d processed=%d reconciled_on_loss=%d\n", atomic_load(&w->created),
+            atomic_load(&w->processed), atomic_load(&w->reconciled_on_loss));
     fclose(f);
     rename(tmp, w->status_file);
 }
@@ -377,13 +395,14 @@ static int s_workload_run(s_workload_t *w)
     cf_db_stats_t stats;
     cf_db_stats(w->db, &stats);
     printf("workload: created=%d processed=%d foreign=%d failed=%d in %.1f s; db retries=%d "
-           "push failures=%d reaped=%d reconciled=%d; pool connects=%llu discarded=%llu "
-           "failures=%llu\n",
+           "push failures=%d reaped=%d reconciled=%d reconciled_on_loss=%d; pool connects=%llu "
+           "discarded=%llu failures=%llu\n",
            atomic_load(&w->created), atomic_load(&w->processed), atomic_load(&w->foreign),
            atomic_load(&w->failed), (double)(s_now_ms() - started) / 1000,
            atomic_load(&w->db_retries), atomic_load(&w->push_failures), atomic_load(&w->reaped),
-           atomic_load(&w->reconciled), (unsigned long long)stats.connects,
-           (unsigned long long)stats.discarded, (unsigned long long)stats.failures);
+           atomic_load(&w->reconciled), atomic_load(&w->reconciled_on_loss),
+           (unsigned long long)stats.connects, (unsigned long long)stats.discarded,
+           (unsigned long long)stats.failures);
     fflush(stdout);
     cf_db_destroy(&w->db);
     free(tids);
@@ -393,8 +412,12 @@ static int s_workload_run(s_workload_t *w)
 
 static int s_workload_main(int argc, char **argv)
 {
-    s_workload_t w = {
-        .prefix = "cf:", .producers = 4, .consumers = 4, .ttl_ms = 3000, .timeout_s = 120};
+    s_workload_t w = {.prefix = "cf:",
+                      .producers = 4,
+                      .consumers = 4,
+                      .ttl_ms = 3000,
+                      .timeout_s = 120,
+                      .reconcile_every_ms = 1000};
     for (int i = 2; i < argc; i++) {
         const char *opt = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -429,6 +452,8 @@ static int s_workload_main(int argc, char **argv)
             w.timeout_s = atoi(val);
         else if (!strcmp(opt, "--status-file"))
             w.status_file = val;
+        else if (!strcmp(opt, "--reconcile-every-ms"))
+            w.reconcile_every_ms = atoi(val);
         else {
             fprintf(stderr, "unknown option %s\n", opt);
             return 2;
@@ -532,8 +557,11 @@ static void test_priority_order_and_depth(void **state)
     assert_int_equal(cf_queue_node_heartbeat(producer, "node-1", "{}", 300, err, sizeof err), 0);
     assert_int_equal(cf_queue_node_alive(producer, "node-1", &alive, err, sizeof err), 0);
     assert_true(alive);
-    s_sleep_ms(450);
-    assert_int_equal(cf_queue_node_alive(producer, "node-1", &alive, err, sizeof err), 0);
+    /* Gone once its 300 ms TTL ran out: waited for, with a deadline. */
+    for (int64_t until = s_now_ms() + 5000; alive && s_now_ms() < until;) {
+        s_sleep_ms(20);
+        assert_int_equal(cf_queue_node_alive(producer, "node-1", &alive, err, sizeof err), 0);
+    }
     assert_false(alive);
     cf_queue_destroy(&producer);
     cf_queue_destroy(&consumer);
@@ -549,7 +577,8 @@ static void test_ten_thousand_exactly_once(void **state)
                       .producers = 4,
                       .consumers = 4,
                       .ttl_ms = 5000,
-                      .timeout_s = 240};
+                      .timeout_s = 240,
+                      .reconcile_every_ms = 1000};
     assert_int_equal(s_workload_run(&w), 0);
     /* Checked in Postgres: each one taken once, by one consumer. */
     s_expect_sql(s_db_url, "SELECT count(*) FROM compositions", "10000");
@@ -652,8 +681,8 @@ static void s_killed_consumer(bool victim_committed)
     assert_int_equal(cf_queue_take(survivor, 1000, &item, err, sizeof err), 1);
     assert_string_equal(item.id, id);
     int rc = cf_db_composition_take(db, item.id, "survivor", err, sizeof err);
-    /* Applied once: by the survivor when the victim died before its commit;
-     * refused when the victim's commit already took it. */
+    /* Before its commit: the survivor takes it, once. After its commit:
+     * refused, and this is the KNOWN DEFECT below, not the right outcome. */
     assert_int_equal(rc, victim_committed ? CF_DB_ILLEGAL : CF_DB_OK);
     assert_int_equal(cf_queue_ack(survivor, &item, err, sizeof err), 0);
 
@@ -663,7 +692,21 @@ static void s_killed_consumer(bool victim_committed)
              " WHERE e.composition_id = c.id AND payload->>'to' = 'planning')"
              " FROM compositions c WHERE id = '%s'",
              id);
-    s_expect_sql(s_db_url, sql, victim_committed ? "1 victim" : "1 survivor");
+    if (!victim_committed) {
+        s_expect_sql(s_db_url, sql, "1 survivor");
+    } else {
+        /* KNOWN DEFECT, to be fixed by the coordination issue "stranded
+         * compositions get reclaimed": a composition whose consumer died
+         * after its commit stays processing and owned by the dead consumer
+         * forever; nobody renders it, nothing fails it. The right outcome
+         * is that it is reclaimed (taken again, attempts 2, or failed).
+         * This asserts the defect as it is today, so that the fix shows
+         * here: when it lands, replace this block with the reclaim. */
+        s_expect_sql(s_db_url, sql, "1 victim");
+        snprintf(sql, sizeof sql, "SELECT status || '/' || stage FROM compositions WHERE id = '%s'",
+                 id);
+        s_expect_sql(s_db_url, sql, "processing/planning"); /* stranded */
+    }
     snprintf(key, sizeof key, "%sq:proc:victim", s_prefix);
     assert_int_equal(s_redis_int(s_redis_url, "LLEN %s", key), 0);
     int64_t depth[CF_PRIORITY_COUNT];
@@ -680,7 +723,8 @@ static void test_consumer_killed_before_commit(void **state)
     s_killed_consumer(false);
 }
 
-static void test_consumer_killed_after_commit(void **state)
+/* KNOWN DEFECT (see s_killed_consumer): the composition is stranded. */
+static void test_consumer_killed_after_commit_known_defect_stranded(void **state)
 {
     s_killed_consumer(true);
 }
@@ -726,7 +770,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_priority_order_and_depth, s_before, s_after),
         cmocka_unit_test_setup_teardown(test_consumer_killed_before_commit, s_before, s_after),
-        cmocka_unit_test_setup_teardown(test_consumer_killed_after_commit, s_before, s_after),
+        cmocka_unit_test_setup_teardown(test_consumer_killed_after_commit_known_defect_stranded,
+                                        s_before, s_after),
         cmocka_unit_test_setup_teardown(test_reconcile_restores_lost_items, s_before, s_after),
         cmocka_unit_test_setup_teardown(test_ten_thousand_exactly_once, s_before, s_after),
     };

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <civetweb.h>
 #include <dirent.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cf_media.h"
 #include "cf_testutil.h"
 
 static char *s_dir, *s_www, *s_work;
@@ -234,29 +234,58 @@ static void test_blob_without_store(void **state)
                      "no blob store here");
 }
 
+/* Whether NVENC works here, asked of the ffmpeg program (not of the code
+ * under test): one frame through h264_nvenc. */
+static bool s_ffmpeg_has_nvenc(void)
+{
+    cf_test_proc_t p =
+        cf_test_runl("ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=size=256x256:rate=25",
+                     "-frames:v", "1", "-c:v", "h264_nvenc", "-f", "null", "-", (char *)NULL);
+    bool ok = p.status == 0;
+    cf_test_proc_free(&p);
+    return ok;
+}
+
+/* Whether the H.264 stream in PATH carries x264's version SEI ("x264 -
+ * core"), which libx264 writes and NVENC does not: who encoded it, judged
+ * from the file. */
+static bool s_encoded_by_x264(const char *path)
+{
+    cf_test_proc_t p = cf_test_runl("grep", "-c", "x264 - core", "-a", path, (char *)NULL);
+    bool found = p.status == 0;
+    cf_test_proc_free(&p);
+    return found;
+}
+
 static void test_gpu_encoder(void **state)
 {
-    char src[4096], err[512];
+    char src[4096];
     snprintf(src, sizeof src, "file://%s/www/good.mp4", s_dir);
-    if (cf_media_gpu_check(CF_CODEC_H264, err, sizeof err) == 0) {
-        /* A machine with NVENC: the gpu encoder renders. */
+    char *gpu_out = s_path(s_dir, "gpu.mp4"), *auto_out = s_path(s_dir, "auto.mp4");
+    if (s_ffmpeg_has_nvenc()) {
+        /* A machine with NVENC: the gpu encoder renders, and not with x264. */
         cf_test_proc_t p = s_render(src, "", "\"encoder\": \"gpu\"", "gpu.mp4");
         cf_test_expect_success(&p, "render with NVENC");
         assert_non_null(strstr(p.out, "h264_nvenc"));
+        assert_false(s_encoded_by_x264(gpu_out));
         cf_test_proc_free(&p);
+        free(gpu_out);
+        free(auto_out);
         return;
     }
-    assert_non_null(strstr(err, "no NVENC encoder can be opened"));
     cf_test_proc_t p = s_render(src, "", "\"encoder\": \"gpu\"", "gpu.mp4");
     if (p.status != 1 || cf_test_count_lines(p.err) != 1 ||
         !strstr(p.err, "clipfarm render: output.encoder gpu: no NVENC encoder can be opened ("))
         fail_msg("gpu without NVENC: exit %d, stderr: %s", p.status, p.err);
     cf_test_proc_free(&p);
-    /* "auto" falls back to the CPU. */
+    /* "auto" falls back to the CPU: libx264 wrote the file. */
     p = s_render(src, "", "\"encoder\": \"auto\"", "auto.mp4");
     cf_test_expect_success(&p, "render with encoder auto");
     assert_non_null(strstr(p.out, "libx264"));
+    assert_true(s_encoded_by_x264(auto_out));
     cf_test_proc_free(&p);
+    free(gpu_out);
+    free(auto_out);
 }
 
 static void test_invalid_composition(void **state)

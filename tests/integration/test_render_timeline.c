@@ -444,6 +444,30 @@ static void test_three_clip_timeline(void **state)
     free(work);
 }
 
+/* The video stream's mean bitrate in kbit/s, from ffprobe's packet sizes
+ * over FRAMES frames at FPS. */
+static double s_video_kbps(const char *path, int frames)
+{
+    cf_test_proc_t p = cf_test_runl("ffprobe", "-v", "error", "-select_streams", "v:0",
+                                    "-show_entries", "packet=size", "-of", "csv=p=0", path, NULL);
+    cf_test_expect_success(&p, "ffprobe packet sizes");
+    long long bytes = 0;
+    for (char *line = strtok(p.out, "\n"); line; line = strtok(NULL, "\n"))
+        bytes += atoll(line);
+    cf_test_proc_free(&p);
+    return (double)bytes * 8 / 1000 / ((double)frames / FPS);
+}
+
+/* Two-pass (video_bitrate) is for hitting a size: the mean bitrate must be
+ * the target, within 15 %. */
+static void s_expect_bitrate(const char *path, int frames, double target_kbps)
+{
+    double kbps = s_video_kbps(path, frames);
+    print_message("%s: %.1f kbit/s for a %.0f kbit/s target\n", path, kbps, target_kbps);
+    if (fabs(kbps - target_kbps) > 0.15 * target_kbps)
+        fail_msg("%s: mean video bitrate %.1f kbit/s, target %.0f kbit/s", path, kbps, target_kbps);
+}
+
 /* HEVC in Matroska, two-pass bitrate mode: the other encoder paths still give
  * the planned frames and a joinable stream. */
 static void test_hevc_mkv_two_pass(void **state)
@@ -462,6 +486,7 @@ static void test_hevc_mkv_two_pass(void **state)
     assert_string_equal(json_string_value(json_object_get(v, "codec_name")), "hevc");
     assert_int_equal(atoll(json_string_value(json_object_get(v, "nb_read_frames"))), 159);
     json_decref(probe);
+    s_expect_bitrate(out, 159, 300);
 
     /* x264 two-pass: segments stay joinable (same parameter sets). */
     char *comp2 = s_write_comp("comp-2pass.json", "\"video_bitrate\": \"300k\"");
@@ -473,6 +498,7 @@ static void test_hevc_mkv_two_pass(void **state)
     v = s_stream(probe, "video");
     assert_int_equal(atoll(json_string_value(json_object_get(v, "nb_read_frames"))), 159);
     json_decref(probe);
+    s_expect_bitrate(out2, 159, 300);
     free(comp);
     free(out);
     free(comp2);

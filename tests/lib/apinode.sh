@@ -57,9 +57,11 @@ api_setup() {
     API_DB=$(cf_fresh_database)
     API_PREFIX="cftest:$(basename "$API_WORK"):"
     API_SECRET=$API_WORK/secret
-    if ! "$CF_BIN" secret generate >"$API_SECRET" 2>/dev/null || [[ ! -s $API_SECRET ]]; then
-        head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$API_SECRET"
-    fi
+    # The product's own generator, no fallback: a broken `secret generate`
+    # fails every test that uses it.
+    "$CF_BIN" secret generate >"$API_SECRET" 2>"$API_WORK/secret.err" \
+        || fail "clipfarm secret generate: $(cat "$API_WORK/secret.err")"
+    [[ -s $API_SECRET ]] || fail "clipfarm secret generate printed nothing"
     chmod 600 "$API_SECRET"
     export CF_DATABASE_URL=$API_DB CF_CLUSTER_SECRET_FILE=$API_SECRET
 }

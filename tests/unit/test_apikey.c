@@ -75,6 +75,45 @@ static void test_keyed_hash(void **state)
     assert_false(cf_apikey_verify(hk_a, NULL, stored, sizeof stored));
 }
 
+/* The stored hash against an independent BLAKE2b (Python's hashlib):
+ * hashkey = BLAKE2b-256("clipfarm api key hashing v1\0" || secret, unkeyed),
+ * stored = BLAKE2b-256(key, keyed with hashkey). A fixed vector (computed
+ * with hashlib when this test was written), then a fresh key checked by
+ * hashlib at test time. */
+static void s_expect_hex(const uint8_t *bytes, size_t len, const char *want_hex)
+{
+    char hex[2 * 64 + 1];
+    for (size_t i = 0; i < len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+    assert_string_equal(hex, want_hex);
+}
+
+static void test_keyed_hash_independent(void **state)
+{
+    uint8_t hk[CF_APIKEY_HASHKEY_BYTES], hash[CF_APIKEY_HASH_BYTES];
+    cf_apikey_hashkey_derive("secret-a", 8, hk);
+    s_expect_hex(hk, sizeof hk, "3a4b9a7ecb7470bf16f859c4f317378e9c9f525fbd52e53f62291ea3ec0b94a8");
+    cf_apikey_hash(hk, "cf_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", hash);
+    s_expect_hex(hash, sizeof hash,
+                 "55e98c214a576fface10b32cd7231f17b3279259f085ace9a497faf759d30d79");
+
+    char key[CF_APIKEY_TEXT_SIZE], id[CF_APIKEY_ID_CHARS + 1];
+    assert_int_equal(cf_apikey_generate(key, id), 0);
+    cf_apikey_hashkey_derive(" another secret\n", 16, hk);
+    cf_apikey_hash(hk, key, hash);
+    const char *script = "import hashlib, sys\n"
+                         "hk = hashlib.blake2b(b'clipfarm api key hashing v1\\0' + "
+                         "sys.argv[1].strip().encode(), digest_size=32).digest()\n"
+                         "print(hashlib.blake2b(sys.argv[2].encode(), digest_size=32, "
+                         "key=hk).hexdigest())\n";
+    cf_test_proc_t proc =
+        cf_test_runl("python3", "-c", script, " another secret\n", key, (char *)NULL);
+    cf_test_expect_success(&proc, "python3 hashlib");
+    proc.out[strcspn(proc.out, "\n")] = '\0';
+    s_expect_hex(hash, sizeof hash, proc.out);
+    cf_test_proc_free(&proc);
+}
+
 static void test_hashkey_load(void **state)
 {
     char err[256];
@@ -113,11 +152,9 @@ static void test_bearer(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_generate_and_parse),
-        cmocka_unit_test(test_parse_rejects),
-        cmocka_unit_test(test_keyed_hash),
-        cmocka_unit_test(test_hashkey_load),
-        cmocka_unit_test(test_bearer),
+        cmocka_unit_test(test_generate_and_parse), cmocka_unit_test(test_parse_rejects),
+        cmocka_unit_test(test_keyed_hash),         cmocka_unit_test(test_keyed_hash_independent),
+        cmocka_unit_test(test_hashkey_load),       cmocka_unit_test(test_bearer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -111,6 +111,9 @@ static void test_errors_name_option(void **state)
         {{"node", "--slots", NULL}, "--slots: missing value"},
         {{"node", "-x", NULL}, "-x: unknown option (try --help)"},
         {{"node", "--server", "http://x", NULL}, "--server: unknown option (try --help)"},
+        /* Control bytes in a quoted value (found by fuzz_config): one line. */
+        {{"node", "--log-level", "lo\nud\x1b[2J", NULL},
+         "--log-level: unknown level 'lo?ud?[2J' (expected debug, info, warn or error)"},
     };
     int groups = CF_OPTS_LOG | CF_OPTS_DB | CF_OPTS_REDIS | CF_OPTS_NODE;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

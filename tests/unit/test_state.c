@@ -119,9 +119,19 @@ static void test_option_checks(void **state)
     q.consumer = "ok";
     cf_queue_t *queue = cf_queue_new(&q, err, sizeof err);
     assert_non_null(queue);
-    /* Unreachable Redis: a clear error, and no blocking. */
+    /* A malformed id is refused before any Redis call. */
     assert_int_equal(cf_queue_push(queue, "not-an-id", CF_PRIORITY_LOW, err, sizeof err), -1);
     assert_non_null(strstr(err, "invalid queue item"));
+    /* Unreachable Redis (a closed port): a valid push really tries to
+     * connect and fails with the connection's error; the next call, inside
+     * the reconnect backoff, fails at once and says so. */
+    const char *id = "00000000-0000-4000-8000-000000000001";
+    assert_int_equal(cf_queue_push(queue, id, CF_PRIORITY_LOW, err, sizeof err), -1);
+    if (!strstr(err, "Connection refused"))
+        fail_msg("push to a closed port: %s", err);
+    assert_int_equal(cf_queue_push(queue, id, CF_PRIORITY_LOW, err, sizeof err), -1);
+    if (!strstr(err, "Redis unavailable (next reconnect in"))
+        fail_msg("push inside the backoff: %s", err);
     cf_queue_destroy(&queue);
 
     cf_cache_options_t c;
