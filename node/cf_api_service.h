@@ -51,21 +51,21 @@ typedef struct {
     bool no_render;     /* serve the API only; never take compositions */
     char *redis_prefix; /* queue, cache and rate-limit keys (NULL: "cf:") */
     int render_jobs;
-    /* Source policy (lib/cf_source_policy.h). */
+    /* Source policy (lib/core/cf_source_policy.h). */
     char *media_roots;         /* '\n'-separated directories */
     char *allow_source_nets;   /* '\n'-separated CIDRs */
     double max_source_bytes;   /* one source download (default 20 GiB) */
     int fetch_timeout_s;       /* one source download, whole (default 3600) */
     double upload_quota_bytes; /* bytes of uploads one key may hold (default 10 GiB) */
     int blob_keep_s;           /* unreferenced uploads are removed after (default 7 days) */
-    /* S3 (lib/cf_s3.h): enabled by an endpoint, a region, a credentials
+    /* S3 (lib/net/cf_s3.h): enabled by an endpoint, a region, a credentials
      * file or AWS_ACCESS_KEY_ID in the environment. */
     char *s3_endpoint;
     char *s3_region;
     char *s3_credentials_file;
     bool s3_path_style;
     double s3_part_bytes;
-    /* Webhooks (node/cf_webhook.h). */
+    /* Webhooks (node/api/cf_webhook.h). */
     char *allow_webhook_nets; /* '\n'-separated CIDRs */
     int webhook_max_age_s;
     int webhook_retry_base_ms;

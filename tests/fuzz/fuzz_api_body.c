@@ -1,6 +1,6 @@
 /* libFuzzer target for the body of POST /api/v1/compositions, through the
  * entry point the API handler uses (cf_api_check_composition_body in
- * node/cf_api_validate.c): the nesting bound, the JSON parser and the
+ * node/api/cf_api_validate.c): the nesting bound, the JSON parser and the
  * composition model, with a source check like the API's (a restricted
  * source policy with one media root). Every input must be answered with 0
  * or an error status whose detail names a code; deeply nested input must

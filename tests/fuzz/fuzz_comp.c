@@ -1,5 +1,5 @@
-/* libFuzzer target for the composition parser (lib/cf_comp.c) and the
- * planner (lib/cf_plan.c), which take JSON from the REST API. A rejected
+/* libFuzzer target for the composition parser (lib/model/cf_comp.c) and the
+ * planner (lib/model/cf_plan.c), which take JSON from the REST API. A rejected
  * composition must come with at least one problem; an accepted one must
  * survive a round trip through cf_comp_to_json with every field (the JSON
  * of the parsed JSON is the same), and its plan (sources as

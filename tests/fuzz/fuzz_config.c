@@ -1,5 +1,5 @@
 /* libFuzzer target for the configuration values every command validates at
- * start-up (lib/cf_config.c): the input is split at NUL bytes into option
+ * start-up (node/cf_config.c): the input is split at NUL bytes into option
  * values, each given to an option the first byte of the input picks among
  * those that take text (URLs, addresses, ports, slots, log level, tags,
  * booleans, a bounded int and double like the commands' own). Options that

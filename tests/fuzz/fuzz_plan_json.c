@@ -1,4 +1,4 @@
-/* libFuzzer target for cf_plan_from_json (lib/cf_plan.c): plans arrive from
+/* libFuzzer target for cf_plan_from_json (lib/model/cf_plan.c): plans arrive from
  * other nodes. Whatever it accepts must be consistent and write back to the
  * same JSON it would accept again. */
 #include <stdint.h>

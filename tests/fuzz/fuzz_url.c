@@ -1,4 +1,4 @@
-/* libFuzzer target for lib/cf_url.c, which parses every URL and address a
+/* libFuzzer target for lib/core/cf_url.c, which parses every URL and address a
  * user gives (--database-url, --redis-url, --server, --http-addr, clip
  * sources' hosts). A parsed URL must hold what the grammar allows (a host,
  * a port in range, NUL-terminated fields); the password mask must never

@@ -1,4 +1,4 @@
-/* Integration test of lib/cf_ratelimit.c against the real Redis that
+/* Integration test of lib/store/cf_ratelimit.c against the real Redis that
  * tests/run starts: bucket arithmetic, refill, independence of keys, the
  * script surviving SCRIPT FLUSH (on a private server: the flush would hit
  * every test sharing that Redis), and atomicity under concurrent takers. */

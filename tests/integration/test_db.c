@@ -1,4 +1,4 @@
-/* Integration test of lib/cf_db against the real Postgres that tests/run
+/* Integration test of lib/store/cf_db against the real Postgres that tests/run
  * starts: compositions, the state machine (every transition, table-driven),
  * pagination, segments, events, API keys, retention, and the query plans. */
 #define _GNU_SOURCE

@@ -1,4 +1,4 @@
-/* Integration test of lib/cf_db_cluster against the Postgres that tests/run
+/* Integration test of lib/store/cf_db_cluster against the Postgres that tests/run
  * starts: the coordinator lease (acquire increments the epoch, renew keeps
  * it, expiry, release, one winner among racing nodes), the fence on
  * coordinator writes, the node registry, and the deadline on every call

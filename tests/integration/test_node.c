@@ -1,5 +1,5 @@
-/* Integration test of a node in-process (node/cf_node.c against the Postgres
- * tests/run starts) and of its capabilities (lib/cf_caps.c): the probe, the
+/* Integration test of a node in-process (node/cluster/cf_node.c against the Postgres
+ * tests/run starts) and of its capabilities (lib/media/cf_caps.c): the probe, the
  * calibration and its cache; the snapshot, counters, load and coordinator
  * state other threads read; the bounded, clean shutdown. */
 #define _GNU_SOURCE

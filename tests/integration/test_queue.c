@@ -1,4 +1,4 @@
-/* Integration test of lib/cf_queue with lib/cf_db against real Redis and
+/* Integration test of lib/store/cf_queue with lib/store/cf_db against real Redis and
  * Postgres: priority order, 4 producers + 4 consumers moving 10,000
  * compositions exactly once, a consumer SIGKILLed mid-item (before and after
  * its commit), reaper and reconcile.
@@ -322,7 +322,7 @@ static void *s_consumer(void *arg)
 /* The queue library's housekeeping as a node would drive it: reap dead
  * consumers, reconcile Redis with Postgres when Redis lost its data, and
  * every reconcile_every_ms anyway (when > 0). (The node's own loop, in
- * node/cf_worker.c, is tested by worker_maintenance.sh.) */
+ * node/work/cf_worker.c, is tested by worker_maintenance.sh.) */
 static void *s_housekeeper(void *arg)
 {
     s_workload_t *w = arg;

@@ -1,4 +1,4 @@
-/* Integration test of lib/cf_cache against real Redis and Postgres: the
+/* Integration test of lib/store/cf_cache against real Redis and Postgres: the
  * read-through cache never returns a value older than a write that returned
  * before the read started (sequential, the adversarial late fill, and under
  * concurrency), TTLs by state, progress pub/sub, and Redis being away. */

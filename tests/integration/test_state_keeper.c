@@ -1,4 +1,4 @@
-/* Integration test of lib/cf_state_keeper: retention purge removes expired
+/* Integration test of lib/store/cf_state_keeper: retention purge removes expired
  * compositions and only their local output files under the output root; the
  * keeper's thread reconciles a queue Redis never saw and reaps a consumer
  * that went away holding an item. */

@@ -1,4 +1,4 @@
-# The node's own maintenance loop (node/cf_worker.c), not a copy of it in a
+# The node's own maintenance loop (node/work/cf_worker.c), not a copy of it in a
 # test: with its intervals shortened by flags, a rendering node
 #   - reaps: an item held by a dead consumer (planted with redis-cli: a
 #     processing list, no heartbeat key) goes back to the queue and renders;

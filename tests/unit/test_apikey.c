@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_apikey.c: format, keyed hash, verification. */
+/* Unit tests for lib/store/cf_apikey.c: format, keyed hash, verification. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_blob.c: streamed writes, content addresses, limits,
+/* Unit tests for lib/store/cf_blob.c: streamed writes, content addresses, limits,
  * crash leftovers. */
 #include <dirent.h>
 #include <stdio.h>

@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_comp.c: a table of invalid compositions, each with
+/* Unit tests for lib/model/cf_comp.c: a table of invalid compositions, each with
  * the exact problems expected, and the defaults of valid ones. */
 #include <stdio.h>
 #include <stdlib.h>

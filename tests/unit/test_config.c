@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_config.c and lib/cf_url.c. */
+/* Unit tests for node/cf_config.c and lib/core/cf_url.c. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,4 +1,4 @@
-/* lib/cf_identity.c and `clipfarm secret generate`: the node identity is
+/* lib/store/cf_identity.c and `clipfarm secret generate`: the node identity is
  * created once with mode 0600 and reloaded, refused when exposed or
  * inconsistent; the cluster secret loads strictly and keys the MACs. */
 #include <sodium.h>

@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_metrics.c: series, escaping, histograms, hooks,
+/* Unit tests for lib/core/cf_metrics.c: series, escaping, histograms, hooks,
  * concurrent updates and the text exposition format. */
 #include <pthread.h>
 #include <stdio.h>

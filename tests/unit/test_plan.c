@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-/* Unit tests for lib/cf_plan.c: the frame math. Frame counts are checked
+/* Unit tests for lib/model/cf_plan.c: the frame math. Frame counts are checked
  * against values worked out by hand from ceil((end - start) * fps). */
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_progress.c: what the bar and the JSON lines say. */
+/* Unit tests for lib/core/cf_progress.c: what the bar and the JSON lines say. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* Unit tests of lib/cf_source_policy: which addresses count as internal (in
+/* Unit tests of lib/core/cf_source_policy: which addresses count as internal (in
  * every textual form a resolver accepts), operator-allowed networks, media
  * roots with "..", symlinks and %-escapes, and the open policy of
  * `clipfarm render`. Expectations come from the RFCs' ranges, written out

@@ -1,4 +1,4 @@
-/* Unit tests for lib/cf_state.c: names, parsing, the two-column mapping and
+/* Unit tests for lib/model/cf_state.c: names, parsing, the two-column mapping and
  * the option checks of the pools (no servers needed). */
 #include <string.h>
 

@@ -35,7 +35,7 @@ int cf_cli_parse(cf_config_t *cfg, const char *command, const cf_option_t *extra
 /* Prints "clipfarm COMMAND: message" on stderr. */
 void cf_cli_error(const char *command, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Commands (node/cmd_*.c). */
+/* Commands (node/cli/cmd_*.c). */
 int cf_cmd_node(int argc, char **argv);
 int cf_cmd_render(int argc, char **argv);
 int cf_cmd_migrate(int argc, char **argv);

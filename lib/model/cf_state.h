@@ -1,5 +1,5 @@
 /* cf_state: the composition state machine's names, shared by the data layer
- * (lib/cf_db), the queue, the REST API and the coordinator.
+ * (lib/store/cf_db), the queue, the REST API and the coordinator.
  *
  * A composition moves
  *     pending -> queued -> processing(planning -> encoding -> assembling)

@@ -1,6 +1,6 @@
 /* clipfarm apikey create NAME | list | revoke ID: API keys, straight in the
  * database. A new key is printed once; only its keyed hash is stored (see
- * lib/cf_apikey.h), keyed by the cluster secret the nodes use. */
+ * lib/store/cf_apikey.h), keyed by the cluster secret the nodes use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -33,7 +33,7 @@ typedef struct cf_blob_store_t cf_blob_store_t;
 typedef struct cf_source_policy_t cf_source_policy_t;
 
 /* The cluster as this node sees it, as a new JSON object in the shape of
- * cf_node_snapshot (node/cf_node.h): id, coordinator, epoch, peers (id,
+ * cf_node_snapshot (node/cluster/cf_node.h): id, coordinator, epoch, peers (id,
  * state, http_endpoint, capabilities, load...), counters. */
 typedef struct json_t *(cf_api_cluster_fn)(void *arg);
 
