@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_blob.h"
+#include "cf_locations.h"
 #include "cf_log.h"
 #include "cf_queue.h"
 
@@ -21,6 +23,7 @@ struct cf_state_keeper {
     char *redis_url;
     char *redis_prefix;
     char *output_root; /* realpath, or NULL */
+    char *node_id, *data_dir;
     cf_queue_t *queue; /* used by one thread at a time: the keeper's, or run_once's caller */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -51,6 +54,7 @@ void cf_state_keeper_options_default(cf_state_keeper_options_t *opts)
         .keep_completed_s = CF_DB_KEEP_COMPLETED_S,
         .keep_failed_s = CF_DB_KEEP_FAILED_S,
         .output_root = NULL,
+        .blob_keep_s = 7 * 86400,
         .start_thread = true,
     };
 }
@@ -59,6 +63,16 @@ void cf_state_keeper_options_default(cf_state_keeper_options_t *opts)
  * output_root. Returns 1 removed, 0 left alone, -1 on an unlink error. */
 static int s_remove_output(cf_state_keeper_t *k, const char *location)
 {
+    char node[128], rel[1024], local[PATH_MAX + 1100];
+    if (location && k->opts.node_id && k->opts.data_dir &&
+        cf_location_parse(location, node, sizeof node, rel, sizeof rel) == 0) {
+        if (strcmp(node, k->opts.node_id))
+            return 0; /* another node's file: it removes its own */
+        snprintf(local, sizeof local, "%s/%s", k->opts.data_dir, rel);
+        if (unlink(local) < 0)
+            return errno == ENOENT ? 0 : -1;
+        return 1;
+    }
     if (!k->output_root || !location)
         return 0;
     const char *path = !strncmp(location, "file://", 7) ? location + 7 : location;
@@ -87,6 +101,7 @@ static void s_add(cf_state_keeper_t *k, const cf_state_keeper_stats_t *d,
     t->files_removed += d->files_removed;
     t->files_kept += d->files_kept;
     t->errors += d->errors;
+    t->blobs_removed += d->blobs_removed;
     pthread_mutex_unlock(&k->lock);
     if (done) {
         done->passes += d->passes;
@@ -96,6 +111,7 @@ static void s_add(cf_state_keeper_t *k, const cf_state_keeper_stats_t *d,
         done->files_removed += d->files_removed;
         done->files_kept += d->files_kept;
         done->errors += d->errors;
+        done->blobs_removed += d->blobs_removed;
     }
 }
 
@@ -158,6 +174,19 @@ static int s_pass(cf_state_keeper_t *k, bool force, cf_state_keeper_stats_t *don
         if (d.purged)
             cf_log_info("state", "retention purged %llu composition(s), removed %llu file(s)",
                         (unsigned long long)d.purged, (unsigned long long)d.files_removed);
+        if (k->opts.blobs && k->opts.node_id) {
+            char **hashes = NULL;
+            int count = 0;
+            if (cf_db_blob_gc(k->opts.db, k->opts.node_id, k->opts.blob_keep_s, S_PURGE_BATCH,
+                              &hashes, &count, why, sizeof why) < 0)
+                S_FAIL("upload collection: %s", why);
+            for (int i = 0; i < count; i++)
+                d.blobs_removed += hashes[i] && cf_blob_remove(k->opts.blobs, hashes[i]) == 0;
+            if (count)
+                cf_log_info("state", "removed %llu unreferenced upload(s)",
+                            (unsigned long long)d.blobs_removed);
+            cf_db_strings_free(&hashes, count);
+        }
         k->last_purge_ms = now;
     }
 #undef S_FAIL
@@ -217,6 +246,10 @@ cf_state_keeper_t *cf_state_keeper_new(const cf_state_keeper_options_t *opts, ch
     k->opts.redis_url = k->redis_url;
     k->opts.redis_prefix = k->redis_prefix;
     k->opts.output_root = k->output_root;
+    k->node_id = opts->node_id ? strdup(opts->node_id) : NULL;
+    k->data_dir = opts->data_dir ? strdup(opts->data_dir) : NULL;
+    k->opts.node_id = k->node_id;
+    k->opts.data_dir = k->data_dir;
     cf_queue_options_t qo;
     cf_queue_options_default(&qo);
     qo.url = k->redis_url;
@@ -228,7 +261,8 @@ cf_state_keeper_t *cf_state_keeper_new(const cf_state_keeper_options_t *opts, ch
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&k->cond, &attr);
     pthread_condattr_destroy(&attr);
-    if (!k->queue || (opts->output_root && !k->output_root)) {
+    if (!k->queue || (opts->output_root && !k->output_root) || (opts->node_id && !k->node_id) ||
+        (opts->data_dir && !k->data_dir)) {
         cf_state_keeper_destroy(&k);
         return NULL;
     }
@@ -261,6 +295,8 @@ void cf_state_keeper_destroy(cf_state_keeper_t **self_p)
     free(k->redis_url);
     free(k->redis_prefix);
     free(k->output_root);
+    free(k->node_id);
+    free(k->data_dir);
     free(k);
     *self_p = NULL;
 }

@@ -4,7 +4,9 @@
  *     Redis lost its data, else every reconcile_interval_ms;
  *   - retention: deletes compositions past their retention (completed after
  *     keep_completed_s, failed and cancelled after keep_failed_s: the
- *     origin's 7 days and 24 h) and removes their output files.
+ *     origin's 7 days and 24 h) and removes their output files;
+ *   - uploads: removes this node's uploads no stored composition names any
+ *     more, blob_keep_s after they were made (cf_db_blob_gc).
  * Any node may run one; every step is safe to run on many nodes at once
  * (the reaper is one atomic script, reconcile's duplicates are refused by
  * Postgres, purge skips rows another node is deleting). */
@@ -32,6 +34,14 @@ typedef struct {
      * (a local path or file:// URL); anything else (s3://, https://, a path
      * elsewhere) is left alone and counted as kept. NULL: remove none. */
     const char *output_root;
+    /* Outputs recorded as "clipfarm://NODE_ID/PATH" (cf_locations.h) are
+     * removed when NODE_ID is this node's, from under its data dir; other
+     * nodes' are left to them. Both NULL: none of these is removed. */
+    const char *node_id;
+    const char *data_dir;
+    /* The node's blob store for the uploads step (NULL: no such step). */
+    struct cf_blob_store_t *blobs;
+    int blob_keep_s;   /* default 7 days */
     bool start_thread; /* false: nothing runs until cf_state_keeper_run_once */
 } cf_state_keeper_options_t;
 
@@ -44,6 +54,7 @@ typedef struct {
     uint64_t purged;        /* compositions deleted by retention */
     uint64_t files_removed; /* their output files removed */
     uint64_t files_kept;    /* outputs not removed (remote or outside output_root) */
+    uint64_t blobs_removed; /* uploads removed from the blob store */
     uint64_t errors;
 } cf_state_keeper_stats_t;
 

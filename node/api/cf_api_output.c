@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cf_api_internal.h"
+#include "cf_locations.h"
 #include "cf_db.h"
 #include "cf_httpc.h"
 #include "cf_log.h"
@@ -357,8 +358,8 @@ int cf_api_h_composition_output(cf_api_req_t *req)
         status = cf_api_send_error(req, 409, "not_ready", NULL,
                                    "composition %s is %s: it has no output yet", req->id,
                                    cf_state_name(comp.state));
-    } else if (cf_worker_location_parse(comp.output_location, node_id, sizeof node_id, relpath,
-                                        sizeof relpath) < 0) {
+    } else if (cf_location_parse(comp.output_location, node_id, sizeof node_id, relpath,
+                                 sizeof relpath) < 0) {
         status = cf_api_send_error(req, 404, "output_missing", NULL,
                                    "composition %s has an output location this node cannot "
                                    "read (%s)",

@@ -1,6 +1,7 @@
 /* cf_worker: the single-node renderer (see cf_worker.h). */
 #define _GNU_SOURCE
 #include "cf_worker.h"
+#include "cf_locations.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +22,7 @@
 #include "cf_metrics.h"
 #include "cf_queue.h"
 #include "cf_s3.h"
+#include "cf_state_keeper.h"
 #include "cf_worker_render.h"
 
 #define S_PROGRESS_DB_MS   500  /* composition progress written at most this often */
@@ -35,8 +37,7 @@ struct cf_worker_t {
     char *redis_url, *redis_prefix, *data_dir, *node_id;
     atomic_bool stop;
     atomic_int in_flight;
-    pthread_t maintenance;
-    bool maintenance_started;
+    cf_state_keeper_t *keeper; /* reaper, reconcile, retention, uploads */
     s_slot_t *slots;
     int slot_count;
 
@@ -358,7 +359,7 @@ static void s_render(s_slot_t *slot, const char *id)
         int64_t size = 0;
         cf_db_output_t output = {location, 0, result.duration_s, hash};
         if (s_hash_file(out_path, hash, &size) < 0 ||
-            cf_worker_location_format(w->node_id, relpath, location, sizeof location) < 0) {
+            cf_location_format(w->node_id, relpath, location, sizeof location) < 0) {
             snprintf(err, sizeof err, "cannot read the output %s back", relpath);
             rc = -1;
         } else {
@@ -459,95 +460,6 @@ static void *s_slot_main(void *arg)
     return NULL;
 }
 
-/* Uploads to this node that no composition names any more, past their
- * keep time, leave the blob store (their upload rows go first). */
-static void s_collect_blobs(cf_worker_t *w)
-{
-    if (!w->opts.blobs)
-        return;
-    char **hashes = NULL, err[256];
-    int count = 0;
-    if (cf_db_blob_gc(w->opts.db, w->node_id, w->opts.blob_keep_s, 500, &hashes, &count, err,
-                      sizeof err) != CF_DB_OK) {
-        cf_log_warn("worker", "blob collection: %s", err);
-        return;
-    }
-    int removed = 0;
-    for (int i = 0; i < count; i++)
-        removed += hashes[i] && cf_blob_remove(w->opts.blobs, hashes[i]) == 0;
-    if (count)
-        cf_log_info("worker", "removed %d unreferenced upload(s)", removed);
-    cf_db_strings_free(&hashes, count);
-}
-
-static void s_purge(cf_worker_t *w)
-{
-    cf_db_purged_t *purged = NULL;
-    int count = 0;
-    char err[256], node[128], rel[512], path[4096];
-    if (cf_db_purge_expired(w->opts.db, w->opts.keep_completed_s, w->opts.keep_failed_s, 500,
-                            &purged, &count, err, sizeof err) != CF_DB_OK)
-        return;
-    for (int i = 0; i < count; i++) {
-        if (purged[i].output_location &&
-            cf_worker_location_parse(purged[i].output_location, node, sizeof node, rel,
-                                     sizeof rel) == 0 &&
-            !strcmp(node, w->node_id)) {
-            snprintf(path, sizeof path, "%s/%s", w->data_dir, rel);
-            unlink(path);
-        }
-    }
-    if (count)
-        cf_log_info("worker", "purged %d expired compositions", count);
-    cf_db_purged_free(&purged, count);
-    s_collect_blobs(w);
-}
-
-static void *s_maintenance_main(void *arg)
-{
-    cf_worker_t *w = arg;
-    cf_queue_options_t qo;
-    cf_queue_options_default(&qo);
-    qo.url = w->redis_url;
-    qo.prefix = w->redis_prefix;
-    char err[512];
-    cf_queue_t *q = cf_queue_new(&qo, err, sizeof err);
-    if (!q) {
-        cf_log_error("worker", "maintenance: %s", err);
-        return NULL;
-    }
-    int64_t last_reap = 0, last_reconcile = 0, last_purge = s_now_ms(), last_check = 0;
-    while (!atomic_load(&w->stop)) {
-        int64_t now = s_now_ms();
-        if (now - last_reap >= w->opts.reap_interval_ms) {
-            int returned = 0;
-            if (cf_queue_reap(q, &returned, err, sizeof err) == 0 && returned)
-                cf_log_info("worker", "returned %d items of dead consumers to the queue", returned);
-            last_reap = now;
-        }
-        bool needed = false;
-        if (now - last_check >= 2000) {
-            cf_queue_needs_reconcile(q, &needed, err, sizeof err);
-            last_check = now;
-        }
-        if (needed || now - last_reconcile >= w->opts.reconcile_interval_ms) {
-            int pushed = 0;
-            if (cf_queue_reconcile(q, w->opts.db, &pushed, err, sizeof err) == 0) {
-                last_reconcile = now;
-                if (pushed)
-                    cf_log_info("worker", "reconcile: pushed %d queued compositions", pushed);
-            }
-        }
-        if (now - last_purge >= w->opts.purge_interval_ms) {
-            s_purge(w);
-            last_purge = now;
-        }
-        s_nap(w, 500);
-    }
-    cf_queue_destroy(&q);
-    return NULL;
-}
-
 cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t errlen)
 {
     if (!opts->db || !opts->metrics || !opts->redis_url || !opts->data_dir || !opts->node_id) {
@@ -610,11 +522,22 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
         if (!(slot->queue = cf_queue_new(&qo, err, errlen)))
             goto fail;
     }
-    if (pthread_create(&w->maintenance, NULL, s_maintenance_main, w) != 0) {
-        snprintf(err, errlen, "cannot start the maintenance thread");
+    cf_state_keeper_options_t ko;
+    cf_state_keeper_options_default(&ko);
+    ko.db = w->opts.db;
+    ko.redis_url = w->redis_url;
+    ko.redis_prefix = w->redis_prefix;
+    ko.reap_interval_ms = w->opts.reap_interval_ms;
+    ko.reconcile_interval_ms = w->opts.reconcile_interval_ms;
+    ko.purge_interval_ms = w->opts.purge_interval_ms;
+    ko.keep_completed_s = w->opts.keep_completed_s;
+    ko.keep_failed_s = w->opts.keep_failed_s;
+    ko.node_id = w->node_id;
+    ko.data_dir = w->data_dir;
+    ko.blobs = w->opts.blobs;
+    ko.blob_keep_s = w->opts.blob_keep_s;
+    if (!(w->keeper = cf_state_keeper_new(&ko, err, errlen)))
         goto fail;
-    }
-    w->maintenance_started = true;
     for (int i = 0; i < w->slot_count; i++) {
         if (pthread_create(&w->slots[i].thread, NULL, s_slot_main, &w->slots[i]) != 0) {
             snprintf(err, errlen, "cannot start a render slot");
@@ -640,8 +563,7 @@ void cf_worker_destroy(cf_worker_t **self_p)
     for (int i = 0; w->slots && i < w->slot_count; i++)
         if (w->slots[i].started)
             pthread_join(w->slots[i].thread, NULL);
-    if (w->maintenance_started)
-        pthread_join(w->maintenance, NULL);
+    cf_state_keeper_destroy(&w->keeper);
     for (int i = 0; w->slots && i < w->slot_count; i++)
         cf_queue_destroy(&w->slots[i].queue);
     free(w->slots);

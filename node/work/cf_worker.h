@@ -11,9 +11,10 @@
  *
  * Each slot is one thread that owns its queue connection and does every
  * Postgres and Redis call; the libav work runs in the renderer's own
- * threads, never on HTTP threads. A maintenance thread reaps items of dead
- * consumers, reconciles the queue with Postgres and purges expired results
- * with their files.
+ * threads, never on HTTP threads. The state keeper (lib/store/
+ * cf_state_keeper.h) reaps items of dead consumers, reconciles the queue with
+ * Postgres, purges expired results with this node's output files and
+ * collects unreferenced uploads.
  *
  * Output locations read "clipfarm://NODE_ID/RELATIVE_PATH": the node that
  * holds the file and its path under that node's data dir. */
@@ -66,14 +67,5 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
  * with code "node_stopped", so nothing is left processing forever), joins
  * every thread and frees. Safe on NULL; NULLs *self_p. */
 void cf_worker_destroy(cf_worker_t **self_p);
-
-/* Writes "clipfarm://NODE_ID/RELPATH" into out. Returns 0, or -1 when it
- * does not fit. */
-int cf_worker_location_format(const char *node_id, const char *relpath, char *out, size_t outlen);
-
-/* Splits a location into node id and relative path. Returns 0, or -1 when
- * it is not such a location or the path leaves the data dir (".."). */
-int cf_worker_location_parse(const char *location, char *node_id, size_t node_len, char *relpath,
-                             size_t rel_len);
 
 #endif

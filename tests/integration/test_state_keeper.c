@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_blob.h"
 #include "cf_db.h"
 #include "cf_queue.h"
 #include "cf_redis.h"
@@ -84,6 +85,63 @@ static int s_count(const char *sql)
     int n = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
     return n;
+}
+
+/* The node's own outputs ("clipfarm://THIS_NODE/outputs/...", under its data
+ * dir) are removed at retention, another node's are left to it; uploads of
+ * this node that nothing names any more leave the blob store. */
+static void test_purge_node_locations_and_uploads(void **state)
+{
+    cf_db_t *db = s_pool();
+    char *data = cf_test_mkdtemp("keeper-data");
+    char outputs[600], mine_path[700], blobs_dir[600], err[512];
+    snprintf(outputs, sizeof outputs, "%s/outputs", data);
+    assert_int_equal(mkdir(outputs, 0755), 0);
+    snprintf(mine_path, sizeof mine_path, "%s/mine.mp4", outputs);
+    cf_test_write_file(mine_path, "x");
+    char theirs_path[700];
+    snprintf(theirs_path, sizeof theirs_path, "%s/theirs.mp4", outputs);
+    cf_test_write_file(theirs_path, "x");
+    char a[CF_DB_ID_LEN], b[CF_DB_ID_LEN];
+    s_completed(db, "clipfarm://node-1/outputs/mine.mp4", "8 days", a);
+    s_completed(db, "clipfarm://node-2/outputs/theirs.mp4", "8 days", b);
+
+    snprintf(blobs_dir, sizeof blobs_dir, "%s/blobs", data);
+    cf_blob_store_t *blobs = cf_blob_store_new(blobs_dir, err, sizeof err);
+    assert_non_null(blobs);
+    char upload[700], hex[CF_BLOB_HEX_SIZE], blob_path[800];
+    snprintf(upload, sizeof upload, "%s/upload.bin", data);
+    cf_test_write_file(upload, "uploaded bytes");
+    assert_int_equal(cf_blob_put_file(blobs, upload, hex, err, sizeof err), 0);
+    assert_int_equal(cf_db_blob_record(db, hex, "k1", "node-1", 14, err, sizeof err), CF_DB_OK);
+    PQclear(PQexec(s_raw, "UPDATE blob_uploads SET created_at = now() - interval '8 days'"));
+    assert_int_equal(cf_blob_path(blobs, hex, blob_path, sizeof blob_path, err, sizeof err), 0);
+
+    cf_state_keeper_options_t opts;
+    cf_state_keeper_options_default(&opts);
+    opts.db = db;
+    opts.redis_url = s_redis_url;
+    opts.redis_prefix = s_prefix;
+    opts.node_id = "node-1";
+    opts.data_dir = data;
+    opts.blobs = blobs;
+    opts.start_thread = false;
+    cf_state_keeper_t *keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    assert_non_null(keeper);
+    cf_state_keeper_stats_t done = {0};
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.purged, 2);
+    assert_int_equal(done.files_removed, 1);
+    assert_false(s_exists(mine_path));
+    assert_true(s_exists(theirs_path)); /* node-2 removes its own */
+    assert_int_equal(done.blobs_removed, 1);
+    assert_false(s_exists(blob_path));
+    assert_int_equal(s_count("SELECT count(*) FROM blob_uploads"), 0);
+    cf_state_keeper_destroy(&keeper);
+    cf_blob_store_destroy(&blobs);
+    cf_db_destroy(&db);
+    cf_test_rmtree(data);
+    free(data);
 }
 
 static void test_purge_removes_output_files(void **state)
@@ -225,6 +283,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_purge_removes_output_files),
+        cmocka_unit_test(test_purge_node_locations_and_uploads),
         cmocka_unit_test(test_thread_reconciles_and_reaps),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

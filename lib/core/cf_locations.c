@@ -1,17 +1,17 @@
-/* cf_worker_location: output locations "clipfarm://NODE_ID/RELATIVE_PATH". */
+/* cf_locations: output locations "clipfarm://NODE_ID/RELATIVE_PATH". */
 #include <stdio.h>
 #include <string.h>
 
-#include "cf_worker.h"
+#include "cf_locations.h"
 
-int cf_worker_location_format(const char *node_id, const char *relpath, char *out, size_t outlen)
+int cf_location_format(const char *node_id, const char *relpath, char *out, size_t outlen)
 {
     int n = snprintf(out, outlen, "clipfarm://%s/%s", node_id, relpath);
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-int cf_worker_location_parse(const char *location, char *node_id, size_t node_len, char *relpath,
-                             size_t rel_len)
+int cf_location_parse(const char *location, char *node_id, size_t node_len, char *relpath,
+                      size_t rel_len)
 {
     static const char scheme[] = "clipfarm://";
     if (!location || strncmp(location, scheme, sizeof scheme - 1))
