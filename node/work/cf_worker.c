@@ -23,7 +23,9 @@
 #include "cf_queue.h"
 #include "cf_s3.h"
 #include "cf_state_keeper.h"
-#include "cf_worker_render.h"
+#include "cf_blob.h"
+#include "cf_comp.h"
+#include "cf_render.h"
 
 #define S_PROGRESS_DB_MS   500  /* composition progress written at most this often */
 #define S_CANCEL_CHECK_MS  1000 /* how soon a DELETE stops a render here */
@@ -152,7 +154,7 @@ static void s_set_active(s_job_t *job, int active)
     job->active = active;
 }
 
-static void s_on_progress(void *arg, const cf_worker_progress_t *p)
+static void s_on_progress(void *arg, const cf_render_progress_t *p)
 {
     s_job_t *job = arg;
     cf_worker_t *w = job->slot->worker;
@@ -212,22 +214,28 @@ static void s_on_progress(void *arg, const cf_worker_progress_t *p)
     }
 }
 
+static int s_resolve_blob(void *arg, const char *ref, char *path, size_t pathlen, char *err,
+                          size_t errlen)
+{
+    return cf_blob_path(arg, ref, path, pathlen, err, errlen);
+}
+
 static void s_upload_tick(void *arg)
 {
     s_job_t *job = arg;
-    cf_worker_progress_t p = {"upload", 0, 0, 0, 0};
+    cf_render_progress_t p = {"upload", 0, 0, 0, 0};
     s_on_progress(job, &p);
 }
 
 /* The output to the composition's S3 destination, if it has one, before it
  * may complete: returns 0 (uploaded and recorded, or nothing to do), or -1
  * with "S3 CODE: message" in err. */
-static int s_upload_destination(s_job_t *job, const char *spec_json, const char *path, char *err,
+static int s_upload_destination(s_job_t *job, const cf_comp_t *spec, const char *path, char *err,
                                 size_t errlen)
 {
     cf_worker_t *w = job->slot->worker;
-    char *bucket = NULL, *key = NULL, *profile = NULL;
-    if (!cf_worker_render_destination(spec_json, &bucket, &key, &profile))
+    const char *bucket = spec->dest_s3_bucket, *key = spec->dest_s3_key;
+    if (!bucket)
         return 0;
     int rc = -1;
     char code[64] = "", location[1200], why[512];
@@ -236,7 +244,8 @@ static int s_upload_destination(s_job_t *job, const char *spec_json, const char 
         goto end;
     }
     cf_s3_transfer_t t = {.cancel = &job->cancel, .tick = s_upload_tick, .tick_arg = job};
-    if (cf_s3_upload(w->opts.s3, profile, bucket, key, path, &t, code, why, sizeof why) < 0) {
+    if (cf_s3_upload(w->opts.s3, spec->dest_s3_profile, bucket, key, path, &t, code, why,
+                     sizeof why) < 0) {
         snprintf(err, errlen, "upload to s3://%s/%s failed: %s", bucket, key, why);
         goto end;
     }
@@ -249,9 +258,6 @@ static int s_upload_destination(s_job_t *job, const char *spec_json, const char 
     cf_log_info("worker", "%s: uploaded to %s", job->id, location);
     rc = 0;
 end:
-    free(bucket);
-    free(key);
-    free(profile);
     return rc;
 }
 
@@ -280,20 +286,22 @@ static int s_hash_file(const char *path, char hex[65], int64_t *size)
 }
 
 /* Records the plan's segments as done by this node. */
-static void s_record_segments(s_job_t *job, const cf_worker_render_result_t *result)
+static void s_record_segments(s_job_t *job, const cf_render_result_t *result)
 {
+    const cf_plan_t *rendered = result->plan;
     cf_worker_t *w = job->slot->worker;
     char err[256];
-    if (result->segment_count <= 0)
+    if (!rendered || rendered->segment_count <= 0)
         return;
-    cf_db_segment_plan_t *plan = calloc((size_t)result->segment_count, sizeof *plan);
+    int count = rendered->segment_count;
+    cf_db_segment_plan_t *plan = calloc((size_t)count, sizeof *plan);
     if (!plan)
         return;
-    for (int s = 0; s < result->segment_count; s++)
-        plan[s] = (cf_db_segment_plan_t){s, result->segments[s].frame_start,
-                                         result->segments[s].frame_end, NULL};
-    int rc =
-        cf_db_segments_create(w->opts.db, job->id, 0, plan, result->segment_count, err, sizeof err);
+    for (int s = 0; s < count; s++)
+        plan[s] = (cf_db_segment_plan_t){
+            s, rendered->segments[s].first_frame,
+            rendered->segments[s].first_frame + rendered->segments[s].frames, NULL};
+    int rc = cf_db_segments_create(w->opts.db, job->id, 0, plan, count, err, sizeof err);
     free(plan);
     if (rc != CF_DB_OK && rc != CF_DB_CONFLICT) {
         cf_log_warn("worker", "%s: segments: %s", job->id, err);
@@ -302,11 +310,9 @@ static void s_record_segments(s_job_t *job, const cf_worker_render_result_t *res
     /* Worker-seconds of the encode phase spread evenly over the segments:
      * the local renderer does not time them one by one. */
     int jobs = result->jobs > 0 ? result->jobs : 1;
-    double per_segment = result->seconds *
-                         (jobs < result->segment_count ? jobs : result->segment_count) /
-                         result->segment_count;
-    for (int s = 0; s < result->segment_count; s++) {
-        int64_t frames = result->segments[s].frame_end - result->segments[s].frame_start;
+    double per_segment = result->seconds * (jobs < count ? jobs : count) / count;
+    for (int s = 0; s < count; s++) {
+        int64_t frames = rendered->segments[s].frames;
         cf_db_segment_update_t up = {
             .fields = CF_SEG_F_STATE | CF_SEG_F_PROGRESS | CF_SEG_F_NODE | CF_SEG_F_FPS |
                       CF_SEG_F_TIMINGS,
@@ -334,9 +340,14 @@ static void s_render(s_slot_t *slot, const char *id)
         cf_log_warn("worker", "%s: %s", id, err);
         return;
     }
-    const char *ext = cf_worker_render_extension(comp.spec_json ? comp.spec_json : "");
+    /* The spec was validated on intake; it is parsed once here, for the
+     * render, the extension and the destination. */
+    const char *spec_json = comp.spec_json ? comp.spec_json : "";
+    cf_comp_errors_t problems = {0};
+    cf_comp_t *spec = cf_comp_parse(spec_json, strlen(spec_json), &problems);
+    const char *ext = spec && spec->container == CF_CONTAINER_MKV ? "mkv" : "mp4";
     char relpath[256], out_path[4096], outputs[4096], location[512];
-    snprintf(relpath, sizeof relpath, "outputs/%s.%s", id, ext ? ext : "mp4");
+    snprintf(relpath, sizeof relpath, "outputs/%s.%s", id, ext);
     snprintf(outputs, sizeof outputs, "%s/outputs", w->data_dir);
     snprintf(out_path, sizeof out_path, "%s/%s", w->data_dir, relpath);
     mkdir(outputs, 0755);
@@ -346,10 +357,36 @@ static void s_render(s_slot_t *slot, const char *id)
     atomic_fetch_add(&w->in_flight, 1);
     s_report_load(w);
     cf_log_info("worker", "%s: rendering \"%s\"", id, comp.title ? comp.title : "");
-    cf_worker_render_result_t result;
-    rc = cf_worker_render(comp.spec_json ? comp.spec_json : "", out_path, outputs, w->opts.blobs,
-                          w->opts.policy, w->opts.s3, w->opts.render_jobs, &job.cancel,
-                          s_on_progress, &job, S_RENDER_REPORT_MS, &result, err, sizeof err);
+    cf_render_result_t result = {0};
+    double duration_s = 0;
+    if (!spec) {
+        /* Only a spec stored by something other than the API lands here. */
+        char *joined = cf_comp_errors_join(&problems);
+        snprintf(err, sizeof err, "invalid composition: %s", joined ? joined : "unparseable");
+        for (char *p = err; *p; p++)
+            if (*p == '\n')
+                *p = ';';
+        free(joined);
+        rc = -1;
+    } else {
+        cf_render_opts_t ro = {
+            .jobs = w->opts.render_jobs,
+            .work_parent = outputs,
+            .progress = s_on_progress,
+            .progress_arg = &job,
+            .progress_interval_ms = S_RENDER_REPORT_MS,
+            .cancel = &job.cancel,
+            .blob_resolver = w->opts.blobs ? s_resolve_blob : NULL,
+            .blob_arg = w->opts.blobs,
+            .policy = w->opts.policy,
+            .s3 = w->opts.s3,
+        };
+        rc = cf_render_run(spec, out_path, &ro, &result, err, sizeof err);
+        if (rc == 0 && result.plan)
+            duration_s = (double)result.plan->total_frames * result.plan->output.fps_den /
+                         (result.plan->output.fps_num > 0 ? result.plan->output.fps_num : 1);
+    }
+    cf_comp_errors_free(&problems);
     s_set_active(&job, 0);
     const char *outcome;
     bool upload_failed = false;
@@ -357,7 +394,7 @@ static void s_render(s_slot_t *slot, const char *id)
         s_transition(&job, CF_STATE_ASSEMBLING);
         char hash[65];
         int64_t size = 0;
-        cf_db_output_t output = {location, 0, result.duration_s, hash};
+        cf_db_output_t output = {location, 0, duration_s, hash};
         if (s_hash_file(out_path, hash, &size) < 0 ||
             cf_location_format(w->node_id, relpath, location, sizeof location) < 0) {
             snprintf(err, sizeof err, "cannot read the output %s back", relpath);
@@ -366,8 +403,7 @@ static void s_render(s_slot_t *slot, const char *id)
             output.size_bytes = size;
             s_record_segments(&job, &result);
             char why[512];
-            rc = s_upload_destination(&job, comp.spec_json ? comp.spec_json : "", out_path, err,
-                                      sizeof err);
+            rc = s_upload_destination(&job, spec, out_path, err, sizeof err);
             if (rc == 0)
                 rc = cf_db_composition_complete(w->opts.db, id, &output, why, sizeof why);
             else
@@ -384,7 +420,7 @@ static void s_render(s_slot_t *slot, const char *id)
         if (rc == 0) {
             const char *labels[] = {result.encoder};
             cf_metric_set(w->m_render_fps, labels,
-                          result.seconds > 0 ? result.duration_s / result.seconds : 0);
+                          result.seconds > 0 ? duration_s / result.seconds : 0);
             cf_log_info("worker", "%s: completed in %.1f s (%s, %lld bytes)", id, result.seconds,
                         result.encoder, (long long)size);
         } else {
@@ -416,7 +452,8 @@ static void s_render(s_slot_t *slot, const char *id)
     }
     const char *labels[] = {outcome};
     cf_metric_inc(w->m_renders, labels, 1);
-    free(result.segments);
+    cf_render_result_clear(&result);
+    cf_comp_destroy(&spec);
     cf_db_composition_clear(&comp);
     atomic_fetch_sub(&w->in_flight, 1);
     s_report_load(w);
