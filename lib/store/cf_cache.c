@@ -365,12 +365,12 @@ void cf_cache_stats(cf_cache_t *cache, cf_cache_stats_t *stats)
 
 /* ====================================================================== subscriber */
 
-struct cf_progress_sub {
+struct cf_updates {
     redisContext *ctx;
 };
 
-cf_progress_sub_t *cf_progress_subscribe(const char *url, const char *prefix, const char *id,
-                                         char *err, size_t errlen)
+cf_updates_t *cf_updates_subscribe(const char *url, const char *prefix, const char *id, char *err,
+                                   size_t errlen)
 {
     redisContext *ctx = cf_redis_connect(url, 2000, err, errlen);
     if (!ctx)
@@ -387,7 +387,7 @@ cf_progress_sub_t *cf_progress_subscribe(const char *url, const char *prefix, co
         return NULL;
     }
     freeReplyObject(reply);
-    cf_progress_sub_t *sub = calloc(1, sizeof *sub);
+    cf_updates_t *sub = calloc(1, sizeof *sub);
     if (!sub) {
         redisFree(ctx);
         snprintf(err, errlen, "out of memory");
@@ -397,8 +397,7 @@ cf_progress_sub_t *cf_progress_subscribe(const char *url, const char *prefix, co
     return sub;
 }
 
-int cf_progress_next(cf_progress_sub_t *sub, int timeout_ms, char **message_p, char *err,
-                     size_t errlen)
+int cf_updates_next(cf_updates_t *sub, int timeout_ms, char **message_p, char *err, size_t errlen)
 {
     *message_p = NULL;
     int64_t deadline = s_now_ms() + timeout_ms;
@@ -424,8 +423,8 @@ int cf_progress_next(cf_progress_sub_t *sub, int timeout_ms, char **message_p, c
             continue;
         }
         int64_t left = deadline - s_now_ms();
-        if (left <= 0)
-            return 0;
+        if (left < 0)
+            return 0; /* a timeout of 0 still looks at the socket once */
         struct pollfd p = {.fd = sub->ctx->fd, .events = POLLIN};
         int n = poll(&p, 1, (int)left);
         if (n < 0)
@@ -439,7 +438,7 @@ int cf_progress_next(cf_progress_sub_t *sub, int timeout_ms, char **message_p, c
     }
 }
 
-void cf_progress_sub_destroy(cf_progress_sub_t **self_p)
+void cf_updates_destroy(cf_updates_t **self_p)
 {
     if (!self_p || !*self_p)
         return;

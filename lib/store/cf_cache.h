@@ -83,18 +83,19 @@ typedef struct {
 
 void cf_cache_stats(cf_cache_t *cache, cf_cache_stats_t *stats);
 
-/* A subscription to one composition's progress channel (its own Redis
- * connection; one thread). */
-typedef struct cf_progress_sub cf_progress_sub_t;
+/* A subscription to one composition's update channel (its own Redis
+ * connection; one thread): every write to the composition publishes there
+ * (cf_cache_attach's write hook). Named "updates" so that "progress" means
+ * the terminal bar (lib/core/cf_progress.h) alone. */
+typedef struct cf_updates cf_updates_t;
 
-cf_progress_sub_t *cf_progress_subscribe(const char *url, const char *prefix, const char *id,
-                                         char *err, size_t errlen);
+cf_updates_t *cf_updates_subscribe(const char *url, const char *prefix, const char *id, char *err,
+                                   size_t errlen);
 
 /* Waits up to timeout_ms for the next message. Returns 1 with *message_p
  * (caller's), 0 on timeout, -1 when the connection failed. */
-int cf_progress_next(cf_progress_sub_t *sub, int timeout_ms, char **message_p, char *err,
-                     size_t errlen);
+int cf_updates_next(cf_updates_t *sub, int timeout_ms, char **message_p, char *err, size_t errlen);
 
-void cf_progress_sub_destroy(cf_progress_sub_t **self_p);
+void cf_updates_destroy(cf_updates_t **self_p);
 
 #endif

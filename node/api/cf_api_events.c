@@ -18,6 +18,7 @@
 
 #include "cf_json.h"
 #include "cf_api_internal.h"
+#include "cf_cache.h"
 #include "cf_db.h"
 
 #define S_POLL_MS 250
@@ -26,7 +27,13 @@
  * /readyz and the API share) busy. */
 #define S_POLL_MAX_MS  2000
 #define S_KEEPALIVE_MS 15000
-#define S_BATCH        200
+/* With the composition's update channel (Redis pub/sub), a write wakes the
+ * stream at once; Postgres is read again without one only this often, for
+ * the events no status write announces. Without Redis the stream polls with
+ * backoff as before. */
+#define S_SUBSCRIBED_POLL_MS 5000
+#define S_RESUBSCRIBE_MS     10000
+#define S_BATCH              200
 
 static int s_write(cf_api_req_t *req, const char *text, size_t len)
 {
@@ -99,6 +106,10 @@ int cf_api_h_composition_events(cf_api_req_t *req)
     int64_t after = s_start_after(req);
     int64_t last_write = cf_api_now_ms();
     int poll_ms = S_POLL_MS;
+    char sub_err[256];
+    cf_updates_t *updates =
+        cf_updates_subscribe(api->redis_url, api->redis_prefix, req->id, sub_err, sizeof sub_err);
+    int64_t subscribed_at = cf_api_now_ms();
     while (!atomic_load(&api->stopping)) {
         cf_db_event_t *events = NULL;
         int count = 0;
@@ -151,9 +162,31 @@ int cf_api_h_composition_events(cf_api_req_t *req)
                 break;
             last_write = cf_api_now_ms();
         }
+        if (!updates && cf_api_now_ms() - subscribed_at >= S_RESUBSCRIBE_MS) {
+            updates = cf_updates_subscribe(api->redis_url, api->redis_prefix, req->id, sub_err,
+                                           sizeof sub_err);
+            subscribed_at = cf_api_now_ms();
+        }
+        if (updates) {
+            /* Wake on a write to the composition, or read again after a
+             * while; both in slices so a stopping node is not kept. */
+            int wait_ms = count > 0 ? S_POLL_MS : S_SUBSCRIBED_POLL_MS;
+            for (int waited = 0; waited < wait_ms && !atomic_load(&api->stopping);
+                 waited += S_POLL_MS) {
+                char *message = NULL;
+                int got = cf_updates_next(updates, S_POLL_MS, &message, sub_err, sizeof sub_err);
+                free(message);
+                if (got < 0)
+                    cf_updates_destroy(&updates); /* Redis gone: poll Postgres */
+                if (got != 0)
+                    break;
+            }
+            continue;
+        }
         for (int slept = 0; slept < poll_ms && !atomic_load(&api->stopping); slept += S_POLL_MS)
             usleep(S_POLL_MS * 1000);
     }
+    cf_updates_destroy(&updates);
     cf_api_stream_leave(req);
     return 200;
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cf_blob.h"
+#include "cf_cache.h"
 #include "cf_db.h"
 #include "cf_log.h"
 #include "cf_metrics.h"
@@ -27,8 +28,11 @@
 #include "cf_comp.h"
 #include "cf_render.h"
 
-#define S_PROGRESS_DB_MS   500  /* composition progress written at most this often */
-#define S_CANCEL_CHECK_MS  1000 /* how soon a DELETE stops a render here */
+#define S_PROGRESS_DB_MS  500  /* composition progress written at most this often */
+#define S_CANCEL_CHECK_MS 1000 /* how soon a DELETE stops a render here without Redis */
+/* With the composition's update channel, a DELETE is heard at once (the
+ * next progress callback); Postgres is asked only this often besides. */
+#define S_CANCEL_SAFETY_MS 10000
 #define S_HEARTBEAT_MS     2000 /* consumer heartbeat while rendering (TTL 10 s) */
 #define S_RENDER_REPORT_MS 200
 
@@ -68,6 +72,7 @@ typedef struct {
     cf_state_t stage;
     double progress_written;
     int64_t last_progress_ms, last_cancel_ms, last_heartbeat_ms;
+    cf_updates_t *updates; /* the composition's update channel, NULL without Redis */
     int segments_seen;
     int segments_total;
     int active;
@@ -204,7 +209,18 @@ static void s_on_progress(void *arg, const cf_render_progress_t *p)
             cf_db_event_append(w->opts.db, job->id, "frames", payload, NULL, err, sizeof err);
         }
     }
-    if (now - job->last_cancel_ms >= S_CANCEL_CHECK_MS) {
+    bool heard = false;
+    if (job->updates) {
+        char *message = NULL, why[256];
+        int got = cf_updates_next(job->updates, 0, &message, why, sizeof why);
+        /* Any write may be the cancel; a status write is what to look at. */
+        heard = got > 0 && message && strstr(message, "\"cancelled\"");
+        free(message);
+        if (got < 0)
+            cf_updates_destroy(&job->updates); /* back to asking Postgres */
+    }
+    if (heard ||
+        now - job->last_cancel_ms >= (job->updates ? S_CANCEL_SAFETY_MS : S_CANCEL_CHECK_MS)) {
         s_check_cancel(job);
         job->last_cancel_ms = now;
     }
@@ -354,6 +370,9 @@ static void s_render(s_slot_t *slot, const char *id)
 
     s_job_t job = {.slot = slot, .id = id, .stage = CF_STATE_PLANNING};
     atomic_init(&job.cancel, false);
+    char sub_err[256];
+    job.updates = cf_updates_subscribe(w->redis_url, w->redis_prefix, id, sub_err, sizeof sub_err);
+    job.last_cancel_ms = s_now_ms();
     atomic_fetch_add(&w->in_flight, 1);
     s_report_load(w);
     cf_log_info("worker", "%s: rendering \"%s\"", id, comp.title ? comp.title : "");
@@ -454,6 +473,7 @@ static void s_render(s_slot_t *slot, const char *id)
     cf_metric_inc(w->m_renders, labels, 1);
     cf_render_result_clear(&result);
     cf_comp_destroy(&spec);
+    cf_updates_destroy(&job.updates);
     cf_db_composition_clear(&comp);
     atomic_fetch_sub(&w->in_flight, 1);
     s_report_load(w);
