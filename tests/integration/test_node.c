@@ -462,11 +462,11 @@ static json_t *s_peer_view(cf_node_t *node, const char *id)
 /* Waits until EXPR (using node) holds, up to 5 s. */
 #define S_EVENTUALLY(expr)                                                                         \
     do {                                                                                           \
-        int64_t until_ = s_ms() + 5000;                                                            \
+        int64_t until_ = s_ms() + 15000;                                                           \
         while (!(expr) && s_ms() < until_)                                                         \
             usleep(20 * 1000);                                                                     \
         if (!(expr))                                                                               \
-            fail_msg("not true within 5 s: %s", #expr);                                            \
+            fail_msg("not true within 15 s: %s", #expr);                                           \
     } while (0)
 
 static bool s_peer_state(cf_node_t *node, const char *id, const char *state)

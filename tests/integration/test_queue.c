@@ -388,6 +388,19 @@ static int s_workload_run(s_workload_t *w)
         s_sleep_ms(100);
     }
     s_write_status(w);
+    /* A reconcile that ran between a creation and its push queued the id
+     * twice: consumers drop the second copy (foreign). Let them drain those
+     * before stopping, so "nothing left in Redis" holds. */
+    cf_queue_t *observer = s_queue(w->redis_url, w->prefix, NULL, w->ttl_ms);
+    for (int64_t until = s_now_ms() + 30000; s_now_ms() < until;) {
+        int64_t depth[CF_PRIORITY_COUNT];
+        char err[256];
+        if (cf_queue_depth(observer, depth, err, sizeof err) == 0 &&
+            depth[0] + depth[1] + depth[2] == 0)
+            break;
+        s_sleep_ms(50);
+    }
+    cf_queue_destroy(&observer);
     atomic_store(&w->stop, true);
     for (int i = 0; i < threads; i++)
         pthread_join(tids[i], NULL);
