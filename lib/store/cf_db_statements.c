@@ -1,0 +1,347 @@
+/* cf_db_statements: the table of cf_db's prepared statements, all of the
+ * module's SQL (constant text, parameterised; see cf_db_internal.h). */
+#include "cf_db_internal.h"
+
+#include <pthread.h>
+#include <stdio.h>
+
+/* Timestamps as RFC 3339 UTC with microseconds. */
+#define S_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+/* The JSON object of a composition (without spec), in a stable key order
+ * (json_build_object keeps the order; jsonb would sort the keys). */
+#define S_COMPOSITION_FIELDS                                                                       \
+    "'id', c.id, 'title', c.title, 'status', c.status, 'stage', c.stage, "                         \
+    "'priority', c.priority, 'progress', c.progress, 'attempts', c.attempts, "                     \
+    "'api_key_id', c.api_key_id, "                                                                 \
+    "'error', CASE WHEN c.error_code IS NULL THEN NULL ELSE json_build_object("                    \
+    "'code', c.error_code, 'message', c.error_message) END, "                                      \
+    "'output', CASE WHEN c.output_location IS NULL THEN NULL ELSE json_build_object("              \
+    "'location', c.output_location, 's3', c.output_s3_location, "                                  \
+    "'size_bytes', c.output_size_bytes, "                                                          \
+    "'duration_s', c.output_duration_s, 'hash', c.output_hash) END, "                              \
+    "'version', c.version, 'created_at', " S_TS(                                                   \
+        "c.created_at") ", "                                                                       \
+                        "'updated_at', " S_TS("c.updated_at") ", 'started_at', " S_TS(             \
+                            "c.started_at") ", "                                                   \
+                                            "'finished_at', " S_TS("c.finished_at")
+
+/* The keyset cursor's position: microseconds since the epoch (exact: extract
+ * returns numeric) and id. */
+#define S_CURSOR_COLUMNS "(extract(epoch FROM c.created_at) * 1000000)::bigint, c.id"
+#define S_CURSOR_BEFORE                                                                            \
+    "(c.created_at, c.id) < (timestamptz 'epoch' + $%d::bigint * interval '1 microsecond', "       \
+    "$%d::uuid)"
+
+#define S_LIST_SELECT                                                                              \
+    "SELECT json_build_object(" S_COMPOSITION_FIELDS ")::text, " S_CURSOR_COLUMNS                  \
+    " FROM compositions c "
+#define S_LIST_ORDER " ORDER BY c.created_at DESC, c.id DESC LIMIT "
+
+/* One statement for every transition: $1 id, $2 target state, $3 its status,
+ * $4 its stage, $5 who (event payload), $6/$7 error code/message,
+ * $8..$11 output, $12 this call's operation id (event payload: tells after
+ * a lost answer whether the statement committed). The EXISTS is re-evaluated on the newest row
+ * version when a concurrent update got there first, so a transition is only ever applied from a
+ * state the table allows. prev reports the state before. */
+#define S_TRANSITION_SQL                                                                           \
+    "WITH prev AS (SELECT cf_state(status, stage) AS state FROM compositions WHERE id = "          \
+    "$1::uuid),"                                                                                   \
+    " upd AS (UPDATE compositions c SET status = $3::text, stage = $4::text,"                      \
+    "  attempts = c.attempts + CASE WHEN $2::text = 'planning' THEN 1 ELSE 0 END,"                 \
+    "  started_at = CASE WHEN $2::text = 'planning' THEN now() ELSE c.started_at END,"             \
+    "  finished_at = CASE WHEN $2::text IN ('completed', 'failed', 'cancelled') THEN now()"        \
+    "                ELSE c.finished_at END,"                                                      \
+    "  progress = CASE WHEN $2::text = 'completed' THEN 1 ELSE c.progress END,"                    \
+    "  error_code = coalesce($6::text, c.error_code),"                                             \
+    "  error_message = coalesce($7::text, c.error_message),"                                       \
+    "  output_location = coalesce($8::text, c.output_location),"                                   \
+    "  output_size_bytes = coalesce($9::bigint, c.output_size_bytes),"                             \
+    "  output_duration_s = coalesce($10::float8, c.output_duration_s),"                            \
+    "  output_hash = coalesce($11::text, c.output_hash)"                                           \
+    "  WHERE c.id = $1::uuid AND EXISTS (SELECT 1 FROM composition_transitions t"                  \
+    "   WHERE t.from_state = cf_state(c.status, c.stage) AND t.to_state = $2::text)"               \
+    "  RETURNING c.id, c.version, c.progress),"                                                    \
+    " ev AS (INSERT INTO events (composition_id, type, payload)"                                   \
+    "  SELECT upd.id, 'status', jsonb_strip_nulls(jsonb_build_object('from', (SELECT state FROM "  \
+    "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text, 'op', $12::text)) FROM upd)"        \
+    " SELECT (SELECT state FROM prev), upd.version, upd.progress"                                  \
+    " FROM (SELECT 1) one LEFT JOIN upd ON true"
+
+const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
+    [CF_DBI_PING] = {"ping", "SELECT 1", true},
+    [CF_DBI_CREATE] =
+        {"composition_create",
+         "WITH ins AS (INSERT INTO compositions"
+         " (title, priority, spec, api_key_id, idempotency_key, request_hash, status)"
+         " VALUES ($1::text, $2::text, $3::jsonb, $4::text, $5::text, $6::text, $7::text)"
+         " ON CONFLICT ((coalesce(api_key_id, '')), idempotency_key)"
+         " WHERE idempotency_key IS NOT NULL DO NOTHING"
+         " RETURNING id, version, status),"
+         " ev AS (INSERT INTO events (composition_id, type, payload)"
+         " SELECT id, 'created', jsonb_build_object('status', status) FROM ins)"
+         " SELECT id, version FROM ins",
+         false},
+    [CF_DBI_FIND_IDEMPOTENT] = {"composition_find_idempotent",
+                                "SELECT id, request_hash FROM compositions"
+                                " WHERE coalesce(api_key_id, '') = coalesce($1::text, '')"
+                                " AND idempotency_key = $2::text",
+                                true},
+    [CF_DBI_GET_JSON] = {"composition_get_json",
+                         "SELECT json_build_object(" S_COMPOSITION_FIELDS ", 'spec', c.spec)::text,"
+                         " c.version FROM compositions c WHERE c.id = $1::uuid",
+                         true},
+    [CF_DBI_GET] = {"composition_get",
+                    "SELECT c.title, c.status, c.stage, c.priority, c.spec::text, c.progress,"
+                    " c.attempts, c.version, c.api_key_id, c.error_code, c.error_message,"
+                    " c.output_location, c.output_size_bytes, c.output_duration_s, c.output_hash"
+                    " FROM compositions c WHERE c.id = $1::uuid",
+                    true},
+    [CF_DBI_LIST] = {"composition_list", S_LIST_SELECT S_LIST_ORDER "$1::int", true},
+    /* CF_DBI_LIST_AFTER, CF_DBI_LIST_STATUS_AFTER: built in cf_dbi_stmt_sql (parameter
+     * numbers differ). */
+    [CF_DBI_LIST_AFTER] = {"composition_list_after", NULL, true},
+    [CF_DBI_LIST_STATUS] = {"composition_list_status",
+                            S_LIST_SELECT "WHERE c.status = $1::text" S_LIST_ORDER "$2::int", true},
+    [CF_DBI_LIST_STATUS_AFTER] = {"composition_list_status_after", NULL, true},
+    [CF_DBI_TRANSITION] = {"composition_transition", S_TRANSITION_SQL, false},
+    [CF_DBI_PROGRESS] =
+        {"composition_progress",
+         "WITH upd AS (UPDATE compositions c"
+         " SET progress = greatest(c.progress, $2::float8)"
+         " WHERE c.id = $1::uuid AND c.status = 'processing'"
+         " RETURNING c.id, c.version, c.progress, cf_state(c.status, c.stage) AS state),"
+         " ev AS (INSERT INTO events (composition_id, type, payload)"
+         " SELECT id, 'progress', jsonb_build_object('progress', progress) FROM upd)"
+         " SELECT (SELECT cf_state(status, stage) FROM compositions"
+         " WHERE id = $1::uuid), upd.version, upd.progress, upd.state"
+         " FROM (SELECT 1) one LEFT JOIN upd ON true",
+         false},
+    [CF_DBI_OUTPUT] =
+        {"composition_output",
+         "WITH upd AS (UPDATE compositions c SET output_location = $2::text,"
+         " output_size_bytes = $3::bigint, output_duration_s = $4::float8,"
+         " output_hash = $5::text"
+         " WHERE c.id = $1::uuid AND c.status = 'processing'"
+         " RETURNING c.id, c.version, c.progress, cf_state(c.status, c.stage) AS state)"
+         " SELECT (SELECT cf_state(status, stage) FROM compositions"
+         " WHERE id = $1::uuid), upd.version, upd.progress, upd.state"
+         " FROM (SELECT 1) one LEFT JOIN upd ON true",
+         false},
+    [CF_DBI_COUNTS] = {"composition_counts",
+                       "SELECT cf_state(status, stage), count(*) FROM compositions GROUP BY 1",
+                       true},
+    [CF_DBI_QUEUED] = {"composition_queued",
+                       "SELECT id, priority FROM compositions WHERE status = 'queued'"
+                       " ORDER BY created_at LIMIT $1::int",
+                       true},
+    [CF_DBI_PURGE] =
+        {"composition_purge",
+         "DELETE FROM compositions c WHERE c.id IN (SELECT id FROM compositions"
+         " WHERE finished_at < now() - least($1::bigint, $2::bigint) * interval '1 second'"
+         " AND ("
+         " (status = 'completed'"
+         "  AND finished_at < now() - $1::bigint * interval '1 second')"
+         " OR (status IN ('failed', 'cancelled')"
+         "  AND finished_at < now() - $2::bigint * interval '1 second'))"
+         " ORDER BY finished_at LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+         " RETURNING c.id, cf_state(c.status, c.stage), c.output_location",
+         false},
+    [CF_DBI_SEGMENTS_CREATE] =
+        {"segments_create",
+         "WITH comp AS (SELECT id FROM compositions WHERE id = $1::uuid),"
+         " ins AS (INSERT INTO segments"
+         " (composition_id, idx, frame_start, frame_end, sources, epoch)"
+         " SELECT comp.id, s.idx, s.frame_start, s.frame_end,"
+         " coalesce(s.sources, '[]'), $2::bigint"
+         " FROM comp, jsonb_to_recordset($3::jsonb)"
+         " AS s(idx int, frame_start bigint, frame_end bigint, sources jsonb)"
+         " RETURNING 1)"
+         " SELECT (SELECT count(*) FROM comp), (SELECT count(*) FROM ins)",
+         false},
+    [CF_DBI_SEGMENT_UPDATE] =
+        {"segment_update",
+         "WITH prev AS (SELECT epoch, status FROM segments"
+         "  WHERE composition_id = $1::uuid AND idx = $2::int),"
+         " upd AS (UPDATE segments s SET"
+         "  status = coalesce($4::text, s.status),"
+         "  progress = coalesce($5::float8, CASE WHEN $4::text = 'done' THEN 1 ELSE s.progress "
+         "END),"
+         "  node_id = coalesce($6::text, s.node_id),"
+         "  blob_hash = coalesce($7::text, s.blob_hash),"
+         "  size_bytes = coalesce($8::bigint, s.size_bytes),"
+         "  encode_fps = coalesce($9::float8, s.encode_fps),"
+         "  fetch_ms = coalesce($10::bigint, s.fetch_ms),"
+         "  encode_ms = coalesce($11::bigint, s.encode_ms),"
+         "  attempts = s.attempts + CASE WHEN $4::text = 'assigned' THEN 1 ELSE 0 END,"
+         "  assigned_at = CASE WHEN $4::text = 'assigned' THEN now() ELSE s.assigned_at END,"
+         "  started_at = CASE WHEN $4::text = 'encoding' THEN now() ELSE s.started_at END,"
+         "  finished_at = CASE WHEN $4::text IN ('done', 'failed') THEN now()"
+         "                WHEN $4::text IS NOT NULL THEN NULL ELSE s.finished_at END,"
+         "  epoch = $3::bigint"
+         "  WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.epoch <= $3::bigint"
+         "  AND ($4::text IS NULL OR s.status <> 'done' OR $4::text = 'done')"
+         "  RETURNING 1)"
+         " SELECT prev.epoch, prev.status, (SELECT count(*) FROM upd) FROM prev",
+         false},
+    [CF_DBI_SEGMENTS_LIST] = {"segments_list",
+                              "SELECT idx, frame_start, frame_end, sources::text, status, progress,"
+                              " node_id, attempts, epoch, blob_hash, size_bytes, encode_fps,"
+                              " fetch_ms, encode_ms, " S_TS("assigned_at") ", " S_TS(
+                                  "started_at") ", " S_TS("finished_at") " FROM segments"
+                                                                         " WHERE composition_id = "
+                                                                         "$1::uuid ORDER BY idx",
+                              true},
+    [CF_DBI_EVENT_APPEND] = {"event_append",
+                             "INSERT INTO events (composition_id, type, payload)"
+                             " VALUES ($1::uuid, $2::text, $3::jsonb) RETURNING id",
+                             false},
+    [CF_DBI_EVENTS_SINCE] = {"events_since",
+                             "SELECT id, type, coalesce(payload::text, 'null'), " S_TS(
+                                 "at") " FROM events WHERE composition_id = $1::uuid AND id > "
+                                       "$2::bigint ORDER BY id LIMIT $3::int",
+                             true},
+    [CF_DBI_KEY_INSERT] =
+        {"api_key_insert",
+         "INSERT INTO api_keys (id, name, secret_hash) VALUES ($1::text, $2::text, "
+         "$3::bytea)",
+         false},
+    [CF_DBI_KEY_FIND] = {"api_key_find",
+                         "SELECT id, name, secret_hash, " S_TS("created_at") ", " S_TS(
+                             "revoked_at") ", admin FROM api_keys WHERE id = $1::text",
+                         true},
+    [CF_DBI_KEY_REVOKE] = {"api_key_revoke",
+                           "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+                           " WHERE id = $1::text RETURNING 1",
+                           false},
+    [CF_DBI_KEY_LIST] = {"api_key_list",
+                         "SELECT id, name, NULL, " S_TS("created_at") ", " S_TS(
+                             "revoked_at") ", admin FROM api_keys ORDER BY created_at, id",
+                         true},
+    [CF_DBI_OP_APPLIED] = {"composition_op_applied",
+                           "SELECT c.version, c.progress, cf_state(c.status, c.stage)"
+                           " FROM events e JOIN compositions c ON c.id = e.composition_id"
+                           " WHERE e.composition_id = $1::uuid AND e.type = 'status'"
+                           " AND e.payload->>'op' = $2::text LIMIT 1",
+                           true},
+    /* One key's compositions ($1 the key id); the _AFTER and _STATUS forms
+     * are built in s_build_sql. */
+    [CF_DBI_LIST_OWNED] = {"composition_list_owned",
+                           S_LIST_SELECT "WHERE c.api_key_id = $1::text" S_LIST_ORDER "$2::int",
+                           true},
+    [CF_DBI_LIST_OWNED_AFTER] = {"composition_list_owned_after", NULL, true},
+    [CF_DBI_LIST_OWNED_STATUS] =
+        {"composition_list_owned_status",
+         S_LIST_SELECT "WHERE c.api_key_id = $1::text AND c.status = $2::text" S_LIST_ORDER
+                       "$3::int",
+         true},
+    [CF_DBI_LIST_OWNED_STATUS_AFTER] = {"composition_list_owned_status_after", NULL, true},
+    [CF_DBI_OWNER] = {"composition_owner",
+                      "SELECT coalesce(api_key_id, '') FROM compositions WHERE id = $1::uuid",
+                      true},
+    [CF_DBI_KEY_INSERT_SCOPED] = {"api_key_insert_scoped",
+                                  "INSERT INTO api_keys (id, name, secret_hash, admin)"
+                                  " VALUES ($1::text, $2::text, $3::bytea, $4::boolean)",
+                                  false},
+    [CF_DBI_BLOB_RECORD] = {"blob_record",
+                            "INSERT INTO blob_uploads (hash, api_key_id, node_id, size_bytes)"
+                            " VALUES ($1::text, $2::text, $3::text, $4::bigint)"
+                            " ON CONFLICT (hash, api_key_id) DO UPDATE SET created_at = now(),"
+                            " node_id = excluded.node_id",
+                            false},
+    [CF_DBI_BLOB_USAGE] = {"blob_usage",
+                           "SELECT coalesce(sum(size_bytes), 0)::bigint FROM blob_uploads"
+                           " WHERE api_key_id = $1::text",
+                           true},
+    [CF_DBI_BLOB_OWNED] =
+        {"blob_owned", "SELECT 1 FROM blob_uploads WHERE hash = $1::text AND api_key_id = $2::text",
+         true},
+    /* Uploads of node $1 older than $2 seconds that no composition names as
+     * a source; answers the hashes no upload row of this node keeps. */
+    [CF_DBI_BLOB_GC] =
+        {"blob_gc",
+         "WITH gone AS (DELETE FROM blob_uploads b WHERE b.ctid IN ("
+         " SELECT o.ctid FROM blob_uploads o WHERE o.node_id = $1::text"
+         " AND o.created_at < now() - $2::bigint * interval '1 second'"
+         " AND NOT EXISTS (SELECT 1 FROM compositions c WHERE c.spec->'clips' @>"
+         "  jsonb_build_array(jsonb_build_object('source', 'blob:' || o.hash)))"
+         " LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+         " RETURNING b.hash, b.api_key_id)"
+         " SELECT DISTINCT g.hash FROM gone g WHERE NOT EXISTS ("
+         " SELECT 1 FROM blob_uploads k WHERE k.hash = g.hash AND k.node_id = $1::text"
+         " AND NOT EXISTS (SELECT 1 FROM gone g2"
+         "  WHERE g2.hash = k.hash AND g2.api_key_id = k.api_key_id))",
+         false},
+    [CF_DBI_S3_LOCATION] = {"composition_s3_location",
+                            "UPDATE compositions SET output_s3_location = $2::text"
+                            " WHERE id = $1::uuid AND status = 'processing' RETURNING 1",
+                            false},
+    /* Due deliveries nobody holds, claimed by $1 for $2 seconds. */
+    [CF_DBI_WEBHOOK_CLAIM] =
+        {"webhook_claim",
+         "UPDATE webhook_deliveries d SET claimed_by = $1::text,"
+         " claimed_until = now() + $2::int * interval '1 second',"
+         " attempts = d.attempts + 1"
+         " WHERE d.id IN (SELECT id FROM webhook_deliveries"
+         "  WHERE delivered_at IS NULL AND abandoned_at IS NULL AND next_at <= now()"
+         "  AND (claimed_until IS NULL OR claimed_until < now())"
+         "  ORDER BY next_at LIMIT $3::int FOR UPDATE SKIP LOCKED)"
+         " RETURNING d.id, d.composition_id, coalesce(d.api_key_id, ''), d.url,"
+         " d.body, d.attempts,"
+         " extract(epoch FROM now() - d.created_at)::float8",
+         false},
+    /* $2: 'delivered' or 'abandoned'; only the claim's holder ($3) ends it. */
+    [CF_DBI_WEBHOOK_DONE] = {"webhook_done",
+                             "UPDATE webhook_deliveries SET claimed_until = NULL,"
+                             " delivered_at = CASE WHEN $2::text = 'delivered' THEN now() END,"
+                             " abandoned_at = CASE WHEN $2::text = 'abandoned' THEN now() END"
+                             " WHERE id = $1::bigint AND claimed_by = $3::text"
+                             " AND delivered_at IS NULL AND abandoned_at IS NULL RETURNING 1",
+                             false},
+    [CF_DBI_WEBHOOK_RETRY] = {"webhook_retry",
+                              "UPDATE webhook_deliveries SET claimed_until = NULL,"
+                              " next_at = now() + $2::bigint * interval '1 millisecond'"
+                              " WHERE id = $1::bigint AND claimed_by = $3::text"
+                              " AND delivered_at IS NULL RETURNING 1",
+                              false},
+};
+
+/* SQL of statements whose text needs parameter numbers filled in. Built once
+ * from constant fragments (no user data ever goes into SQL text). */
+static char s_list_after_sql[4096];
+static char s_list_status_after_sql[4096];
+static char s_list_owned_after_sql[4096];
+static char s_list_owned_status_after_sql[4096];
+static pthread_once_t s_sql_once = PTHREAD_ONCE_INIT;
+
+static void s_build_sql(void)
+{
+    char where[256];
+    snprintf(where, sizeof where, "WHERE " S_CURSOR_BEFORE, 1, 2);
+    snprintf(s_list_after_sql, sizeof s_list_after_sql, "%s%s%s$3::int", S_LIST_SELECT, where,
+             S_LIST_ORDER);
+    snprintf(where, sizeof where, "WHERE c.status = $1::text AND " S_CURSOR_BEFORE, 2, 3);
+    snprintf(s_list_status_after_sql, sizeof s_list_status_after_sql, "%s%s%s$4::int",
+             S_LIST_SELECT, where, S_LIST_ORDER);
+    snprintf(where, sizeof where, "WHERE c.api_key_id = $1::text AND " S_CURSOR_BEFORE, 2, 3);
+    snprintf(s_list_owned_after_sql, sizeof s_list_owned_after_sql, "%s%s%s$4::int", S_LIST_SELECT,
+             where, S_LIST_ORDER);
+    snprintf(where, sizeof where,
+             "WHERE c.api_key_id = $1::text AND c.status = $2::text AND " S_CURSOR_BEFORE, 3, 4);
+    snprintf(s_list_owned_status_after_sql, sizeof s_list_owned_status_after_sql, "%s%s%s$5::int",
+             S_LIST_SELECT, where, S_LIST_ORDER);
+}
+
+const char *cf_dbi_stmt_sql(cf_dbi_stmt_t stmt)
+{
+    pthread_once(&s_sql_once, s_build_sql);
+    if (stmt == CF_DBI_LIST_AFTER)
+        return s_list_after_sql;
+    if (stmt == CF_DBI_LIST_STATUS_AFTER)
+        return s_list_status_after_sql;
+    if (stmt == CF_DBI_LIST_OWNED_AFTER)
+        return s_list_owned_after_sql;
+    if (stmt == CF_DBI_LIST_OWNED_STATUS_AFTER)
+        return s_list_owned_status_after_sql;
+    return cf_dbi_stmts[stmt].sql;
+}
