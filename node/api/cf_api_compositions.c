@@ -11,6 +11,7 @@
 #include "cf_api_validate.h"
 #include "cf_cache.h"
 #include "cf_db.h"
+#include "cf_ids.h"
 #include "cf_log.h"
 #include "cf_queue.h"
 #include "cf_source_policy.h"
@@ -39,11 +40,14 @@ int cf_api_composition_visible(cf_api_req_t *req, char **json_p, size_t *len_p)
 {
     if (json_p)
         *json_p = NULL;
-    if (!cf_api_is_uuid(req->id))
+    /* The router spelt it canonically already (in place again: a no-op
+     * then); the caches are only ever asked for that spelling, the one
+     * invalidations name. */
+    if (!cf_id_parse(req->id, req->id))
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     char *json = NULL, err[256];
     size_t len = 0;
-    int rc = cf_api_composition_json(req->api, req->id, &json, &len, err, sizeof err);
+    int rc = cf_localcache_get(req->api->local, req->id, &json, &len, err, sizeof err);
     if (rc == CF_DB_NOT_FOUND)
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     if (rc != CF_DB_OK)
@@ -330,7 +334,7 @@ int cf_api_h_composition_cancel(cf_api_req_t *req)
     cf_state_t from = CF_STATE_PENDING;
     char err[256];
     int rc = cf_db_composition_cancel(req->api->opts.db, req->id, &from, err, sizeof err);
-    cf_api_cache_forget(req->api, req->id); /* the client reads its own write here */
+    cf_localcache_forget(req->api->local, req->id); /* the client reads its own write here */
     if (rc == CF_DB_NOT_FOUND)
         return cf_api_send_error(req, 404, "not_found", "id", "composition %s not found", req->id);
     if (rc == CF_DB_TERMINAL)

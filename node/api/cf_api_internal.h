@@ -1,5 +1,14 @@
 /* Internals shared by the REST API's files (cf_api*.c). Not for other
- * modules: they use cf_api.h. */
+ * modules: they use cf_api.h.
+ *
+ *   cf_api.c         options, routing, dispatch, request metrics, lifecycle
+ *   cf_api_pool.c    pools of Redis connections and queue producers
+ *   cf_api_http.c    response and request helpers
+ *   cf_api_auth.c    API keys, their caches, failed-login limits, peer credentials
+ *   cf_api_limits.c  rate-limit leases, connections per address, event streams
+ *   cf_api_cache.c   the in-process composition cache (its own module)
+ *   cf_api_routes.c  the route table and the OpenAPI document
+ *   the rest         handlers */
 #ifndef CF_API_INTERNAL_H
 #define CF_API_INTERNAL_H
 
@@ -11,6 +20,7 @@
 #include <stdbool.h>
 
 #include "cf_api.h"
+#include "cf_api_cache.h"
 #include "cf_metrics.h"
 
 /* A small blocking pool of connections (Redis contexts, queue producers):
@@ -68,15 +78,6 @@ typedef struct {
 
 #define CF_API_LEASE_SLOTS 256
 
-typedef struct {
-    char id[40];
-    char *json;
-    size_t len;
-    int64_t expires_ms;
-} cf_api_local_entry_t;
-
-#define CF_API_LOCAL_SLOTS 4096
-
 struct cf_api_t {
     cf_api_options_t opts; /* strings below are owned copies */
     char *http_addr;
@@ -110,6 +111,7 @@ struct cf_api_t {
     cf_api_pool_t redis_pool; /* redisContext * for rate limits and pings */
     cf_api_pool_t queue_pool; /* cf_queue_t * producers */
 
+    /* API keys (cf_api_auth.c). */
     pthread_rwlock_t auth_lock;
     cf_api_auth_entry_t auth_cache[CF_API_AUTH_CACHE_SLOTS];
     cf_api_auth_miss_t auth_miss[CF_API_AUTH_MISS_SLOTS]; /* under auth_lock */
@@ -117,7 +119,7 @@ struct cf_api_t {
     cf_api_auth_fail_t auth_fail[CF_API_AUTH_FAIL_SLOTS]; /* under fail_lock */
 
     /* Connections per client address and event streams per node and per
-     * key (cf_api.c), under limit_lock. */
+     * key (cf_api_limits.c), under limit_lock. */
     pthread_mutex_t limit_lock;
     cf_api_counted_t *conns; /* conn_slots entries */
     int conn_slots;
@@ -132,19 +134,13 @@ struct cf_api_t {
     uint8_t peer_key[32];
     bool peer_key_set;
 
-    /* Rate-limit tokens leased from the Redis buckets (cf_api.c). */
+    /* Rate-limit tokens leased from the Redis buckets (cf_api_limits.c). */
     pthread_rwlock_t lease_lock;
     cf_api_lease_t leases[CF_API_LEASE_SLOTS];
     int lease_size;
 
-    /* In-process composition cache (cf_api_cache.c). */
-    pthread_rwlock_t local_lock; /* read: look up and copy; write: store, drop */
-    cf_api_local_entry_t local[CF_API_LOCAL_SLOTS];
-    uint64_t local_seq;  /* grows with every invalidation */
-    bool local_coherent; /* subscribed to invalidations: entries may be kept */
-    redisContext *local_ctx;
-    pthread_t local_thread;
-    bool local_started;
+    /* In-process composition cache (cf_api_cache.h), owned. */
+    cf_localcache_t *local;
 };
 
 typedef struct cf_api_route_t cf_api_route_t;
@@ -155,7 +151,9 @@ typedef struct {
     struct mg_connection *conn;
     const struct mg_request_info *ri;
     const cf_api_route_t *route;
-    char id[128];                        /* the {id} path parameter, when the route has one */
+    /* The {id} path parameter, when the route has one: a UUID in its
+     * canonical spelling (the router lower-cases it), else as sent. */
+    char id[128];
     char key_id[CF_APIKEY_ID_CHARS + 1]; /* authenticated key ("" when none) */
     bool admin; /* sees every key's compositions (admin key, or no auth at all) */
     bool peer;  /* authenticated as another node of the cluster */
@@ -199,7 +197,10 @@ int cf_api_h_openapi(cf_api_req_t *req);
 /* Collect hook: cluster counters and encoder speeds from the snapshot. */
 void cf_api_cluster_collect(void *arg);
 
-/* ------------------------------------------------------------ responses */
+/* ------------------------------------------------------------ responses (cf_api_http.c) */
+
+/* The reason phrase of STATUS ("Unknown" for one we never send). */
+const char *cf_api_reason(int status);
 
 /* Sends STATUS with a body of content type CT. EXTRA_HEADERS (may be NULL)
  * are complete "Name: value\r\n" lines. Returns STATUS. */
@@ -225,11 +226,15 @@ int cf_api_send_error_json(cf_api_req_t *req, int status, json_t *detail,
  * terminal 409, invalid 400, unavailable 503 (Retry-After), else 500. */
 int cf_api_send_db_error(cf_api_req_t *req, int rc, const char *what, const char *err);
 
+/* Sends 429 {code, message, retry_after_s} with Retry-After: SECONDS and
+ * closes the connection (for the protection limits, not the rate limit). */
+int cf_api_send_429(cf_api_req_t *req, const char *code, const char *message, int seconds);
+
 /* Closes the connection after this response (the client may still be
  * sending a body we will not read). */
 void cf_api_close_after(cf_api_req_t *req);
 
-/* ------------------------------------------------------------ requests */
+/* ------------------------------------------------------------ requests (cf_api_http.c) */
 
 /* True when the request's Content-Type is MIME (parameters ignored). */
 bool cf_api_content_type_is(cf_api_req_t *req, const char *mime);
@@ -243,18 +248,18 @@ int cf_api_read_body(cf_api_req_t *req, int64_t max, char **body_p, size_t *len_
  * -1 when absent, -2 when longer than outlen - 1. */
 int cf_api_query(cf_api_req_t *req, const char *name, char *out, size_t outlen);
 
-/* ------------------------------------------------------------ limits */
+/* ------------------------------------------------------------ auth (cf_api_auth.c) */
 
-/* Admits one more event stream for the request's key (or address) and for
- * the node. Returns 0 (call cf_api_stream_leave when the stream ends), or
- * the status of the 429 sent (with Retry-After). */
-int cf_api_stream_enter(cf_api_req_t *req);
-void cf_api_stream_leave(cf_api_req_t *req);
+/* Sets up the key caches and derives the peer key from opts.hashkey;
+ * cf_api_auth_fini undoes it. */
+void cf_api_auth_init(cf_api_t *api);
+void cf_api_auth_fini(cf_api_t *api);
 
-/* Counts one rejection in api_rejected_total{reason}. */
-void cf_api_count_rejected(cf_api_t *api, const char *reason);
-
-/* ------------------------------------------------------------ peers */
+/* Authentication of a route that needs it: a peer's credential (only where
+ * peers fetch from each other) or an API key, refused outright for an
+ * address that failed too often this minute. Sets req->key_id, admin and
+ * peer. Returns 0, or the status of the error response sent. */
+int cf_api_auth_gate(cf_api_req_t *req);
 
 /* The header line ("Name: value", no CRLF) that authenticates this node to
  * a peer for METHOD PATH: a BLAKE2b MAC, keyed by a key derived from the
@@ -263,9 +268,53 @@ void cf_api_count_rejected(cf_api_t *api, const char *reason);
 int cf_api_peer_credential(cf_api_t *api, const char *method, const char *path, char *out,
                            size_t outlen);
 
-/* ------------------------------------------------------------ shared objects */
+/* ------------------------------------------------------------ limits (cf_api_limits.c) */
 
+/* Sizes the lease and the connection and stream tables from the options.
+ * Returns 0, or -1 with a reason in err; cf_api_limits_fini frees (also
+ * after a failed init). */
+int cf_api_limits_init(cf_api_t *api, char *err, size_t errlen);
+void cf_api_limits_fini(cf_api_t *api);
+
+/* Takes a token from the caller's bucket (its key, or its address without
+ * one). Returns 0 or the status sent (429). Fails open when Redis is
+ * unreachable. */
+int cf_api_rate_limit(cf_api_req_t *req);
+
+/* civetweb's init_connection and connection_close callbacks: the state the
+ * connection cap keeps per connection, and its count released at close. */
+int cf_api_conn_opened(const struct mg_connection *conn, void **conn_data);
+void cf_api_conn_closed(const struct mg_connection *conn);
+
+/* Counts the connection under its address at its first request; answers
+ * 429 on one over max_conns_per_addr (health checks excepted). Returns 0 or
+ * the status sent. */
+int cf_api_conn_cap(cf_api_req_t *req);
+
+/* Admits one more event stream for the request's key (or address) and for
+ * the node. Returns 0 (call cf_api_stream_leave when the stream ends), or
+ * the status of the 429 sent (with Retry-After). */
+int cf_api_stream_enter(cf_api_req_t *req);
+void cf_api_stream_leave(cf_api_req_t *req);
+
+/* Sets the gauges of open event streams and connections. */
+void cf_api_limits_collect(cf_api_t *api);
+
+/* Counts one rejection in api_rejected_total{reason}. */
+void cf_api_count_rejected(cf_api_t *api, const char *reason);
+
+/* ------------------------------------------------------------ shared objects (cf_api_pool.c) */
+
+/* Creates the pools (cf_api_pools_init) and closes what they hold when the
+ * API stops (cf_api_pools_drain, also safe after a failed start). */
+void cf_api_pools_init(cf_api_t *api);
+void cf_api_pools_drain(cf_api_t *api);
+
+/* Takes an idle item, else creates one with CREATE(ARG) while fewer than
+ * the pool's max exist, else waits for one to be put back. Returns NULL
+ * when CREATE fails. */
 void *cf_api_pool_get(cf_api_pool_t *pool, void *(*create)(void *arg), void *arg);
+/* Gives ITEM back; NULL tells the pool the item taken was dropped. */
 void cf_api_pool_put(cf_api_pool_t *pool, void *item);
 
 /* A Redis connection from the pool (reconnecting when needed), or NULL with
@@ -280,10 +329,8 @@ struct cf_queue;
 struct cf_queue *cf_api_queue_get(cf_api_t *api);
 void cf_api_queue_put(cf_api_t *api, struct cf_queue *q);
 
-/* The composition's JSON from the in-process cache, else from cf_cache
- * (Redis, then Postgres). Returns cf_db_rc_t codes; *json_p is the caller's. */
-int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t *len_p, char *err,
-                            size_t errlen);
+/* ------------------------------------------------------------ compositions */
+
 /* Tenancy: other keys' compositions do not exist for a caller. Checks that
  * composition REQ->id exists and that the caller may see it (its own, or
  * any for an admin). Returns 0, with its JSON in *json_p (caller frees;
@@ -291,15 +338,12 @@ int cf_api_composition_json(cf_api_t *api, const char *id, char **json_p, size_t
  * leak) or 503 response it sent. */
 int cf_api_composition_visible(cf_api_req_t *req, char **json_p, size_t *len_p);
 
-/* Drops ID's in-process entry (after a write made here). */
-void cf_api_cache_forget(cf_api_t *api, const char *id);
-int cf_api_cache_start(cf_api_t *api, char *err, size_t errlen);
-void cf_api_cache_stop(cf_api_t *api);
+/* ------------------------------------------------------------ utilities (cf_api.c) */
 
 /* Monotonic clock in milliseconds. */
 int64_t cf_api_now_ms(void);
 
-/* True for a canonical UUID (what composition ids are). */
-bool cf_api_is_uuid(const char *text);
+/* FNV-1a of TEXT, for the tables of addresses and key ids. */
+unsigned cf_api_hash(const char *text);
 
 #endif

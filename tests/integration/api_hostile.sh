@@ -215,9 +215,18 @@ for path in "" /segments /events /output; do
     api_curl --max-time 5 "$API_URL/api/v1/compositions/$good$path"
     expect_error 404 not_found "another key's composition$path"
 done
+# The same id in upper case is the same composition: the same 404, word for
+# word (it names the id canonically), on every route.
 upper=$(tr a-f A-F <<<"$good")
-api_curl "$API_URL/api/v1/compositions/$upper"
-[[ $status == 404 ]] || fail "another key's composition by upper-case id: $status $body"
+for path in "" /segments /events /output; do
+    api_curl --max-time 5 "$API_URL/api/v1/compositions/$good$path"
+    lower_body=$body
+    api_curl --max-time 5 "$API_URL/api/v1/compositions/$upper$path"
+    expect_error 404 not_found "another key's composition$path by upper-case id"
+    [[ $body == "$lower_body" ]] || fail "upper-case id$path: $body vs $lower_body"
+done
+api_curl -X DELETE "$API_URL/api/v1/compositions/$upper"
+expect_error 404 not_found "cancel another key's composition by upper-case id"
 api_curl -X DELETE "$API_URL/api/v1/compositions/$good"
 expect_error 404 not_found "cancel another key's composition"
 api_curl "$API_URL/api/v1/compositions?limit=100"
@@ -229,6 +238,13 @@ expect_exit 1 "$CF_BIN" get "$good" --server "$API_URL" --api-key "$KEY_B"
 API_KEY=$KEY_A
 api_curl "$API_URL/api/v1/compositions/$good/output" -o /dev/null
 expect_status 200 "owner downloads"
+api_curl "$API_URL/api/v1/compositions/$good"
+lower_body=$body
+api_curl "$API_URL/api/v1/compositions/$upper"
+expect_status 200 "owner reads by upper-case id"
+[[ $body == "$lower_body" ]] || fail "owner's upper-case read differs: $body vs $lower_body"
+api_curl "$API_URL/api/v1/compositions/$upper/output" -o /dev/null
+expect_status 200 "owner downloads by upper-case id"
 API_KEY=$KEY_ADMIN
 api_curl "$API_URL/api/v1/compositions/$good"
 expect_status 200 "admin reads"

@@ -92,6 +92,22 @@ id3=$(jq -r .id <<<"$body")
 api_curl "$A/api/v1/compositions/$id1"
 expect_status 200 get
 [[ $(jq -r .id <<<"$body") == "$id1" && $(jq -r .title <<<"$body") == first ]] || fail "get: $body"
+# Ids are UUIDs in any case: an upper-case id reads the same composition,
+# answered exactly as the lower-case one (node A renders nothing: it stays
+# queued between the two reads).
+lower_body=$body
+upper1=$(tr a-f A-F <<<"$id1")
+[[ $upper1 != "$id1" ]] || fail "test id has no letters: $id1"
+api_curl "$A/api/v1/compositions/$upper1"
+expect_status 200 "get by upper-case id"
+[[ $body == "$lower_body" ]] || fail "upper-case id answers differently: $body vs $lower_body"
+api_curl "$A/api/v1/compositions/$(tr a-f A-F <<<"${id1:0:18}")${id1:18}/segments"
+expect_status 200 "segments by mixed-case id"
+[[ $(jq -r .composition_id <<<"$body") == "$id1" ]] || fail "segments name another spelling: $body"
+api_curl "$A/api/v1/compositions/00000000-0000-4000-8000-00000000000A"
+expect_error 404 not_found "unknown upper-case id"
+[[ $(jq -r .error.message <<<"$body") == *00000000-0000-4000-8000-00000000000a* ]] \
+    || fail "unknown id not named canonically: $body"
 api_curl "$A/api/v1/compositions/00000000-0000-4000-8000-000000000000"
 expect_error 404 not_found "unknown id"
 api_curl "$A/api/v1/compositions/not-a-uuid"
@@ -130,9 +146,19 @@ api_curl "$A/api/v1/compositions?fields=id,password"
 expect_error 400 invalid_argument "unknown field"
 
 # ---------------------------------------------------------------- cancel
+# Read by upper-case id first: the entry that read leaves in the node's
+# caches must be the one the cancel drops, or the next read is stale.
+upper3=$(tr a-f A-F <<<"$id3")
+api_curl "$A/api/v1/compositions/$upper3"
+[[ $status == 200 && $(jq -r .status <<<"$body") == queued ]] || fail "upper-case read: $body"
 api_curl -X DELETE "$A/api/v1/compositions/$id3"
 expect_status 200 "cancel queued"
 [[ $(jq -r .status <<<"$body") == cancelled ]] || fail "cancel: $body"
+api_curl "$A/api/v1/compositions/$upper3"
+[[ $status == 200 && $(jq -r .status <<<"$body") == cancelled ]] \
+    || fail "upper-case id reads a stale composition after cancel: $status $body"
+api_curl -X DELETE "$A/api/v1/compositions/$upper3"
+expect_error 409 already_terminal "cancel twice (upper-case id)"
 api_curl -X DELETE "$A/api/v1/compositions/$id3"
 expect_error 409 already_terminal "cancel twice"
 api_curl -X DELETE "$A/api/v1/compositions/00000000-0000-4000-8000-000000000000"
