@@ -142,4 +142,124 @@ d=$(awk -v a="$adur" -v v="$vdur" 'BEGIN { d = (a - v) * 1000; printf "%.1f", d 
 echo "durations: audio $adur s, video $vdur s"
 at_most "$d" 25 "audio duration against video"
 
+# ------------------------------------------------------- layouts and rates
+
+# tone_source OUT LAYOUT RATE CODEC EXPR...: 1 s of video and audio whose
+# channels are the EXPRs in LAYOUT's order; "T" is a 1 kHz tone of amplitude
+# 0.5 (-9.03 dB RMS), "0" silence.
+tone_source() {
+    local out=$1 layout=$2 rate=$3 codec=$4 exprs="" e
+    shift 4
+    for e in "$@"; do
+        [[ $e == T ]] && e="0.5*sin(2*PI*1000*t)"
+        exprs+="${exprs:+|}$e"
+    done
+    gen "$out" -f lavfi -i "color=c=gray:s=320x240:r=$fps" \
+        -f lavfi -i "aevalsrc='$exprs':s=$rate:c=$layout:d=1" -map 0:v -map 1:a -frames:v 30 \
+        -c:v libx264 -preset ultrafast -c:a "$codec"
+}
+
+# Channel content: each case a clip, LEFT and RIGHT the expected output
+# levels relative to the tone (dB; "-" silent). ITU-R BS.775: a centre or a
+# surround channel goes to the front pair at -3.01 dB (0.7071), LFE is left
+# out; mono is the centre. All channels at once (a quieter tone Q, 0.2,
+# -7.96 dB below T, so that the sum stays under full scale: the matrix is
+# not normalised and louder sums clip, as with the ffmpeg CLI): 5.1 is
+# 1 + 2 * 0.7071 times Q (-0.30 dB against T), 7.1 1 + 3 * 0.7071 (+1.93 dB).
+q="0.2*sin(2*PI*1000*t)"
+cases=(
+    "stereo-l stereo T 0 : 0 -"
+    "mono mono T : -3.01 -3.01"
+    "51-c 5.1 0 0 T 0 0 0 : -3.01 -3.01"
+    "51-lfe 5.1 0 0 0 T 0 0 : - -"
+    "51-bl 5.1 0 0 0 0 T 0 : -3.01 -"
+    "51side-sr 5.1(side) 0 0 0 0 0 T : - -3.01"
+    "71-c 7.1 0 0 T 0 0 0 0 0 : -3.01 -3.01"
+    "71-lfe 7.1 0 0 0 T 0 0 0 0 : - -"
+    "71-bl 7.1 0 0 0 0 T 0 0 0 : -3.01 -"
+    "71-sr 7.1 0 0 0 0 0 0 0 T : - -3.01"
+    "51-all 5.1 $q $q $q $q $q $q : -0.30 -0.30"
+    "71-all 7.1 $q $q $q $q $q $q $q $q : 1.93 1.93"
+)
+clips=""
+for c in "${cases[@]}"; do
+    read -ra w <<<"$c"
+    name=${w[0]} layout=${w[1]}
+    chans=()
+    for ((k = 2; k < ${#w[@]}; k++)); do
+        [[ ${w[k]} == : ]] && break
+        chans+=("${w[k]}")
+    done
+    tone_source "$dir/l-$name.mkv" "$layout" 48000 pcm_s16le "${chans[@]}"
+    clips+="${clips:+, }$(clip "$dir/l-$name.mkv")"
+done
+render layouts "[$clips]" "$outfmt"
+o=$dir/layouts.mp4
+tone_db=-9.03
+for ((i = 0; i < ${#cases[@]}; i++)); do
+    read -ra w <<<"${cases[i]}"
+    name=${w[0]} want_l=${w[-2]} want_r=${w[-1]}
+    read -r l r <<<"$(judge levels "$o" "$i.2" "$i.8")"
+    # The same down-mix by the ffmpeg CLI (libswresample's default matrix,
+    # as -ac 2 asks for), without an encoder in the way.
+    gen "$dir/l-$name-ref.wav" -i "$dir/l-$name.mkv" -map 0:a -ac 2 -c:a pcm_f32le
+    read -r rl rr <<<"$(judge levels "$dir/l-$name-ref.wav" 0.2 0.8)"
+    for side in l r; do
+        got=${!side} want=want_$side ref=r$side
+        want=${!want} ref=${!ref}
+        if [[ $want == - ]]; then
+            at_most "$got" -70 "$name $side (silent)"
+            at_most "$ref" -70 "$name $side, the ffmpeg CLI's down-mix (silent)"
+        else
+            exp=$(awk -v t=$tone_db -v w="$want" 'BEGIN { print t + w }')
+            d=$(awk -v g="$got" -v e="$exp" 'BEGIN { d = g - e; printf "%.2f", d < 0 ? -d : d }')
+            at_most "$d" 0.3 "$name $side: $got dB, expected $exp dB"
+            d=$(awk -v g="$got" -v e="$ref" 'BEGIN { d = g - e; printf "%.2f", d < 0 ? -d : d }')
+            at_most "$d" 0.3 "$name $side: $got dB, the ffmpeg CLI's down-mix $ref dB"
+        fi
+    done
+    echo "$name: L $l dB R $r dB (ffmpeg -ac 2: $rl / $rr; tone $tone_db dB)"
+done
+# Mono: both channels the same signal.
+d=$(judge diff "$o" 1.2 1.8)
+echo "mono: L - R $d dB"
+at_most "$d" -60 "mono L - R"
+
+# Rates from 8 to 96 kHz, one clip each, into 48 kHz: level, pitch,
+# continuity, and the timeline's length.
+rates=(8000 11025 16000 22050 32000 44100 88200 96000)
+clips=""
+for r in "${rates[@]}"; do
+    codec=flac
+    ((r <= 16000)) && codec=pcm_s16le
+    tone_source "$dir/r-$r.mkv" stereo "$r" "$codec" T T
+    clips+="${clips:+, }$(clip "$dir/r-$r.mkv")"
+done
+# And lossy ones in MP4: AAC at 8 kHz (its lowest common rate) and 96 kHz.
+tone_source "$dir/r-aac8.mp4" stereo 8000 aac T T
+tone_source "$dir/r-aac96.mp4" stereo 96000 aac T T
+clips+=", $(clip "$dir/r-aac8.mp4"), $(clip "$dir/r-aac96.mp4")"
+rates+=(aac8000 aac96000)
+render rates "[$clips]" "$outfmt"
+o=$dir/rates.mp4
+same "$(aprop "$o" sample_rate)" 48000 "rates: output sample rate"
+same "$(frames "$o")" $((30 * ${#rates[@]})) "rates: output frames"
+for ((i = 0; i < ${#rates[@]}; i++)); do
+    read -r l r <<<"$(judge levels "$o" "$i.2" "$i.8")"
+    f=$(judge freq "$o" "$i.2" "$i.8")
+    j=$(judge jump "$o" "$i.2" "$i.8")
+    echo "${rates[i]} Hz: L $l dB R $r dB, $f Hz, largest step $j"
+    for v in "$l" "$r"; do
+        d=$(awk -v g="$v" -v e=$tone_db 'BEGIN { d = g - e; printf "%.2f", d < 0 ? -d : d }')
+        at_most "$d" 0.5 "${rates[i]} Hz level $v dB"
+    done
+    at_least "$f" 999 "${rates[i]} Hz pitch"
+    at_most "$f" 1001 "${rates[i]} Hz pitch"
+    at_most "$j" 0.08 "${rates[i]} Hz: largest sample step (a clean 1 kHz tone: 0.065)"
+done
+adur=$(ffprobe -v error -select_streams a:0 -show_entries stream=duration -of csv=p=0 "$o")
+echo "rates: audio $adur s for ${#rates[@]} clips of 1 s"
+d=$(awk -v a="$adur" -v n=${#rates[@]} 'BEGIN { d = (a - n) * 1000; printf "%.1f", d < 0 ? -d : d }')
+at_most "$d" 25 "rates: audio duration"
+
 echo "render_audio: ok"
