@@ -142,6 +142,25 @@ d=$(awk -v a="$adur" -v v="$vdur" 'BEGIN { d = (a - v) * 1000; printf "%.1f", d 
 echo "durations: audio $adur s, video $vdur s"
 at_most "$d" 25 "audio duration against video"
 
+# A hole in a source's audio (timestamps jump 0.4 s: aselect without
+# asetpts): silence in the hole, and the beep after it still on its flash.
+gen "$dir/hole.mkv" -f lavfi -i "color=c=black:s=320x240:r=$fps,drawbox=c=white:t=fill:enable='eq(n\,45)'" \
+    -f lavfi -i "aevalsrc='between(t,1.5,1.6)*0.5*sin(2*PI*1000*t)+0.03*sin(2*PI*440*t)':s=44100:d=2" \
+    -map 0:v -map 1:a -frames:v 60 -af "aselect='not(between(t,0.8,1.2))'" -c:v libx264 \
+    -preset ultrafast -c:a aac
+render hole "[$(clip "$dir/hole.mkv")]" "$outfmt"
+o=$dir/hole.mp4
+read -ra fl <<<"$(judge flashes "$o")"
+read -ra be <<<"$(judge beeps "$o")"
+same "${#fl[@]}/${#be[@]}" 1/1 "hole: flashes/beeps"
+off=$(awk -v b="${be[0]}" -v f="${fl[0]}" 'BEGIN { printf "%.1f", (b - f) * 1000 }')
+hole=$(lv 0.85 1.15)
+tone=$(lv 0.3 0.7)
+echo "hole: beep - flash ${off} ms after it; in the hole $hole dB, before it $tone dB"
+at_most "${off#-}" 2 "hole: beep - flash"
+at_most "$hole" -60 "hole: silence in it"
+at_least "$tone" -37.5 "hole: the (mono, -3 dB) tone before it"
+
 # ------------------------------------------------------- layouts and rates
 
 # tone_source OUT LAYOUT RATE CODEC EXPR...: 1 s of video and audio whose
