@@ -194,8 +194,17 @@ int cf_media_source_open(cf_media_source_t *src, const char *path, enum AVMediaT
         return 1;
     }
     if (index < 0 || !codec) {
-        cf_media_fail(err, errlen, index < 0 ? index : AVERROR_DECODER_NOT_FOUND,
-                      "%s: no decoder for its %s stream", path, av_get_media_type_string(type));
+        /* Streams of TYPE, none with a decoder: name the codec of the one
+         * a player would pick. */
+        int any = av_find_best_stream(src->fmt, type, -1, -1, NULL, 0);
+        enum AVCodecID id =
+            any >= 0 ? src->fmt->streams[any]->codecpar->codec_id : AV_CODEC_ID_NONE;
+        if (id == AV_CODEC_ID_NONE)
+            snprintf(err, errlen, "%s: unsupported %s codec (unknown to this FFmpeg build)", path,
+                     av_get_media_type_string(type));
+        else
+            snprintf(err, errlen, "%s: unsupported %s codec %s (no decoder in this FFmpeg build)",
+                     path, av_get_media_type_string(type), avcodec_get_name(id));
         goto fail;
     }
     src->st = src->fmt->streams[index];
@@ -294,6 +303,7 @@ int cf_media_source_read(cf_media_source_t *src, AVFrame *frame, char *err, size
             av_packet_unref(src->pkt);
             continue;
         }
+        src->packets++;
         ret = avcodec_send_packet(src->dec, src->pkt);
         av_packet_unref(src->pkt);
         if (ret == AVERROR_INVALIDDATA) {
@@ -344,18 +354,73 @@ static int64_t s_video_end(cf_media_source_t *src)
     return ret == AVERROR_EOF ? end : AV_NOPTS_VALUE;
 }
 
+/* Opens PATH's best stream of TYPE and decodes until a frame comes out (into
+ * FRAME), so that a source nothing can be made of fails in the probe, before
+ * any segment is encoded. Returns 0 with a frame, 1 when PATH has no stream
+ * of TYPE, 2 when the stream has no packets at all, or -1 with "PATH: ..." in
+ * err: an unsupported codec, no packet that decodes (damaged or garbage
+ * data), or a decoding error. */
+static int s_probe_decode(const char *path, enum AVMediaType type, AVFrame *frame, char *err,
+                          size_t errlen)
+{
+    cf_media_source_t src;
+    int ret = cf_media_source_open(&src, path, type, 1, err, errlen);
+    if (ret != 0)
+        return ret;
+    ret = cf_media_source_read(&src, frame, err, errlen);
+    if (ret == AVERROR_EOF && src.packets == 0) {
+        ret = 2;
+    } else if (ret == AVERROR_EOF) {
+        snprintf(err, errlen, "%s: no decodable %s frames (%d %s packets, none decoded)", path,
+                 av_get_media_type_string(type), src.packets, src.dec->codec->name);
+        ret = -1;
+    } else if (ret < 0) {
+        ret = -1;
+    }
+    cf_media_source_close(&src);
+    return ret;
+}
+
 int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t errlen)
 {
     memset(info, 0, sizeof *info);
     info->fps_den = 1;
-    cf_media_source_t src;
-    int ret = cf_media_source_open(&src, path, AVMEDIA_TYPE_VIDEO, 1, err, errlen);
-    if (ret < 0)
-        return -1;
-    if (ret == 1) {
-        snprintf(err, errlen, "%s: no video stream", path);
+    /* Every stream the render will read must decode. An audio stream
+     * without a decodable frame fails too, rather than a render that
+     * silently loses the clip's sound; an audio track with no packets at
+     * all is a silent clip. */
+    AVFrame *frame = av_frame_alloc();
+    if (!frame) {
+        snprintf(err, errlen, "%s: out of memory", path);
         return -1;
     }
+    int ret = s_probe_decode(path, AVMEDIA_TYPE_VIDEO, frame, err, errlen);
+    if (ret == 1)
+        snprintf(err, errlen, "%s: no video stream", path);
+    else if (ret == 2)
+        snprintf(err, errlen, "%s: its video stream has no frames", path);
+    if (ret == 0) {
+        av_frame_unref(frame);
+        ret = s_probe_decode(path, AVMEDIA_TYPE_AUDIO, frame, err, errlen);
+        if (ret == 0 && (frame->sample_rate <= 0 || frame->ch_layout.nb_channels <= 0)) {
+            snprintf(err, errlen, "%s: its audio has no sample rate or channel count", path);
+            ret = -1;
+        } else if (ret == 0) {
+            info->has_audio = true;
+            info->sample_rate = frame->sample_rate;
+            info->channels = frame->ch_layout.nb_channels;
+        } else if (ret > 0) {
+            ret = 0; /* no audio, or an empty track: silence */
+        }
+    }
+    av_frame_free(&frame);
+    if (ret != 0)
+        return -1;
+
+    cf_media_source_t src;
+    ret = cf_media_source_open(&src, path, AVMEDIA_TYPE_VIDEO, 1, err, errlen);
+    if (ret != 0)
+        return -1;
     AVStream *st = src.st;
     info->width = st->codecpar->width;
     info->height = st->codecpar->height;
@@ -391,16 +456,6 @@ int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t er
         snprintf(err, errlen, "%s: video stream has no duration", path);
         cf_media_source_close(&src);
         return -1;
-    }
-    for (unsigned i = 0; i < src.fmt->nb_streams; i++) {
-        AVCodecParameters *par = src.fmt->streams[i]->codecpar;
-        if (par->codec_type == AVMEDIA_TYPE_AUDIO && par->sample_rate > 0 &&
-            avcodec_find_decoder(par->codec_id)) {
-            info->has_audio = true;
-            info->sample_rate = par->sample_rate;
-            info->channels = par->ch_layout.nb_channels;
-            break;
-        }
     }
     cf_media_source_close(&src);
     return 0;

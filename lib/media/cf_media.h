@@ -34,8 +34,13 @@ typedef struct {
     int sample_rate, channels;
 } cf_media_info_t;
 
-/* Opens PATH and describes it. Fails when the file cannot be opened or
- * parsed, or has no video stream ("PATH: no video stream"). */
+/* Opens PATH and describes it. Decodes the first video frame and the first
+ * audio frame, so that what cannot be rendered fails here, before any
+ * encoding, with "PATH: ..." in err: the file cannot be opened or parsed, it
+ * has no video stream ("no video stream") or one without frames, a video or
+ * audio codec this FFmpeg cannot decode ("unsupported video codec ..."), or
+ * no video or audio packet decodes ("no decodable video frames ..."). An
+ * audio track without packets counts as no audio. */
 int cf_media_probe(const char *path, cf_media_info_t *info, char *err, size_t errlen);
 
 /* Controls for the long-running calls. Every field may be 0/NULL. */

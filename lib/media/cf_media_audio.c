@@ -12,6 +12,7 @@
 #include <libavutil/samplefmt.h>
 #include <libswresample/swresample.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cf_media_internal.h"
@@ -144,7 +145,12 @@ static int s_resample(s_audio_t *ctx, SwrContext *swr, const uint8_t **in, int i
 }
 
 /* A resampler from FRAME's format to 48 kHz planar float stereo. Built from
- * the first decoded frame: decoders may only know the layout by then. */
+ * the first decoded frame: decoders may only know the layout by then.
+ * Channel layouts are mixed with libswresample's defaults, which follow
+ * ITU-R BS.775: centre and surrounds (side or back) into front left and right
+ * at -3 dB, LFE left out; mono into both channels at -3 dB. The matrix is not
+ * normalised (float output), so a down-mix can exceed full scale as it does
+ * with the ffmpeg CLI's -ac 2. */
 static int s_open_resampler(SwrContext **swr, const AVFrame *frame, const AVCodecContext *dec)
 {
     AVChannelLayout in_layout = {0}, out_layout = AV_CHANNEL_LAYOUT_STEREO;
@@ -165,8 +171,53 @@ static int s_open_resampler(SwrContext **swr, const AVFrame *frame, const AVCode
     return ret;
 }
 
+/* What the resampler was built for, to notice a stream that changes its
+ * rate, format or layout midway (MPEG-TS programme changes, AAC that
+ * switches channel configuration). */
+typedef struct {
+    int rate, format;
+    AVChannelLayout layout;
+} s_input_fmt_t;
+
+static bool s_same_input(const s_input_fmt_t *in, const AVFrame *frame)
+{
+    return in->rate == frame->sample_rate && in->format == frame->format &&
+           !av_channel_layout_compare(&in->layout, &frame->ch_layout);
+}
+
+/* Runs N samples of silence in FRAME's format through the resampler, so that
+ * a hole in the source keeps the resampler's state (no flush midway, no
+ * rounding of the hole to the output rate). */
+static int s_resample_silence(s_audio_t *ctx, SwrContext *swr, const AVFrame *frame, int64_t n)
+{
+    uint8_t **buf = NULL;
+    int channels = frame->ch_layout.nb_channels;
+    int ret = av_samples_alloc_array_and_samples(&buf, NULL, channels, S_CHUNK, frame->format, 0);
+    if (ret < 0)
+        return cf_media_fail(ctx->err, ctx->errlen, ret, "audio: buffer");
+    av_samples_set_silence(buf, 0, S_CHUNK, channels, frame->format);
+    int rc = 0;
+    while (n > 0 && ctx->clip_left > 0 && rc == 0) {
+        int chunk = n < S_CHUNK ? (int)n : S_CHUNK;
+        rc = s_resample(ctx, swr, (const uint8_t **)buf, chunk);
+        n -= chunk;
+    }
+    av_freep(&buf[0]);
+    av_freep(&buf);
+    return rc;
+}
+
 /* Feeds one clip's source audio: from the clip's start sample in the source
- * rate, with gaps in the source filled with silence. */
+ * rate, with gaps in the source filled with silence.
+ *
+ * NEXT is the source sample (from the clip's time origin) that the samples
+ * fed so far end at, counted in samples, not taken from timestamps: a
+ * frame's timestamp is only compared with it. Within the container's
+ * timestamp precision the two are the same place (Matroska stores
+ * milliseconds: 44.1 kHz frames of 1024 samples are 23.22 ms, so every
+ * timestamp is up to 22 samples off, and trusting each one would drop or
+ * insert samples at every frame). Further apart, the source has a hole
+ * (filled with silence) or an overlap (dropped), and the timestamp wins. */
 static int s_clip_from_source(s_audio_t *ctx, const cf_plan_clip_t *clip, const char *path)
 {
     cf_media_source_t src;
@@ -178,6 +229,7 @@ static int s_clip_from_source(s_audio_t *ctx, const cf_plan_clip_t *clip, const 
     if (ret < 0)
         return cf_media_fail(ctx->err, ctx->errlen, 0, "audio: %s", why);
     SwrContext *swr = NULL;
+    s_input_fmt_t swr_in = {0};
     AVFrame *frame = av_frame_alloc();
     int rc = -1;
     if (!frame) {
@@ -189,9 +241,9 @@ static int s_clip_from_source(s_audio_t *ctx, const cf_plan_clip_t *clip, const 
         cf_media_fail(ctx->err, ctx->errlen, 0, "audio: %s: no sample rate", path);
         goto end;
     }
-    AVRational in_tb = src.st->time_base, rate_tb = {1, rate};
+    AVRational in_tb = src.st->time_base;
     int64_t next = av_rescale_rnd(clip->start_us, rate, 1000000, AV_ROUND_NEAR_INF);
-    bool first = true;
+    bool started = false; /* a sample of this clip has been fed */
     if (clip->start_us > 0 &&
         cf_media_source_seek(&src, clip->start_us - 200000, why, sizeof why) < 0) {
         cf_media_fail(ctx->err, ctx->errlen, 0, "audio: %s", why);
@@ -209,26 +261,49 @@ static int s_clip_from_source(s_audio_t *ctx, const cf_plan_clip_t *clip, const 
             cf_media_fail(ctx->err, ctx->errlen, 0, "audio: %s", why);
             goto end;
         }
-        if (!swr && (ret = s_open_resampler(&swr, frame, src.dec)) < 0) {
-            cf_media_fail(ctx->err, ctx->errlen, ret, "audio: %s: cannot resample", path);
-            goto end;
-        }
-        int64_t at = av_rescale_q_rnd(frame->pts, in_tb, rate_tb, AV_ROUND_NEAR_INF);
-        int64_t skip = next - at;
-        /* Timestamps of consecutive frames may be off by a sample. */
-        if (!first && skip >= -1 && skip <= 1)
-            skip = 0;
-        first = false;
-        if (skip >= frame->nb_samples) {
+        if (frame->sample_rate <= 0 || frame->ch_layout.nb_channels <= 0) {
             av_frame_unref(frame);
             continue;
         }
-        if (skip < 0) {
-            /* A hole in the source before this frame: silence, at 48 kHz. */
-            if (s_resample(ctx, swr, NULL, 0) < 0 ||
-                s_put_silence(ctx, av_rescale_rnd(-skip, S_RATE, rate, AV_ROUND_NEAR_INF)) < 0)
+        if (!swr || !s_same_input(&swr_in, frame)) {
+            /* The first frame, or the stream changed: what the old
+             * resampler holds goes out first. */
+            if (swr && s_resample(ctx, swr, NULL, 0) < 0)
                 goto end;
-            skip = 0;
+            swr_free(&swr);
+            av_channel_layout_uninit(&swr_in.layout);
+            if ((ret = s_open_resampler(&swr, frame, src.dec)) < 0 ||
+                (ret = av_channel_layout_copy(&swr_in.layout, &frame->ch_layout)) < 0) {
+                cf_media_fail(ctx->err, ctx->errlen, ret, "audio: %s: cannot resample", path);
+                goto end;
+            }
+            swr_in.rate = frame->sample_rate;
+            swr_in.format = frame->format;
+            if (frame->sample_rate != rate) {
+                next = av_rescale_rnd(next, frame->sample_rate, rate, AV_ROUND_NEAR_INF);
+                rate = frame->sample_rate;
+            }
+        }
+        int64_t at = av_rescale_q_rnd(frame->pts, in_tb, (AVRational){1, rate}, AV_ROUND_NEAR_INF);
+        int64_t tolerance = av_rescale_q_rnd(1, in_tb, (AVRational){1, rate}, AV_ROUND_UP) + 1;
+        int64_t drift = next - at; /* > 0: the frame starts before NEXT */
+        int64_t skip = 0;
+        if (!started || llabs(drift) > tolerance) {
+            if (drift >= frame->nb_samples) { /* wholly before the clip or an overlap */
+                av_frame_unref(frame);
+                continue;
+            }
+            if (drift > 0) {
+                skip = drift;
+            } else if (drift < 0 && !started) {
+                /* The audio starts after the clip does: silence first, at
+                 * 48 kHz (the resampler has not been fed yet). */
+                if (s_put_silence(ctx, av_rescale_rnd(-drift, S_RATE, rate, AV_ROUND_NEAR_INF)) < 0)
+                    goto end;
+            } else if (drift < 0 && s_resample_silence(ctx, swr, frame, -drift) < 0) {
+                goto end;
+            }
+            next = at + skip;
         }
         const uint8_t *in[AV_NUM_DATA_POINTERS] = {0};
         int bps = av_get_bytes_per_sample(frame->format);
@@ -239,7 +314,8 @@ static int s_clip_from_source(s_audio_t *ctx, const cf_plan_clip_t *clip, const 
             in[p] = frame->extended_data[p] + skip * stride;
         if (s_resample(ctx, swr, in, frame->nb_samples - (int)skip) < 0)
             goto end;
-        next = at + frame->nb_samples;
+        started = true;
+        next += frame->nb_samples - skip;
         av_frame_unref(frame);
     }
     if (ctx->clip_left > 0 && swr && s_resample(ctx, swr, NULL, 0) < 0)
@@ -250,6 +326,7 @@ static int s_clip_from_source(s_audio_t *ctx, const cf_plan_clip_t *clip, const 
     rc = 0;
 end:
     swr_free(&swr);
+    av_channel_layout_uninit(&swr_in.layout);
     av_frame_free(&frame);
     cf_media_source_close(&src);
     return rc;

@@ -47,6 +47,7 @@ typedef struct {
     int64_t origin;   /* the file's start time in st->time_base */
     int64_t last_pts; /* of the last frame returned, st->time_base */
     bool demux_eof;   /* flush packet sent */
+    int packets;      /* of the stream, sent to the decoder */
     int bad_packets;  /* packets the decoder rejected */
     int read_error;   /* the demuxer error that ended the stream early, or 0 */
 } cf_media_source_t;
