@@ -202,6 +202,13 @@ void cf_db_composition_clear(cf_db_composition_t *comp);
 int cf_db_composition_list(cf_db_t *db, const char *status, int limit, const char *cursor,
                            char **json_array_p, char **next_cursor_p, char *err, size_t errlen);
 
+/* The list cursor, base64url of "v1:<microseconds since the epoch>:<uuid>":
+ * opaque to clients, read only here and by its fuzz target. Encode returns
+ * a new string (NULL when out of memory or too long); decode returns 0 with
+ * both parts, or -1 for anything this module did not make. */
+char *cf_db_cursor_encode(const char *epoch_us, const char *id);
+int cf_db_cursor_decode(const char *cursor, char epoch_us[24], char id[CF_DB_ID_LEN]);
+
 /* cf_db_composition_list of the compositions owned by API key OWNER only
  * (NULL: everyone's, as cf_db_composition_list). */
 int cf_db_composition_list_owned(cf_db_t *db, const char *owner, const char *status, int limit,

@@ -158,7 +158,7 @@ int cf_db_composition_get(cf_db_t *db, const char *id, cf_db_composition_t *comp
 
 /* Cursor: base64url of "v1:<microseconds since epoch>:<uuid>". Opaque to
  * clients; only this module reads it. */
-static char *s_cursor_encode(const char *epoch_us, const char *id)
+char *cf_db_cursor_encode(const char *epoch_us, const char *id)
 {
     char plain[128];
     int n = snprintf(plain, sizeof plain, "v1:%s:%s", epoch_us, id);
@@ -172,7 +172,7 @@ static char *s_cursor_encode(const char *epoch_us, const char *id)
     return out;
 }
 
-static int s_cursor_decode(const char *cursor, char epoch_us[24], char id[CF_DB_ID_LEN])
+int cf_db_cursor_decode(const char *cursor, char epoch_us[24], char id[CF_DB_ID_LEN])
 {
     unsigned char plain[128];
     size_t len = 0;
@@ -223,7 +223,7 @@ int cf_db_composition_list_owned(cf_db_t *db, const char *owner, const char *sta
         return CF_DB_INVALID;
     }
     char epoch_us[24], after_id[CF_DB_ID_LEN];
-    if (cursor && s_cursor_decode(cursor, epoch_us, after_id) < 0) {
+    if (cursor && cf_db_cursor_decode(cursor, epoch_us, after_id) < 0) {
         snprintf(err, errlen, "invalid cursor");
         return CF_DB_INVALID;
     }
@@ -271,7 +271,7 @@ int cf_db_composition_list_owned(cf_db_t *db, const char *owner, const char *sta
     fclose(out);
     if (rows > limit)
         *next_cursor_p =
-            s_cursor_encode(PQgetvalue(res, shown - 1, 1), PQgetvalue(res, shown - 1, 2));
+            cf_db_cursor_encode(PQgetvalue(res, shown - 1, 1), PQgetvalue(res, shown - 1, 2));
     PQclear(res);
     if (!*json_array_p || (rows > limit && !*next_cursor_p)) {
         free(*json_array_p);

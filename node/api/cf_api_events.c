@@ -20,6 +20,7 @@
 #include "cf_api_internal.h"
 #include "cf_cache.h"
 #include "cf_db.h"
+#include "cf_http_parse.h"
 
 #define S_POLL_MS 250
 /* A stream with nothing new polls ever less often, up to this: hundreds of
@@ -67,11 +68,7 @@ static int64_t s_start_after(cf_api_req_t *req)
     char after[32];
     if (!last && cf_api_query(req, "after", after, sizeof after) > 0)
         last = after;
-    if (!last)
-        return 0;
-    char *end = NULL;
-    long long value = strtoll(last, &end, 10);
-    return end != last && value > 0 ? (int64_t)value : 0;
+    return cf_http_parse_event_id(last);
 }
 
 int cf_api_h_composition_events(cf_api_req_t *req)

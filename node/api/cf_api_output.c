@@ -22,62 +22,13 @@
 #include "cf_api_internal.h"
 #include "cf_locations.h"
 #include "cf_db.h"
+#include "cf_http_parse.h"
 #include "cf_httpc.h"
 #include "cf_log.h"
 #include "cf_worker.h"
 
 /* Marks a request one node made to another, so it is never passed on again. */
 #define S_PROXIED_HEADER "X-Clipfarm-Proxied"
-
-typedef struct {
-    int64_t start, end; /* inclusive */
-} s_range_t;
-
-/* Parses a Range header against SIZE. Returns 1 with *range set for one
- * satisfiable range, 0 to serve the whole file (absent, malformed or several
- * ranges: RFC 9110 lets a server ignore Range), -1 when unsatisfiable. */
-static int s_parse_range(const char *header, int64_t size, s_range_t *range)
-{
-    if (!header || strncasecmp(header, "bytes=", 6))
-        return 0;
-    const char *spec = header + 6;
-    while (*spec == ' ')
-        spec++;
-    if (strchr(spec, ','))
-        return 0;
-    char *end = NULL;
-    if (*spec == '-') { /* suffix: the last N bytes */
-        if (!isdigit((unsigned char)spec[1]))
-            return 0;
-        long long n = strtoll(spec + 1, &end, 10);
-        if (*end && *end != ' ')
-            return 0;
-        if (n <= 0 || size == 0)
-            return -1;
-        range->start = n >= size ? 0 : size - n;
-        range->end = size - 1;
-        return 1;
-    }
-    if (!isdigit((unsigned char)*spec))
-        return 0;
-    long long first = strtoll(spec, &end, 10);
-    if (*end != '-')
-        return 0;
-    const char *last_text = end + 1;
-    long long last = size - 1;
-    if (isdigit((unsigned char)*last_text)) {
-        last = strtoll(last_text, &end, 10);
-        if ((*end && *end != ' ') || last < first)
-            return 0;
-    } else if (*last_text && *last_text != ' ') {
-        return 0;
-    }
-    if (first >= size)
-        return -1;
-    range->start = first;
-    range->end = last >= size ? size - 1 : last;
-    return 1;
-}
 
 /* attachment; filename="<safe title or id>.<ext>" */
 static void s_disposition(const cf_db_composition_t *comp, const char *ext, char *out,
@@ -92,30 +43,6 @@ static void s_disposition(const cf_db_composition_t *comp, const char *ext, char
     name[n] = '\0';
     snprintf(out, outlen, "Content-Disposition: attachment; filename=\"%s.%s\"\r\n",
              n ? name : comp->id, ext);
-}
-
-static int s_etag_matches(const char *header, const char *etag)
-{
-    if (!header)
-        return 0;
-    if (!strcmp(header, "*"))
-        return 1;
-    /* A list of tags, possibly weak: compare the opaque parts. */
-    const char *p = header;
-    size_t etag_len = strlen(etag);
-    while (*p) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        if (!strncmp(p, "W/", 2))
-            p += 2;
-        size_t len = strcspn(p, ",");
-        while (len > 0 && p[len - 1] == ' ')
-            len--;
-        if (len == etag_len && !strncmp(p, etag, len))
-            return 1;
-        p += strcspn(p, ",");
-    }
-    return 0;
 }
 
 static int s_serve_local(cf_api_req_t *req, const cf_db_composition_t *comp, const char *path)
@@ -143,7 +70,7 @@ static int s_serve_local(cf_api_req_t *req, const cf_db_composition_t *comp, con
     char disposition[256];
     s_disposition(comp, ext, disposition, sizeof disposition);
 
-    if (s_etag_matches(mg_get_header(req->conn, "If-None-Match"), etag)) {
+    if (cf_http_etag_matches(mg_get_header(req->conn, "If-None-Match"), etag)) {
         close(fd);
         char head[512];
         int n =
@@ -152,9 +79,9 @@ static int s_serve_local(cf_api_req_t *req, const cf_db_composition_t *comp, con
         mg_write(req->conn, head, (size_t)n);
         return req->status = 304;
     }
-    s_range_t range = {0, size - 1};
+    cf_http_range_t range = {0, size - 1};
     const char *if_range = mg_get_header(req->conn, "If-Range");
-    int ranged = s_parse_range(mg_get_header(req->conn, "Range"), size, &range);
+    int ranged = cf_http_parse_range(mg_get_header(req->conn, "Range"), size, &range);
     if (ranged != 0 && if_range && strcmp(if_range, etag))
         ranged = 0; /* the file changed since the client's first part: send it whole */
     if (ranged < 0) {
