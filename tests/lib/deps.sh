@@ -18,8 +18,13 @@ cf_install_s3rver() {
         # Debian's npm unless one is installed another way (its package would
         # conflict with that node).
         command -v npm >/dev/null || cf_install_packages nodejs npm || return 1
+        # npm's own CA list does not include the CAs the system trusts (a
+        # company's TLS proxy, say): use the system's bundle where there is one.
+        local ca=()
+        [[ -s /etc/ssl/certs/ca-certificates.crt ]] && ca=(--cafile /etc/ssl/certs/ca-certificates.crt)
         mkdir -p "$dir" \
-            && npm install --prefix "$dir" --no-audit --no-fund --loglevel=error s3rver@3.7.1 \
+            && npm install --prefix "$dir" "${ca[@]}" --no-audit --no-fund --loglevel=error \
+                s3rver@3.7.1 \
                 >"$dir/npm.log" 2>&1 \
             || { cat "$dir/npm.log" >&2; echo "npm could not install s3rver" >&2; return 1; }
     fi
