@@ -238,6 +238,38 @@ int cf_blob_put_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_
     return -1;
 }
 
+int cf_blob_hash_file(const char *path, char hex[CF_BLOB_HEX_SIZE], uint64_t *size_p, char *err,
+                      size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    crypto_generichash_state state;
+    crypto_generichash_init(&state, NULL, 0, 32);
+    char buf[65536];
+    uint64_t size = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            snprintf(err, errlen, "cannot read '%s': %s", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        crypto_generichash_update(&state, (const unsigned char *)buf, (size_t)n);
+        size += (uint64_t)n;
+    }
+    close(fd);
+    unsigned char digest[32];
+    crypto_generichash_final(&state, digest, sizeof digest);
+    sodium_bin2hex(hex, CF_BLOB_HEX_SIZE, digest, sizeof digest);
+    *size_p = size;
+    return 0;
+}
+
 int cf_blob_parse_ref(const char *ref, char hex[CF_BLOB_HEX_SIZE])
 {
     if (!ref)

@@ -54,6 +54,12 @@ void cf_blob_writer_abort(cf_blob_writer_t **writer_p);
 int cf_blob_put_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_HEX_SIZE],
                      char *err, size_t errlen);
 
+/* The content address a file would have in the store (BLAKE2b-256 of its
+ * bytes, streamed, the same hash the writer computes) and its size, without
+ * storing it. Returns 0, or -1 with a reason in err. */
+int cf_blob_hash_file(const char *path, char hex[CF_BLOB_HEX_SIZE], uint64_t *size_p, char *err,
+                      size_t errlen);
+
 /* Accepts "blob:<hex>" or a bare 64-character lowercase hex hash and copies
  * the hash into HEX. Returns 0, or -1 when REF is neither. */
 int cf_blob_parse_ref(const char *ref, char hex[CF_BLOB_HEX_SIZE]);

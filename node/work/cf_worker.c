@@ -277,30 +277,6 @@ end:
     return rc;
 }
 
-/* BLAKE2b-256 of the file, streamed. */
-static int s_hash_file(const char *path, char hex[65], int64_t *size)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    crypto_generichash_state state;
-    crypto_generichash_init(&state, NULL, 0, 32);
-    char buf[65536];
-    ssize_t n;
-    *size = 0;
-    while ((n = read(fd, buf, sizeof buf)) > 0) {
-        crypto_generichash_update(&state, (const unsigned char *)buf, (size_t)n);
-        *size += n;
-    }
-    close(fd);
-    if (n < 0)
-        return -1;
-    unsigned char digest[32];
-    crypto_generichash_final(&state, digest, sizeof digest);
-    sodium_bin2hex(hex, 65, digest, sizeof digest);
-    return 0;
-}
-
 /* Records the plan's segments as done by this node. */
 static void s_record_segments(s_job_t *job, const cf_render_result_t *result)
 {
@@ -411,15 +387,17 @@ static void s_render(s_slot_t *slot, const char *id)
     bool upload_failed = false;
     if (rc == 0) {
         s_transition(&job, CF_STATE_ASSEMBLING);
-        char hash[65];
-        int64_t size = 0;
+        char hash[CF_BLOB_HEX_SIZE];
         cf_db_output_t output = {location, 0, duration_s, hash};
-        if (s_hash_file(out_path, hash, &size) < 0 ||
+        uint64_t bytes = 0;
+        char why_hash[256];
+        /* The output's content address, as the blob store computes it. */
+        if (cf_blob_hash_file(out_path, hash, &bytes, why_hash, sizeof why_hash) < 0 ||
             cf_location_format(w->node_id, relpath, location, sizeof location) < 0) {
             snprintf(err, sizeof err, "cannot read the output %s back", relpath);
             rc = -1;
         } else {
-            output.size_bytes = size;
+            output.size_bytes = (int64_t)bytes;
             s_record_segments(&job, &result);
             char why[512];
             rc = s_upload_destination(&job, spec, out_path, err, sizeof err);
@@ -440,8 +418,8 @@ static void s_render(s_slot_t *slot, const char *id)
             const char *labels[] = {result.encoder};
             cf_metric_set(w->m_render_fps, labels,
                           result.seconds > 0 ? duration_s / result.seconds : 0);
-            cf_log_info("worker", "%s: completed in %.1f s (%s, %lld bytes)", id, result.seconds,
-                        result.encoder, (long long)size);
+            cf_log_info("worker", "%s: completed in %.1f s (%s, %llu bytes)", id, result.seconds,
+                        result.encoder, (unsigned long long)bytes);
         } else {
             unlink(out_path);
         }
