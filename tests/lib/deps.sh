@@ -8,7 +8,7 @@ CF_BUILD_PACKAGES=(
     libmsgpack-dev libcurl4-openssl-dev libcivetweb-dev libsodium-dev libjansson-dev
 )
 CF_RUNTIME_PACKAGES=(postgresql redis-server redis-tools ffmpeg iproute2 procps curl)
-CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev llvm jq python3 bc openssl)
+CF_TEST_PACKAGES=(libcmocka-dev clang clang-format libclang-rt-dev llvm jq python3 bc openssl time)
 
 # cf_install_s3rver DIR: the S3-compatible test server (npm's s3rver),
 # installed into DIR once; prints the path of its command.
