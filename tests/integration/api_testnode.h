@@ -39,6 +39,18 @@ static inline double api_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Writes everything, ignoring a peer that closed early (EPIPE). */
+static inline void api_send_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return;
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
 /* Lets this process and the node hold many sockets. */
 static inline void api_raise_fd_limit(rlim_t want)
 {

@@ -73,17 +73,6 @@ static int s_connect_from(const char *src)
     return fd;
 }
 
-static void s_send_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return;
-        data += n;
-        len -= (size_t)n;
-    }
-}
-
 /* Reads until the response head and CONTENT-LENGTH bytes of body arrived,
  * the peer closed, or TIMEOUT_S passed. Returns the bytes in buf (NUL
  * terminated), -1 on timeout with nothing. */
@@ -128,7 +117,7 @@ static int s_request_from(const char *src, const char *request, char *reply, siz
     int fd = s_connect_from(src);
     if (fd < 0)
         return 0;
-    s_send_all(fd, request, strlen(request));
+    api_send_all(fd, request, strlen(request));
     ssize_t n = s_read_response(fd, reply, len, timeout_s);
     close(fd);
     return n > 0 ? s_status_of(reply) : 0;
@@ -296,7 +285,7 @@ static int s_open_stream(const char *src, const char *key, int *status_p, char *
              "GET /api/v1/compositions/%s/events HTTP/1.1\r\nHost: t\r\n"
              "Authorization: Bearer %s\r\n\r\n",
              s_comp_id, key);
-    s_send_all(fd, request, strlen(request));
+    api_send_all(fd, request, strlen(request));
     /* The stream's head ends with "retry: 2000\n\n"; a refusal has a length. */
     size_t got = 0;
     reply[0] = '\0';
@@ -501,7 +490,7 @@ static void test_conns_per_addr(void **state)
     for (int i = 0; i < S_PER_ADDR; i++) {
         fds[i] = s_connect_from("127.0.0.11");
         assert_true(fds[i] >= 0);
-        s_send_all(fds[i], hello, sizeof hello - 1);
+        api_send_all(fds[i], hello, sizeof hello - 1);
         assert_true(s_read_response(fds[i], reply, sizeof reply, 10) > 0);
         assert_int_equal(s_status_of(reply), 200);
     }
@@ -559,10 +548,10 @@ static int s_short_upload(long length, long send_bytes, bool close_after, double
              "POST /api/v1/media HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %s\r\n"
              "Content-Type: application/octet-stream\r\nContent-Length: %ld\r\n\r\n",
              s_keys[0], length);
-    s_send_all(fd, head, strlen(head));
+    api_send_all(fd, head, strlen(head));
     char *body = malloc((size_t)send_bytes);
     memset(body, 'v', (size_t)send_bytes);
-    s_send_all(fd, body, (size_t)send_bytes);
+    api_send_all(fd, body, (size_t)send_bytes);
     free(body);
     if (close_after)
         shutdown(fd, SHUT_WR);

@@ -64,18 +64,6 @@ static int s_connect(void)
     return fd;
 }
 
-/* Writes everything, ignoring a peer that closed early (EPIPE). */
-static void s_send_all(int fd, const char *data, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            return;
-        data += n;
-        len -= (size_t)n;
-    }
-}
-
 /* Reads until the peer closes or TIMEOUT_MS passes; returns bytes read
  * (the first ones in buf), or -1 on timeout with the connection open. */
 static ssize_t s_read_until_close(int fd, char *buf, size_t len, int timeout_ms)
@@ -113,7 +101,7 @@ static void test_garbage(void)
             junk[i] = (char)(rand_r(&seed) & 0xff);
         if (round % 4 == 0)
             memcpy(junk, "GET /healthz HTTP/1.1\r\n\x01\x02", 25); /* a broken header */
-        s_send_all(fd, junk, sizeof junk);
+        api_send_all(fd, junk, sizeof junk);
         char reply[512] = "";
         ssize_t n = s_read_until_close(fd, reply, sizeof reply, 10000);
         close(fd);
@@ -134,7 +122,7 @@ static void test_huge_header(void)
     memcpy(request, head, sizeof head - 1);
     memset(request + sizeof head - 1, 'a', big);
     memcpy(request + sizeof head - 1 + big, "\r\n\r\n", 4);
-    s_send_all(fd, request, sizeof head - 1 + big + 4);
+    api_send_all(fd, request, sizeof head - 1 + big + 4);
     free(request);
     char reply[512] = "";
     ssize_t n = s_read_until_close(fd, reply, sizeof reply, 10000);
@@ -189,7 +177,7 @@ static void test_many_connections(s_crowd_t *crowd)
     assert_int_equal(opened, S_CONNECTIONS);
     const char request[] = "GET /healthz HTTP/1.1\r\nHost: crowd\r\n\r\n";
     for (int i = 0; i < S_CONNECTIONS; i++)
-        s_send_all(crowd->fds[i], request, sizeof request - 1);
+        api_send_all(crowd->fds[i], request, sizeof request - 1);
     crowd->answered = 0;
     double deadline = api_now() + 60;
     char got[S_CONNECTIONS] = {0};
