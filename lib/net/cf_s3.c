@@ -289,7 +289,6 @@ static size_t s_on_body(char *data, size_t size, size_t nmemb, void *arg)
     s_xfer_t *x = arg;
     size_t len = size * nmemb;
     /* Error answers (XML) are kept whatever the target. */
-    long status = 0;
     if (x->file && x->status < 300) {
         if (x->max_bytes && x->bytes + len > x->max_bytes) {
             x->too_large = true;
@@ -298,7 +297,6 @@ static size_t s_on_body(char *data, size_t size, size_t nmemb, void *arg)
         x->bytes += len;
         return fwrite(data, 1, len, x->file);
     }
-    (void)status;
     if (x->mem_len + len > 65536)
         len = 65536 - x->mem_len;
     char *grown = realloc(x->mem, x->mem_len + len + 1);

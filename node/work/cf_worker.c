@@ -253,28 +253,25 @@ static int s_upload_destination(s_job_t *job, const cf_comp_t *spec, const char 
     const char *bucket = spec->dest_s3_bucket, *key = spec->dest_s3_key;
     if (!bucket)
         return 0;
-    int rc = -1;
     char code[64] = "", location[1200], why[512];
     if (!w->opts.s3) {
         snprintf(err, errlen, "S3 is not configured on the node that holds the output");
-        goto end;
+        return -1;
     }
     cf_s3_transfer_t t = {.cancel = &job->cancel, .tick = s_upload_tick, .tick_arg = job};
     if (cf_s3_upload(w->opts.s3, spec->dest_s3_profile, bucket, key, path, &t, code, why,
                      sizeof why) < 0) {
         snprintf(err, errlen, "upload to s3://%s/%s failed: %s", bucket, key, why);
-        goto end;
+        return -1;
     }
     snprintf(location, sizeof location, "s3://%s/%s", bucket, key);
     if (cf_db_composition_set_s3_location(w->opts.db, job->id, location, why, sizeof why) !=
         CF_DB_OK) {
         snprintf(err, errlen, "%s", why);
-        goto end;
+        return -1;
     }
     cf_log_info("worker", "%s: uploaded to %s", job->id, location);
-    rc = 0;
-end:
-    return rc;
+    return 0;
 }
 
 /* Records the plan's segments as done by this node. */
