@@ -292,10 +292,11 @@ static int s_cache_path(const char *dir, const char *url, char *out, size_t outl
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p, char *err,
-                    size_t errlen)
+int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p,
+                    cf_source_pin_t **pin_p, char *err, size_t errlen)
 {
     *path_p = NULL;
+    *pin_p = NULL;
     pthread_once(&s_curl_once, s_curl_init);
     if (!strncmp(source, "file://", 7))
         return s_local_file(source, opts->policy, path_p, err, errlen);

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cf_source_cache.h"
 #include "cf_source_policy.h"
 
 typedef struct cf_s3_t cf_s3_t;
@@ -31,7 +32,10 @@ typedef int (*cf_fetch_blob_fn)(void *arg, const char *ref, char *path, size_t p
                                 size_t errlen);
 
 typedef struct {
-    const char *cache_dir;          /* where http(s) downloads go */
+    /* The node-wide cache http(s) and s3 downloads go through (NULL: use
+     * cache_dir, a private directory, as `clipfarm render` does). */
+    cf_source_cache_t *cache;
+    const char *cache_dir;          /* where http(s) downloads go without a cache */
     cf_fetch_blob_fn blob_resolver; /* NULL: blob: sources are an error */
     void *blob_arg;
     atomic_bool *cancel;     /* checked while downloading (may be NULL) */
@@ -52,11 +56,13 @@ typedef struct {
 } cf_fetch_opts_t;
 
 /* Resolves SOURCE to a local, readable file. Returns 0 with *path_p set (the
- * caller frees it), or -1 with a one-line reason in err that names the
- * source. Downloads land in opts->cache_dir, named after the URL, so the
- * same URL twice is fetched once. */
-int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p, char *err,
-                    size_t errlen);
+ * caller frees it) and, when the file is a cache entry, *pin_p holding it
+ * until cf_source_pin_release (otherwise *pin_p is NULL); or -1 with a
+ * one-line reason in err that names the source. Without opts->cache,
+ * downloads land in opts->cache_dir, named after the URL, so the same URL
+ * twice is fetched once. */
+int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p,
+                    cf_source_pin_t **pin_p, char *err, size_t errlen);
 
 /* Downloads URL (http or https only) to DEST, via DEST.part. Returns 0 or -1
  * with a reason in err; nothing is left at DEST or DEST.part on failure. */

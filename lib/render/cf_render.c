@@ -305,7 +305,9 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
             goto end;
         }
         char why[1024];
-        if (cf_fetch_source(comp->clips[i].source, &fetch, &sources[i], why, sizeof why) < 0) {
+        cf_source_pin_t *pin = NULL; /* no node-wide cache here yet */
+        if (cf_fetch_source(comp->clips[i].source, &fetch, &sources[i], &pin, why, sizeof why) <
+            0) {
             snprintf(err, errlen, "clips[%d].source: %s", i, why);
             goto end;
         }
