@@ -11,19 +11,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_blob.h"
 #include "cf_log.h"
 #include "cf_media.h"
+#include "cf_render_stages.h"
 #include "cf_workspace.h"
 
 /* Shared by the worker threads of one render. Task 0 is the audio, task
  * 1 + i is segment order[i]. */
 typedef struct {
-    const cf_plan_t *plan;
-    const char *const *sources;
-    char **segment_paths;
-    int segment_path_count;
-    const char *audio_path;
-    const char *work_dir;
+    const cf_render_job_t *job;
+    cf_blob_store_t *store;
+    cf_render_piece_t *pieces; /* per segment */
+    cf_render_piece_t audio;
     int *order;
     int task_count;
     int threads_per_task;
@@ -64,8 +64,7 @@ static void *s_worker(void *arg)
     cf_media_ctl_t ctl = {.frames_done = &sh->frames_done,
                           .cancel = &sh->stop,
                           .threads = sh->threads_per_task,
-                          .max_lookahead = sh->max_lookahead,
-                          .work_dir = sh->work_dir};
+                          .max_lookahead = sh->max_lookahead};
     for (;;) {
         int task = atomic_fetch_add(&sh->next_task, 1);
         if (task >= sh->task_count || atomic_load(&sh->stop))
@@ -73,18 +72,13 @@ static void *s_worker(void *arg)
         char err[1024] = "";
         int rc;
         if (task == 0) {
-            rc =
-                cf_media_encode_audio(sh->plan, sh->sources, sh->audio_path, &ctl, err, sizeof err);
+            rc = cf_render_encode_audio(sh->job, sh->store, &ctl, &sh->audio, err, sizeof err);
         } else {
             int seg = sh->order[task - 1];
-            double t0 = s_now();
-            rc = cf_media_encode_segment(sh->plan, seg, sh->sources, sh->segment_paths[seg], &ctl,
-                                         err, sizeof err);
-            if (rc == 0) {
+            rc = cf_render_encode_segment(sh->job, seg, sh->store, &ctl, &sh->pieces[seg], err,
+                                          sizeof err);
+            if (rc == 0)
                 atomic_fetch_add(&sh->segments_done, 1);
-                cf_log_debug("render", "segment %d: %lld frames in %.2f s", seg,
-                             (long long)sh->plan->segments[seg].frames, s_now() - t0);
-            }
         }
         if (rc < 0) {
             s_record_error(sh, err);
@@ -103,61 +97,9 @@ static void s_report(const cf_render_opts_t *opts, const char *phase, int64_t do
     opts->progress(opts->progress_arg, &p);
 }
 
-/* Replaces every FROM in the NUL-terminated TEXT (capacity CAP) with TO,
- * cutting what no longer fits. */
-static void s_replace_all(char *text, size_t cap, const char *from, const char *to)
-{
-    size_t from_len = strlen(from), to_len = strlen(to);
-    if (!from_len || !cap)
-        return;
-    char *hit = strstr(text, from);
-    while (hit) {
-        size_t head = (size_t)(hit - text), tail = strlen(hit + from_len);
-        if (head + to_len >= cap)
-            to_len = cap - head - 1;
-        size_t keep = head + to_len + tail < cap ? tail : cap - 1 - head - to_len;
-        memmove(text + head + to_len, hit + from_len, keep);
-        memcpy(text + head, to, to_len);
-        text[head + to_len + keep] = '\0';
-        hit = strstr(text + head + to_len, from);
-    }
-}
-
-/* Progress while a download runs (the caller's heartbeat and cancel checks
- * ride on it). */
-typedef struct {
-    const cf_render_opts_t *opts;
-    int clip, clips;
-} s_fetch_tick_t;
-
-static void s_fetch_tick(void *arg, uint64_t bytes, uint64_t total)
-{
-    s_fetch_tick_t *t = arg;
-    s_report(t->opts, "fetch", t->clip, t->clips, 0, 0);
-}
-
 static bool s_cancelled(const cf_render_opts_t *opts)
 {
     return opts->cancel && atomic_load(opts->cancel);
-}
-
-/* Picks the encoder for "auto" and checks a "gpu" request: NVENC must open. */
-static int s_resolve_encoder(const cf_comp_t *comp, cf_encoder_t *encoder, char *err, size_t errlen)
-{
-    *encoder = CF_ENCODER_CPU;
-    if (comp->encoder == CF_ENCODER_CPU)
-        return 0;
-    char why[512];
-    if (cf_media_gpu_check(comp->video_codec, why, sizeof why) == 0) {
-        *encoder = CF_ENCODER_GPU;
-        return 0;
-    }
-    if (comp->encoder == CF_ENCODER_GPU) {
-        snprintf(err, errlen, "output.encoder gpu: %s", why);
-        return -1;
-    }
-    cf_log_debug("render", "encoder auto: using the CPU (%s)", why);
-    return 0;
 }
 
 /* What a render costs in memory, fitted to measurements of x264 on the
@@ -243,153 +185,85 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
     double t0 = s_now();
     int rc = -1;
     cf_workspace_t *ws = NULL;
-    cf_plan_t *plan = NULL;
-    char **sources = calloc((size_t)comp->clip_count, sizeof(char *));
-    cf_plan_source_t *infos = calloc((size_t)comp->clip_count, sizeof *infos);
+    cf_blob_store_t *store = NULL;
+    cf_render_job_t *job = NULL;
     s_shared_t sh = {0};
     pthread_t *threads = NULL;
     int started = 0;
-    char *part_path = NULL;
-    bool part_created = false;
-    char path[4096];
     pthread_mutex_init(&sh.lock, NULL);
-    if (!sources || !infos) {
-        snprintf(err, errlen, "out of memory");
+
+    if (!out_path && !opts->output_store) {
+        snprintf(err, errlen, "no output: give a path or an output store");
         goto end;
     }
-
     /* Fail before any work when the output cannot be written. */
-    char *out_copy = strdup(out_path);
-    if (!out_copy) {
-        snprintf(err, errlen, "out of memory");
-        goto end;
-    }
-    const char *out_dir = dirname(out_copy);
-    if (access(out_dir, W_OK) < 0) {
-        snprintf(err, errlen, "cannot write %s: %s: %s", out_path, out_dir, strerror(errno));
-        free(out_copy);
-        goto end;
-    }
-    free(out_copy);
-    struct stat out_st;
-    if (stat(out_path, &out_st) == 0 && S_ISDIR(out_st.st_mode)) {
-        snprintf(err, errlen, "cannot write %s: it is a directory", out_path);
-        goto end;
-    }
-
-    ws = cf_workspace_new(opts->work_parent, "clipfarm-render", err, errlen);
-    if (!ws)
-        goto end;
-    char cache_dir[4096];
-    if (cf_workspace_path(ws, "src", cache_dir, sizeof cache_dir) < 0 ||
-        mkdir(cache_dir, 0700) < 0) {
-        snprintf(err, errlen, "workspace: cannot create %s", cache_dir);
-        goto end;
-    }
-
-    /* 1. Sources, local. */
-    s_fetch_tick_t tick = {opts, 0, comp->clip_count};
-    cf_fetch_opts_t fetch = {.cache_dir = cache_dir,
-                             .blob_resolver = opts->blob_resolver,
-                             .blob_arg = opts->blob_arg,
-                             .cancel = opts->cancel,
-                             .policy = opts->policy,
-                             .s3 = opts->s3,
-                             .tick = s_fetch_tick,
-                             .tick_arg = &tick};
-    for (int i = 0; i < comp->clip_count; i++) {
-        tick.clip = i;
-        s_report(opts, "fetch", i, comp->clip_count, 0, 0);
-        if (s_cancelled(opts)) {
-            snprintf(err, errlen, "cancelled");
-            goto end;
-        }
-        char why[1024];
-        cf_source_pin_t *pin = NULL; /* no node-wide cache here yet */
-        if (cf_fetch_source(comp->clips[i].source, &fetch, &sources[i], &pin, why, sizeof why) <
-            0) {
-            snprintf(err, errlen, "clips[%d].source: %s", i, why);
-            goto end;
-        }
-    }
-    s_report(opts, "fetch", comp->clip_count, comp->clip_count, 0, 0);
-
-    /* 2. Probe. */
-    int64_t source_pixels = 0;
-    for (int i = 0; i < comp->clip_count; i++) {
-        s_report(opts, "probe", i, comp->clip_count, 0, 0);
-        cf_media_info_t info;
-        char why[1024];
-        if (cf_media_probe(sources[i], &info, why, sizeof why) < 0) {
-            snprintf(err, errlen, "clips[%d].source: %s", i, why);
-            goto end;
-        }
-        infos[i].duration_us = info.duration_us;
-        if ((int64_t)info.width * info.height > source_pixels)
-            source_pixels = (int64_t)info.width * info.height;
-        infos[i].has_audio = info.has_audio;
-        cf_log_debug("render", "clip %d: %dx%d %d/%d fps %.3f s %s audio", i, info.width,
-                     info.height, info.fps_num, info.fps_den, (double)info.duration_us / 1e6,
-                     info.has_audio ? "with" : "no");
-    }
-    s_report(opts, "probe", comp->clip_count, comp->clip_count, 0, 0);
-
-    /* 3. Plan. */
-    cf_encoder_t encoder;
-    if (s_resolve_encoder(comp, &encoder, err, errlen) < 0)
-        goto end;
-    plan = cf_plan_new(comp, infos, encoder, err, errlen);
-    if (!plan)
-        goto end;
-
-    /* 4. Segments and audio on worker threads. */
-    int cpus = s_online_cpus();
-    int jobs = opts->jobs > 0 ? opts->jobs : cpus;
-    int tasks = plan->segment_count + 1;
-    if (jobs > tasks)
-        jobs = tasks;
-    sh.plan = plan;
-    sh.sources = (const char *const *)sources;
-    sh.work_dir = cf_workspace_dir(ws);
-    sh.task_count = tasks;
-    if (jobs > plan->segment_count)
-        jobs = plan->segment_count; /* the audio task is short and takes no slot */
-    int64_t budget = opts->memory_budget ? opts->memory_budget : CF_RENDER_DEFAULT_MEMORY;
-    s_fit_t fit = s_fit_memory(&plan->output, source_pixels, budget, cpus, jobs);
-    jobs = fit.jobs;
-    sh.threads_per_task = fit.threads;
-    sh.max_lookahead = fit.max_lookahead;
-    int lookahead = fit.lookahead;
-    sh.order = calloc((size_t)plan->segment_count, sizeof(int));
-    sh.segment_paths = calloc((size_t)plan->segment_count, sizeof(char *));
-    threads = calloc((size_t)jobs, sizeof *threads);
-    char audio_path[4096];
-    if (!sh.order || !sh.segment_paths || !threads ||
-        cf_workspace_path(ws, "audio.m4a", audio_path, sizeof audio_path) < 0) {
-        snprintf(err, errlen, "out of memory");
-        goto end;
-    }
-    sh.audio_path = audio_path;
-    for (int s = 0; s < plan->segment_count; s++) {
-        char name[64];
-        snprintf(name, sizeof name, "seg-%05d.mp4", s);
-        if (cf_workspace_path(ws, name, path, sizeof path) < 0 ||
-            !(sh.segment_paths[s] = strdup(path))) {
+    if (out_path) {
+        char *out_copy = strdup(out_path);
+        if (!out_copy) {
             snprintf(err, errlen, "out of memory");
             goto end;
         }
-        sh.segment_path_count++;
+        const char *out_dir = dirname(out_copy);
+        if (access(out_dir, W_OK) < 0) {
+            snprintf(err, errlen, "cannot write %s: %s: %s", out_path, out_dir, strerror(errno));
+            free(out_copy);
+            goto end;
+        }
+        free(out_copy);
+        struct stat out_st;
+        if (stat(out_path, &out_st) == 0 && S_ISDIR(out_st.st_mode)) {
+            snprintf(err, errlen, "cannot write %s: it is a directory", out_path);
+            goto end;
+        }
+    }
+
+    /* The encoded pieces live in a blob store of this render's own, gone
+     * with it (another render of the same bytes must not lose them). */
+    char path[4096];
+    ws = cf_workspace_new(opts->work_parent, "clipfarm-pieces", err, errlen);
+    if (!ws)
+        goto end;
+    if (cf_workspace_path(ws, "blobs", path, sizeof path) < 0) {
+        snprintf(err, errlen, "workspace path too long");
+        goto end;
+    }
+    if (!(store = cf_blob_store_new(path, err, errlen)))
+        goto end;
+
+    /* 1. Prepare: fetch, probe, plan. */
+    if (!(job = cf_render_prepare(comp, opts, err, errlen)))
+        goto end;
+    const cf_plan_t *plan = cf_render_job_plan(job);
+
+    /* 2, 3. Segments and audio on worker threads. */
+    int cpus = s_online_cpus();
+    int jobs = opts->jobs > 0 ? opts->jobs : cpus;
+    int tasks = plan->segment_count + 1;
+    if (jobs > plan->segment_count)
+        jobs = plan->segment_count; /* the audio task is short and takes no slot */
+    sh.job = job;
+    sh.store = store;
+    sh.task_count = tasks;
+    int64_t budget = opts->memory_budget ? opts->memory_budget : CF_RENDER_DEFAULT_MEMORY;
+    s_fit_t fit = s_fit_memory(&plan->output, cf_render_job_source_pixels(job), budget, cpus, jobs);
+    jobs = fit.jobs;
+    sh.threads_per_task = fit.threads;
+    sh.max_lookahead = fit.max_lookahead;
+    sh.order = calloc((size_t)plan->segment_count, sizeof(int));
+    sh.pieces = calloc((size_t)plan->segment_count, sizeof *sh.pieces);
+    threads = calloc((size_t)jobs, sizeof *threads);
+    if (!sh.order || !sh.pieces || !threads) {
+        snprintf(err, errlen, "out of memory");
+        goto end;
     }
     cf_plan_dispatch_order(plan, sh.order);
-    const char *enc_name = plan->output.encoder == CF_ENCODER_GPU
-                               ? (plan->output.codec == CF_CODEC_HEVC ? "hevc_nvenc" : "h264_nvenc")
-                               : (plan->output.codec == CF_CODEC_HEVC ? "libx265" : "libx264");
+    const char *enc_name = cf_render_job_encoder(job);
     cf_log_debug("render",
                  "%lld frames at %d/%d fps in %d segments of %d frames, %s, %d jobs x %d "
                  "threads, lookahead %d",
                  (long long)plan->total_frames, plan->output.fps_num, plan->output.fps_den,
                  plan->segment_count, plan->segment_frames, enc_name, jobs, sh.threads_per_task,
-                 lookahead);
+                 fit.lookahead);
 
     int passes = plan->output.video_bitrate > 0 && plan->output.encoder == CF_ENCODER_CPU ? 2 : 1;
     int64_t total_work = plan->total_frames * passes;
@@ -432,31 +306,22 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
         goto end;
     }
 
-    /* 5. Stitch, beside the output, then rename into place. */
+    /* 4. Assemble. */
     s_report(opts, "stitch", 0, 1, plan->segment_count, plan->segment_count);
-    if (asprintf(&part_path, "%s.part-%d", out_path, (int)getpid()) < 0) {
-        part_path = NULL;
-        snprintf(err, errlen, "out of memory");
-        goto end;
-    }
-    part_created = true;
     cf_media_ctl_t ctl = {.cancel = opts->cancel};
-    if (cf_media_stitch(plan, (const char *const *)sh.segment_paths, audio_path, part_path, &ctl,
-                        err, errlen) < 0)
+    cf_render_piece_t output;
+    if (cf_render_assemble(plan, store, sh.pieces, &sh.audio, &ctl, out_path, opts->output_store,
+                           &output, err, errlen) < 0)
         goto end;
-    if (rename(part_path, out_path) < 0) {
-        snprintf(err, errlen, "cannot write %s: %s", out_path, strerror(errno));
-        goto end;
-    }
-    part_created = false;
     s_report(opts, "stitch", 1, 1, plan->segment_count, plan->segment_count);
     if (result) {
-        result->plan = plan;
-        plan = NULL;
         snprintf(result->encoder, sizeof result->encoder, "%s", enc_name);
+        result->plan = cf_render_job_take_plan(job);
         result->jobs = jobs;
-        result->lookahead = lookahead;
+        result->lookahead = fit.lookahead;
         result->seconds = s_now() - t0;
+        memcpy(result->output_blob, output.blob, sizeof result->output_blob);
+        result->output_bytes = output.bytes;
     }
     rc = 0;
 end:
@@ -465,30 +330,12 @@ end:
         for (int i = 0; i < started; i++)
             pthread_join(threads[i], NULL);
     }
-    if (rc < 0) {
-        /* Errors name the source as the composition gave it, never the
-         * node's own paths (cache files, the workspace): a client reads
-         * this message. */
-        for (int i = 0; sources && i < comp->clip_count; i++)
-            if (sources[i])
-                s_replace_all(err, errlen, sources[i], comp->clips[i].source);
-        if (ws)
-            s_replace_all(err, errlen, cf_workspace_dir(ws), "<workspace>");
-    }
-    if (part_created)
-        remove(part_path);
-    free(part_path);
     free(threads);
-    for (int s = 0; s < sh.segment_path_count; s++)
-        free(sh.segment_paths[s]);
-    free(sh.segment_paths);
+    free(sh.pieces);
     free(sh.order);
     pthread_mutex_destroy(&sh.lock);
-    for (int i = 0; sources && i < comp->clip_count; i++)
-        free(sources[i]);
-    free(sources);
-    free(infos);
-    cf_plan_destroy(&plan);
+    cf_render_job_destroy(&job);
+    cf_blob_store_destroy(&store);
     cf_workspace_destroy(&ws);
     return rc;
 }

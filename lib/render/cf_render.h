@@ -1,9 +1,10 @@
 /* cf_render: renders a composition on this machine, start to finish:
  * fetch sources -> probe -> plan -> segments on N worker threads (plus the
- * whole-timeline audio) -> stitch. Everything temporary lives in one
- * workspace directory that is removed on every exit path; the output is
- * written beside OUT under a temporary name and renamed into place only when
- * complete.
+ * whole-timeline audio) -> stitch, the stages of cf_render_stages.h run in
+ * one process. Everything temporary lives in one workspace directory (the
+ * encoded pieces in a blob store inside it) that is removed on every exit
+ * path; the output is written beside OUT under a temporary name and renamed
+ * into place only when complete, or stored as a blob.
  *
  * Progress goes to a callback on the calling thread; a cancel flag (set it
  * from a signal handler or another thread) stops the workers within a frame
@@ -21,6 +22,8 @@
 #include "cf_plan.h"
 
 typedef struct cf_s3_t cf_s3_t;
+typedef struct cf_source_cache_t cf_source_cache_t;
+typedef struct cf_blob_store_t cf_blob_store_t;
 
 typedef struct {
     const char *phase; /* "fetch", "probe", "encode", "stitch" */
@@ -44,6 +47,12 @@ typedef struct {
      * node passes the operator's policy). */
     const cf_source_policy_t *policy;
     cf_s3_t *s3; /* s3:// sources (NULL: refused) */
+    /* The node's source cache (NULL: downloads go to the render's own
+     * workspace and are gone after it). */
+    cf_source_cache_t *source_cache;
+    /* Where the output goes when cf_render_run is given no path: a blob in
+     * this store (the node's). */
+    cf_blob_store_t *output_store;
     /* Peak memory the encoders may use, in bytes: 0 means
      * CF_RENDER_DEFAULT_MEMORY, < 0 no limit. To stay within it the render
      * runs fewer segments at once and, when one encoder alone would not fit,
@@ -54,15 +63,20 @@ typedef struct {
 #define CF_RENDER_DEFAULT_MEMORY (300LL << 20)
 
 typedef struct {
-    cf_plan_t *plan;  /* what was rendered; the caller owns it */
-    char encoder[16]; /* "libx264", "h264_nvenc", ... */
-    int jobs;         /* segments encoded at once */
-    int lookahead;    /* rate-control lookahead used (frames) */
-    double seconds;   /* wall time */
+    cf_plan_t *plan;      /* what was rendered; the caller owns it */
+    char encoder[16];     /* "libx264", "h264_nvenc", ... */
+    int jobs;             /* segments encoded at once */
+    int lookahead;        /* rate-control lookahead used (frames) */
+    double seconds;       /* wall time */
+    char output_blob[65]; /* the output's content address (BLAKE2b-256 hex) */
+    uint64_t output_bytes;
 } cf_render_result_t;
 
-/* Renders COMP into OUT_PATH. Returns 0 and fills RESULT (may be NULL), or -1
- * with a one-line reason in err ("cancelled" after a cancel). */
+/* Renders COMP into OUT_PATH, or with OUT_PATH NULL into opts->output_store
+ * (result->output_blob names it): the four stages of cf_render_stages.h in
+ * this process, segments and audio on worker threads. Returns 0 and fills
+ * RESULT (may be NULL), or -1 with a one-line reason in err ("cancelled"
+ * after a cancel). */
 int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_opts_t *opts,
                   cf_render_result_t *result, char *err, size_t errlen);
 

@@ -264,6 +264,11 @@ int cf_db_composition_set_output(cf_db_t *db, const char *id, const cf_db_output
 int cf_db_composition_complete(cf_db_t *db, const char *id, const cf_db_output_t *output, char *err,
                                size_t errlen);
 
+/* Whether any composition has LOCATION as its output (*used_p): equal
+ * outputs are one blob, removed only when none is left pointing at it. */
+int cf_db_output_referenced(cf_db_t *db, const char *location, bool *used_p, char *err,
+                            size_t errlen);
+
 /* Any non-terminal state -> failed with the error CODE (short machine token,
  * e.g. "source_unreachable") and MESSAGE. CF_DB_TERMINAL when already
  * completed, failed or cancelled. */

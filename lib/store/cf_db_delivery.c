@@ -25,6 +25,19 @@ int cf_db_composition_set_s3_location(cf_db_t *db, const char *id, const char *l
     return CF_DB_OK;
 }
 
+int cf_db_output_referenced(cf_db_t *db, const char *location, bool *used_p, char *err,
+                            size_t errlen)
+{
+    const char *params[] = {location};
+    PGresult *res = NULL;
+    int rc = cf_dbi_exec(db, CF_DBI_OUTPUT_REFERENCED, 1, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    *used_p = PQntuples(res) == 1 && !strcmp(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    return CF_DB_OK;
+}
+
 int cf_db_webhook_claim(cf_db_t *db, const char *holder, int lease_s, int max,
                         cf_db_webhook_t **items_p, int *count_p, char *err, size_t errlen)
 {

@@ -72,6 +72,7 @@ typedef enum {
     CF_DBI_WEBHOOK_CLAIM,
     CF_DBI_WEBHOOK_DONE,
     CF_DBI_WEBHOOK_RETRY,
+    CF_DBI_OUTPUT_REFERENCED,
     CF_DBI_STMT_COUNT
 } cf_dbi_stmt_t;
 

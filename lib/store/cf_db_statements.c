@@ -137,7 +137,9 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                        true},
     [CF_DBI_PURGE] =
         {"composition_purge",
-         "DELETE FROM compositions c WHERE c.id IN (SELECT id FROM compositions"
+         /* An output location another composition still has (equal bytes
+          * are one blob) comes back NULL: its file must stay. */
+         "WITH gone AS (DELETE FROM compositions c WHERE c.id IN (SELECT id FROM compositions"
          " WHERE finished_at < now() - least($1::bigint, $2::bigint) * interval '1 second'"
          " AND ("
          " (status = 'completed'"
@@ -145,7 +147,11 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " OR (status IN ('failed', 'cancelled')"
          "  AND finished_at < now() - $2::bigint * interval '1 second'))"
          " ORDER BY finished_at LIMIT $3::int FOR UPDATE SKIP LOCKED)"
-         " RETURNING c.id, cf_state(c.status, c.stage), c.output_location",
+         " RETURNING c.id, cf_state(c.status, c.stage) AS state, c.output_location)"
+         " SELECT g.id, g.state, CASE WHEN NOT EXISTS (SELECT 1 FROM compositions o"
+         "  WHERE o.output_location = g.output_location"
+         "  AND o.id NOT IN (SELECT id FROM gone)) THEN g.output_location END"
+         " FROM gone g",
          false},
     [CF_DBI_SEGMENTS_CREATE] =
         {"segments_create",
@@ -304,6 +310,10 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                               " WHERE id = $1::bigint AND claimed_by = $3::text"
                               " AND delivered_at IS NULL RETURNING 1",
                               false},
+    [CF_DBI_OUTPUT_REFERENCED] = {"output_referenced",
+                                  "SELECT EXISTS (SELECT 1 FROM compositions"
+                                  " WHERE output_location = $1::text)",
+                                  true},
 };
 
 /* SQL of statements whose text needs parameter numbers filled in. Built once

@@ -65,8 +65,13 @@ static int s_serve_local(cf_api_req_t *req, const cf_db_composition_t *comp, con
     else
         snprintf(etag, sizeof etag, "\"%" PRIx64 "-%" PRIx64 "\"", (uint64_t)size,
                  (uint64_t)st.st_mtime);
-    const char *ext = strrchr(path, '.') ? strrchr(path, '.') + 1 : "mp4";
-    const char *ct = !strcmp(ext, "mkv") ? "video/x-matroska" : "video/mp4";
+    /* Outputs are blobs (no name to go by): Matroska opens with the EBML
+     * magic, everything else the renderer makes is MP4. */
+    unsigned char magic[4] = {0};
+    bool mkv = pread(fd, magic, sizeof magic, 0) == (ssize_t)sizeof magic && magic[0] == 0x1a &&
+               magic[1] == 0x45 && magic[2] == 0xdf && magic[3] == 0xa3;
+    const char *ext = mkv ? "mkv" : "mp4";
+    const char *ct = mkv ? "video/x-matroska" : "video/mp4";
     char disposition[256];
     s_disposition(comp, ext, disposition, sizeof disposition);
 

@@ -274,6 +274,19 @@ static int s_upload_destination(s_job_t *job, const cf_comp_t *spec, const char 
     return 0;
 }
 
+/* Removes an output blob that no composition is going to point at, unless
+ * another composition's output is the same bytes (the store keeps one copy
+ * of equal content). */
+static void s_drop_output(cf_worker_t *w, const char *location, const char *hash)
+{
+    bool used = true;
+    char why[256];
+    if (cf_db_output_referenced(w->opts.db, location, &used, why, sizeof why) != CF_DB_OK)
+        cf_log_warn("worker", "keeping blob:%s: %s", hash, why);
+    else if (!used)
+        cf_blob_remove(w->opts.blobs, hash);
+}
+
 /* Records the plan's segments as done by this node. */
 static void s_record_segments(s_job_t *job, const cf_render_result_t *result)
 {
@@ -334,11 +347,10 @@ static void s_render(s_slot_t *slot, const char *id)
     const char *spec_json = comp.spec_json ? comp.spec_json : "";
     cf_comp_errors_t problems = {0};
     cf_comp_t *spec = cf_comp_parse(spec_json, strlen(spec_json), &problems);
-    const char *ext = spec && spec->container == CF_CONTAINER_MKV ? "mkv" : "mp4";
-    char relpath[256], out_path[4096], outputs[4096], location[512];
-    snprintf(relpath, sizeof relpath, "outputs/%s.%s", id, ext);
+    /* Renders work in DATA/outputs; the output itself becomes a blob of
+     * the node's store (DATA/blobs), its location clipfarm://NODE/blobs/... */
+    char relpath[256], out_path[4096] = "", outputs[4096], location[512];
     snprintf(outputs, sizeof outputs, "%s/outputs", w->data_dir);
-    snprintf(out_path, sizeof out_path, "%s/%s", w->data_dir, relpath);
     mkdir(outputs, 0755);
 
     s_job_t job = {.slot = slot, .id = id, .stage = CF_STATE_PLANNING};
@@ -368,12 +380,14 @@ static void s_render(s_slot_t *slot, const char *id)
             .progress_arg = &job,
             .progress_interval_ms = S_RENDER_REPORT_MS,
             .cancel = &job.cancel,
-            .blob_resolver = w->opts.blobs ? s_resolve_blob : NULL,
+            .blob_resolver = s_resolve_blob,
             .blob_arg = w->opts.blobs,
             .policy = w->opts.policy,
             .s3 = w->opts.s3,
+            .source_cache = w->opts.source_cache,
+            .output_store = w->opts.blobs,
         };
-        rc = cf_render_run(spec, out_path, &ro, &result, err, sizeof err);
+        rc = cf_render_run(spec, NULL, &ro, &result, err, sizeof err);
         if (rc == 0 && result.plan)
             duration_s = (double)result.plan->total_frames * result.plan->output.fps_den /
                          (result.plan->output.fps_num > 0 ? result.plan->output.fps_num : 1);
@@ -384,14 +398,15 @@ static void s_render(s_slot_t *slot, const char *id)
     bool upload_failed = false;
     if (rc == 0) {
         s_transition(&job, CF_STATE_ASSEMBLING);
-        char hash[CF_BLOB_HEX_SIZE];
+        char *hash = result.output_blob, blob_rel[160], why_path[256];
         cf_db_output_t output = {location, 0, duration_s, hash};
-        uint64_t bytes = 0;
-        char why_hash[256];
-        /* The output's content address, as the blob store computes it. */
-        if (cf_blob_hash_file(out_path, hash, &bytes, why_hash, sizeof why_hash) < 0 ||
-            cf_location_format(w->node_id, relpath, location, sizeof location) < 0) {
-            snprintf(err, sizeof err, "cannot read the output %s back", relpath);
+        uint64_t bytes = result.output_bytes;
+        if (cf_blob_relpath(hash, blob_rel, sizeof blob_rel) < 0 ||
+            snprintf(relpath, sizeof relpath, "blobs/%s", blob_rel) >= (int)sizeof relpath ||
+            cf_location_format(w->node_id, relpath, location, sizeof location) < 0 ||
+            cf_blob_path(w->opts.blobs, hash, out_path, sizeof out_path, why_path,
+                         sizeof why_path) < 0) {
+            snprintf(err, sizeof err, "cannot find the output blob:%s", hash);
             rc = -1;
         } else {
             output.size_bytes = (int64_t)bytes;
@@ -417,8 +432,8 @@ static void s_render(s_slot_t *slot, const char *id)
                           result.seconds > 0 ? duration_s / result.seconds : 0);
             cf_log_info("worker", "%s: completed in %.1f s (%s, %llu bytes)", id, result.seconds,
                         result.encoder, (unsigned long long)bytes);
-        } else {
-            unlink(out_path);
+        } else if (out_path[0]) {
+            s_drop_output(w, location, hash);
         }
     }
     if (rc != 0) {
@@ -494,9 +509,10 @@ static void *s_slot_main(void *arg)
 
 cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t errlen)
 {
-    if (!opts->db || !opts->metrics || !opts->redis_url || !opts->data_dir || !opts->node_id) {
+    if (!opts->db || !opts->metrics || !opts->blobs || !opts->redis_url || !opts->data_dir ||
+        !opts->node_id) {
         snprintf(err, errlen,
-                 "worker: database, metrics, Redis URL, data dir and node id are "
+                 "worker: database, metrics, blob store, Redis URL, data dir and node id are "
                  "required");
         return NULL;
     }

@@ -5,9 +5,10 @@
  *   take an id (high before default before low) -> queued -> planning in
  *   Postgres (idempotent: a composition someone else took is dropped) ->
  *   plan and record the segments -> encoding (segment and composition
- *   progress, events) -> assembling -> store the output in
- *   DATA_DIR/outputs/ID.EXT -> completed with location, size, duration and
- *   hash; or failed with a code and message; or stopped when cancelled.
+ *   progress, events) -> assembling -> store the output as a blob of the
+ *   node's store (DATA_DIR/blobs) -> completed with location, size,
+ *   duration and hash; or failed with a code and message; or stopped when
+ *   cancelled.
  *
  * Each slot is one thread that owns its queue connection and does every
  * Postgres and Redis call; the libav work runs in the renderer's own
@@ -30,17 +31,19 @@ typedef struct cf_worker_t cf_worker_t;
 typedef struct cf_db cf_db_t;
 typedef struct cf_metrics_t cf_metrics_t;
 typedef struct cf_blob_store_t cf_blob_store_t;
+typedef struct cf_source_cache_t cf_source_cache_t;
 typedef struct cf_source_policy_t cf_source_policy_t;
 
 typedef struct {
-    cf_db_t *db;              /* required, borrowed */
-    cf_metrics_t *metrics;    /* required, borrowed */
-    cf_blob_store_t *blobs;   /* resolves blob: sources; may be NULL */
-    const char *redis_url;    /* required */
-    const char *redis_prefix; /* default "cf:" */
-    const char *data_dir;     /* required: outputs and render workspaces */
-    const char *node_id;      /* required: names this node in locations and events */
-    int slots;                /* compositions rendered at once (default 1) */
+    cf_db_t *db;                     /* required, borrowed */
+    cf_metrics_t *metrics;           /* required, borrowed */
+    cf_blob_store_t *blobs;          /* required: blob: sources, and outputs are stored there */
+    cf_source_cache_t *source_cache; /* the node's downloads (NULL: per render) */
+    const char *redis_url;           /* required */
+    const char *redis_prefix;        /* default "cf:" */
+    const char *data_dir;            /* required: outputs and render workspaces */
+    const char *node_id;             /* required: names this node in locations and events */
+    int slots;                       /* compositions rendered at once (default 1) */
     /* Told the free slots and renders in flight after every change (may be
      * NULL), e.g. cf_node_set_load for heartbeats. */
     void (*on_load)(void *arg, int free_slots, int in_flight);

@@ -263,7 +263,14 @@ api_curl -X POST -H 'Content-Type: application/json' \
 expect_status 202 "long composition"
 long=$(jq -r .id <<<"$body")
 outputs=$API_WORK/b/data/outputs
-leftovers() { find "$outputs" -mindepth 1 -maxdepth 1 \( -name 'clipfarm-render.*' -o -name '*.part*' \) | sort; }
+# A render's files: its workspaces (sources, scratch; the encoded pieces)
+# and anything on its way into the blob store.
+leftovers() {
+    {
+        find "$outputs" -mindepth 1 -maxdepth 1 \( -name 'clipfarm-render.*' -o -name 'clipfarm-pieces.*' -o -name '*.part*' \)
+        find "$API_WORK/b/data/blobs/tmp" -mindepth 1 -maxdepth 1 -name 'render-*'
+    } 2>/dev/null | sort
+}
 for ((i = 0; i < 300; i++)); do
     api_curl "$B/api/v1/compositions/$long"
     [[ $(jq -r .stage <<<"$body") == encoding && -n $(leftovers) ]] && break
@@ -280,7 +287,9 @@ while [[ -n $(leftovers) ]] && (($(date +%s%N) - cancelled_at < 2000000000)); do
 echo "render stopped $((($(date +%s%N) - cancelled_at) / 1000000)) ms after the cancel"
 # Stopped for good: nothing comes back, no output ever appears.
 sleep 1
-[[ -z $(leftovers) && ! -e $outputs/$long.mp4 ]] || fail "files after the cancel: $(ls -la "$outputs")"
+[[ -z $(leftovers) ]] || fail "files after the cancel: $(leftovers)"
+api_curl "$B/api/v1/compositions/$long"
+[[ $(jq -r '.output // empty' <<<"$body") == "" ]] || fail "a cancelled composition has an output: $body"
 api_curl "$B/metrics"
 grep -q '^renders_total{result="cancelled"} 1$' <<<"$body" || fail "cancelled render not counted"
 

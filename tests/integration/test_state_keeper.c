@@ -144,6 +144,69 @@ static void test_purge_node_locations_and_uploads(void **state)
     free(data);
 }
 
+/* Equal outputs are one blob: purging one composition keeps the file while
+ * another still has it as its output, and the last one takes it along. */
+static void test_purge_keeps_shared_output_blob(void **state)
+{
+    cf_db_t *db = s_pool();
+    char *data = cf_test_mkdtemp("keeper-shared");
+    char blobs_dir[600], err[512], src[700], hex[CF_BLOB_HEX_SIZE], path[800], rel[200],
+        location[400];
+    snprintf(blobs_dir, sizeof blobs_dir, "%s/blobs", data);
+    cf_blob_store_t *blobs = cf_blob_store_new(blobs_dir, err, sizeof err);
+    assert_non_null(blobs);
+    snprintf(src, sizeof src, "%s/out.mp4", data);
+    cf_test_write_file(src, "rendered bytes");
+    assert_int_equal(cf_blob_adopt_file(blobs, src, hex, NULL, err, sizeof err), 0);
+    assert_false(s_exists(src)); /* moved, not copied */
+    assert_int_equal(cf_blob_path(blobs, hex, path, sizeof path, err, sizeof err), 0);
+    assert_int_equal(cf_blob_relpath(hex, rel, sizeof rel), 0);
+    snprintf(location, sizeof location, "clipfarm://node-1/blobs/%s", rel);
+    char a[CF_DB_ID_LEN], b[CF_DB_ID_LEN], c[CF_DB_ID_LEN];
+    s_completed(db, location, "8 days", a);
+    s_completed(db, location, "8 days", b);
+    s_completed(db, location, "1 day", c);
+
+    cf_state_keeper_options_t opts;
+    cf_state_keeper_options_default(&opts);
+    opts.db = db;
+    opts.redis_url = s_redis_url;
+    opts.redis_prefix = s_prefix;
+    opts.node_id = "node-1";
+    opts.data_dir = data;
+    opts.blobs = blobs;
+    opts.start_thread = false;
+    cf_state_keeper_t *keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    assert_non_null(keeper);
+    cf_state_keeper_stats_t done = {0};
+    /* a and b go together; c still names the blob. */
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.purged, 2);
+    assert_int_equal(done.files_removed, 0);
+    assert_true(s_exists(path));
+    bool used = false;
+    assert_int_equal(cf_db_output_referenced(db, location, &used, err, sizeof err), CF_DB_OK);
+    assert_true(used);
+    /* c expires too: the last reference takes the blob with it. */
+    const char *params[] = {c};
+    PQclear(PQexecParams(s_raw,
+                         "UPDATE compositions SET finished_at = now() - interval '8 days'"
+                         " WHERE id = $1",
+                         1, NULL, params, NULL, NULL, 0));
+    cf_state_keeper_stats_t again = {0};
+    assert_int_equal(cf_state_keeper_run_once(keeper, &again, err, sizeof err), 0);
+    assert_int_equal(again.purged, 1);
+    assert_int_equal(again.files_removed, 1);
+    assert_false(s_exists(path));
+    assert_int_equal(cf_db_output_referenced(db, location, &used, err, sizeof err), CF_DB_OK);
+    assert_false(used);
+    cf_state_keeper_destroy(&keeper);
+    cf_blob_store_destroy(&blobs);
+    cf_db_destroy(&db);
+    cf_test_rmtree(data);
+    free(data);
+}
+
 static void test_purge_removes_output_files(void **state)
 {
     cf_db_t *db = s_pool();
@@ -284,6 +347,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_purge_removes_output_files),
         cmocka_unit_test(test_purge_node_locations_and_uploads),
+        cmocka_unit_test(test_purge_keeps_shared_output_blob),
         cmocka_unit_test(test_thread_reconciles_and_reaps),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

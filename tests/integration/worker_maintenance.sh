@@ -66,7 +66,9 @@ rcli SADD "${P}q:consumers" ghost >/dev/null
 wait_sql 60 "SELECT status FROM compositions WHERE id = '$c1'" completed
 [[ $(rcli LLEN "${P}q:proc:ghost") == 0 ]] || fail "the dead consumer still holds an item"
 [[ $(rcli SISMEMBER "${P}q:consumers" ghost) == 0 ]] || fail "the dead consumer is still listed"
-out_c1=$API_WORK/render/data/outputs/$c1.mp4
+loc_c1=$(sql "SELECT output_location FROM compositions WHERE id = '$c1'")
+[[ $loc_c1 == clipfarm://*/blobs/* ]] || fail "c1's output is not a blob of the node's store: $loc_c1"
+out_c1=$API_WORK/render/data/${loc_c1#clipfarm://*/}
 [[ -s $out_c1 ]] || fail "no output file for $c1"
 
 c2=$(create lost) || exit 1

@@ -238,6 +238,64 @@ int cf_blob_put_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_
     return -1;
 }
 
+int cf_blob_adopt_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_HEX_SIZE],
+                       uint64_t *size_p, char *err, size_t errlen)
+{
+    uint64_t size = 0;
+    char dir[4096], dest[4096];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* fsync before rename: after a crash a blob's name must match its bytes. */
+    if (fd < 0 || fsync(fd) < 0) {
+        snprintf(err, errlen, "cannot flush '%s': %s", path, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    if (cf_blob_hash_file(path, hex, &size, err, errlen) < 0)
+        goto fail;
+    snprintf(dir, sizeof dir, "%s/%.2s", store->dir, hex);
+    if (s_mkdir(dir, err, errlen) < 0)
+        goto fail;
+    s_blob_file(store, hex, dest, sizeof dest);
+    if (rename(path, dest) < 0) {
+        if (errno != EXDEV) {
+            snprintf(err, errlen, "cannot store blob as '%s': %s", dest, strerror(errno));
+            goto fail;
+        }
+        /* Another file system: copy through a writer. */
+        if (cf_blob_put_file(store, path, hex, err, errlen) < 0)
+            goto fail;
+        unlink(path);
+    }
+    if (size_p)
+        *size_p = size;
+    return 0;
+fail:
+    if (fd >= 0)
+        close(fd);
+    unlink(path);
+    return -1;
+}
+
+const char *cf_blob_dir(const cf_blob_store_t *store)
+{
+    return store->dir;
+}
+
+const char *cf_blob_tmp_dir(const cf_blob_store_t *store)
+{
+    return store->tmp_dir;
+}
+
+int cf_blob_relpath(const char *ref, char *out, size_t outlen)
+{
+    char hex[CF_BLOB_HEX_SIZE];
+    if (cf_blob_parse_ref(ref, hex) < 0)
+        return -1;
+    int n = snprintf(out, outlen, "%.2s/%s", hex, hex);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
 int cf_blob_hash_file(const char *path, char hex[CF_BLOB_HEX_SIZE], uint64_t *size_p, char *err,
                       size_t errlen)
 {

@@ -54,6 +54,26 @@ void cf_blob_writer_abort(cf_blob_writer_t **writer_p);
 int cf_blob_put_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_HEX_SIZE],
                      char *err, size_t errlen);
 
+/* Moves the finished file at PATH into the store under its content address
+ * (hashed, flushed, renamed: no copy when PATH is on the store's file
+ * system, as files made in cf_blob_tmp_dir are). PATH is gone afterwards
+ * either way. HEX gets the hash, *size_p (may be NULL) the size. Returns 0,
+ * or -1 with a reason in err. */
+int cf_blob_adopt_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_HEX_SIZE],
+                       uint64_t *size_p, char *err, size_t errlen);
+
+/* The store's directory; borrowed. */
+const char *cf_blob_dir(const cf_blob_store_t *store);
+
+/* The store's directory for files on their way in (same file system as the
+ * blobs); borrowed. */
+const char *cf_blob_tmp_dir(const cf_blob_store_t *store);
+
+/* The blob's path relative to the store's directory ("ab/ab12..."), for
+ * locations. Returns 0, or -1 when REF is not a blob reference or it does not
+ * fit. */
+int cf_blob_relpath(const char *ref, char *out, size_t outlen);
+
 /* The content address a file would have in the store (BLAKE2b-256 of its
  * bytes, streamed, the same hash the writer computes) and its size, without
  * storing it. Returns 0, or -1 with a reason in err. */
