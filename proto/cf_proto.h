@@ -19,10 +19,10 @@
 
 /* The protocol version; it leads every message and every beacon. Any change
  * to a message's fields bumps it. */
-#define CF_PROTO_VERSION 1
+#define CF_PROTO_VERSION 2
 
 /* Largest encoded message accepted or produced. */
-#define CF_PROTO_MAX_SIZE (128 * 1024)
+#define CF_PROTO_MAX_SIZE (1024 * 1024)
 
 /* Largest epoch (Postgres bigint). */
 #define CF_PROTO_EPOCH_MAX INT64_MAX
@@ -56,12 +56,12 @@ typedef struct {
     M(HELLO, hello, 1, "Who I am: identity, endpoints, capabilities")                              \
     M(HEARTBEAT, heartbeat, 2, "I am alive: load, free slots, work in flight, highest epoch")      \
     M(LEADER, leader, 3, "The coordinator announces its epoch")                                    \
-    M(ASSIGN, assign, 4, "Coordinator -> worker: encode this segment")                             \
-    M(ACCEPT, accept, 5, "Worker -> coordinator: segment taken")                                   \
-    M(REJECT, reject, 6, "Worker -> coordinator: segment refused, with the reason")                \
+    M(ASSIGN, assign, 4, "Coordinator -> worker: run this task (a segment, the audio, assembly)")  \
+    M(ACCEPT, accept, 5, "Worker -> coordinator: task taken")                                      \
+    M(REJECT, reject, 6, "Worker -> coordinator: task refused, with the reason")                   \
     M(PROGRESS, progress, 7, "Worker -> coordinator: frames encoded so far")                       \
-    M(DONE, done, 8, "Worker -> coordinator: segment encoded and stored")                          \
-    M(FAILED, failed, 9, "Worker -> coordinator: segment failed")                                  \
+    M(DONE, done, 8, "Worker -> coordinator: task done, its result stored as a blob")              \
+    M(FAILED, failed, 9, "Worker -> coordinator: task failed")                                     \
     M(CANCEL, cancel, 10, "Coordinator -> workers: drop a composition's segments")                 \
     M(BYE, bye, 11, "I am leaving the cluster")
 
@@ -93,49 +93,55 @@ typedef struct {
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, node_id, ID, 0, 0, 0)
 
+/* Tasks of a composition of N segments: 0..N-1 the segments, N the audio,
+ * N + 1 the assembly (kind says which; the index is the task's identity in
+ * every reply, with the attempt). */
+#define CF_PROTO_TASK_MAX      1000001
+#define CF_PROTO_TASK_JSON_MAX (768 * 1024)
 #define CF_PROTO_FIELDS_assign(F, T)                                                               \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \
-    F(T, segment, U64, 0, 1000000, 0)                                                              \
+    F(T, segment, U64, 0, CF_PROTO_TASK_MAX, 0)                                                    \
+    F(T, attempt, U64, 1, 1000, 0)                                                                 \
+    F(T, kind, U64, 0, 2, 0)                                                                       \
     F(T, frame_start, U64, 0, 1ULL << 40, 0)                                                       \
-    F(T, frame_count, U64, 1, 10000000, 0)                                                         \
+    F(T, frame_count, U64, 1, 1ULL << 40, 0)                                                       \
     F(T, encoder, STR, 1, 32, 0)                                                                   \
-    F(T, spec, STR, 2, 65536, 0)
-
+    F(T, task, STR, 2, CF_PROTO_TASK_JSON_MAX, 0)
 #define CF_PROTO_FIELDS_accept(F, T)                                                               \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \
-    F(T, segment, U64, 0, 1000000, 0)
-
+    F(T, segment, U64, 0, CF_PROTO_TASK_MAX, 0)                                                    \
+    F(T, attempt, U64, 1, 1000, 0)
 #define CF_PROTO_FIELDS_reject(F, T)                                                               \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \
-    F(T, segment, U64, 0, 1000000, 0)                                                              \
+    F(T, segment, U64, 0, CF_PROTO_TASK_MAX, 0)                                                    \
+    F(T, attempt, U64, 1, 1000, 0)                                                                 \
     F(T, reason, STR, 1, 256, 0)
-
 #define CF_PROTO_FIELDS_progress(F, T)                                                             \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \
-    F(T, segment, U64, 0, 1000000, 0)                                                              \
-    F(T, frames_done, U64, 0, 10000000, 0)
-
+    F(T, segment, U64, 0, CF_PROTO_TASK_MAX, 0)                                                    \
+    F(T, attempt, U64, 1, 1000, 0)                                                                 \
+    F(T, frames_done, U64, 0, 1ULL << 40, 0)
 #define CF_PROTO_FIELDS_done(F, T)                                                                 \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \
-    F(T, segment, U64, 0, 1000000, 0)                                                              \
-    F(T, frames, U64, 1, 10000000, 0)                                                              \
+    F(T, segment, U64, 0, CF_PROTO_TASK_MAX, 0)                                                    \
+    F(T, attempt, U64, 1, 1000, 0)                                                                 \
+    F(T, frames, U64, 1, 1ULL << 40, 0)                                                            \
     F(T, blob_hash, BIN, 32, 32, 0)                                                                \
     F(T, size_bytes, U64, 1, 1ULL << 48, 0)                                                        \
     F(T, encode_ms, U64, 0, 1ULL << 40, 0)                                                         \
     F(T, fps, F64, 0, 1e6, 0)
-
 #define CF_PROTO_FIELDS_failed(F, T)                                                               \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \
-    F(T, segment, U64, 0, 1000000, 0)                                                              \
+    F(T, segment, U64, 0, CF_PROTO_TASK_MAX, 0)                                                    \
+    F(T, attempt, U64, 1, 1000, 0)                                                                 \
     F(T, reason, STR, 1, 256, 0)                                                                   \
     F(T, retryable, BOOL, 0, 0, 0)
-
 #define CF_PROTO_FIELDS_cancel(F, T)                                                               \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)

@@ -376,6 +376,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             snprintf(reply.reject.composition, sizeof reply.reject.composition, "%s",
                      msg->assign.composition);
             reply.reject.segment = msg->assign.segment;
+            reply.reject.attempt = msg->assign.attempt;
             cf_msg_set_str(&reply.reject.reason, "this node takes no segments over the network");
             s_send(self, peer, &reply);
             cf_msg_clear(&reply);

@@ -54,31 +54,37 @@ static bool s_fill(cf_msg_t *msg, cf_msg_type_t type)
             strcpy(msg->assign.composition, S_ID_B);
             msg->assign.segment = 12;
             msg->assign.frame_start = 3000;
+            msg->assign.attempt = 2;
+            msg->assign.kind = 0;
             msg->assign.frame_count = 250;
             cf_msg_set_str(&msg->assign.encoder, "libx264");
-            cf_msg_set_str(&msg->assign.spec, "{\"preset\":\"balanced\",\"gop\":250}");
+            cf_msg_set_str(&msg->assign.task, "{\"plan\":{\"segments\":[]},\"sources\":[]}");
             return true;
         case CF_MSG_ACCEPT:
             msg->accept.epoch = 7;
             strcpy(msg->accept.composition, S_ID_B);
             msg->accept.segment = 12;
+            msg->accept.attempt = 2;
             return true;
         case CF_MSG_REJECT:
             msg->reject.epoch = 7;
             strcpy(msg->reject.composition, S_ID_B);
             msg->reject.segment = 12;
+            msg->reject.attempt = 2;
             cf_msg_set_str(&msg->reject.reason, "no free slot \xc3\xa9");
             return true;
         case CF_MSG_PROGRESS:
             msg->progress.epoch = 7;
             strcpy(msg->progress.composition, S_ID_B);
             msg->progress.segment = 12;
+            msg->progress.attempt = 2;
             msg->progress.frames_done = 125;
             return true;
         case CF_MSG_DONE:
             msg->done.epoch = 7;
             strcpy(msg->done.composition, S_ID_B);
             msg->done.segment = 12;
+            msg->done.attempt = 2;
             msg->done.frames = 250;
             cf_proto_bin_set(&msg->done.blob_hash, hash, sizeof hash);
             msg->done.size_bytes = 1234567;
@@ -89,6 +95,7 @@ static bool s_fill(cf_msg_t *msg, cf_msg_type_t type)
             msg->failed.epoch = 7;
             strcpy(msg->failed.composition, S_ID_B);
             msg->failed.segment = 12;
+            msg->failed.attempt = 2;
             cf_msg_set_str(&msg->failed.reason, "decoder error at frame 3012");
             msg->failed.retryable = true;
             return true;
@@ -208,8 +215,10 @@ static void s_rejects_versions_and_types(void **state)
     s_pack_str(&raw.pk, S_ID_A);
     assert_int_equal(s_decode_raw(&raw, err, sizeof err), 0);
 
-    /* Version 2 (from the future) and version 0. */
-    for (int version = 0; version <= 2; version += 2) {
+    /* The next version (from the future), the previous one and 0. */
+    const int versions[] = {CF_PROTO_VERSION + 1, CF_PROTO_VERSION - 1, 0};
+    for (size_t v = 0; v < 3; v++) {
+        int version = versions[v];
         s_raw_init(&raw);
         msgpack_pack_array(&raw.pk, 4);
         msgpack_pack_uint8(&raw.pk, (uint8_t)version);
@@ -335,12 +344,13 @@ static void s_rejects_bad_fields(void **state)
     reasons[2] = longreason;
     for (size_t i = 0; i < 4; i++) {
         s_raw_init(&raw);
-        msgpack_pack_array(&raw.pk, 6);
+        msgpack_pack_array(&raw.pk, 7);
         msgpack_pack_uint8(&raw.pk, CF_PROTO_VERSION);
         msgpack_pack_uint8(&raw.pk, CF_MSG_REJECT);
         msgpack_pack_uint64(&raw.pk, 3);
         s_pack_str(&raw.pk, S_ID_A);
-        msgpack_pack_uint64(&raw.pk, 1);
+        msgpack_pack_uint64(&raw.pk, 1); /* segment */
+        msgpack_pack_uint64(&raw.pk, 1); /* attempt */
         if (i == 1) {
             msgpack_pack_str(&raw.pk, 5);
             msgpack_pack_str_body(&raw.pk, "ab\0cd", 5);
@@ -642,8 +652,8 @@ static void s_write_seeds(const char *dir)
     b.timestamp_ms += 29999;
     cf_beacon_encode(&b, key, frame);
     s_write(dir, "fuzz_beacon_parse", "no-http.beacon", frame, sizeof frame);
-    frame[3] = 2;
-    s_write(dir, "fuzz_beacon_parse", "version2.beacon", frame, sizeof frame);
+    frame[3] = CF_PROTO_VERSION + 1;
+    s_write(dir, "fuzz_beacon_parse", "next-version.beacon", frame, sizeof frame);
     s_write(dir, "fuzz_beacon_parse", "short.beacon", frame, 40);
 }
 
