@@ -91,7 +91,7 @@ const char *cf_db_rc_name(int rc)
 
 typedef struct {
     PGconn *conn;
-    uint64_t prepared; /* bit per cf_dbi_stmt_t prepared on this connection */
+    uint64_t prepared[CF_DBI_PREPARED_WORDS]; /* bit per cf_dbi_stmt_t prepared here */
     int64_t born_ms;
 } s_conn_t;
 
@@ -436,7 +436,7 @@ int cf_dbi_exec_ex(cf_db_t *db, cf_dbi_stmt_t stmt, int nparams, const char *con
         if (rc < 0)
             return rc;
         bool broken = false;
-        if (!(c->prepared & (UINT64_C(1) << stmt))) {
+        if (!(c->prepared[stmt / 64] & (UINT64_C(1) << (stmt % 64)))) {
             PGresult *prep =
                 PQprepare(c->conn, cf_dbi_stmts[stmt].name, cf_dbi_stmt_sql(stmt), 0, NULL);
             if (PQresultStatus(prep) != PGRES_COMMAND_OK) {
@@ -449,7 +449,7 @@ int cf_dbi_exec_ex(cf_db_t *db, cf_dbi_stmt_t stmt, int nparams, const char *con
                 return rc;
             }
             PQclear(prep);
-            c->prepared |= UINT64_C(1) << stmt;
+            c->prepared[stmt / 64] |= UINT64_C(1) << (stmt % 64);
         }
         PGresult *res =
             PQexecPrepared(c->conn, cf_dbi_stmts[stmt].name, nparams, values, lengths, formats, 0);

@@ -82,8 +82,8 @@ typedef struct {
     bool readonly; /* safe to run again after the connection broke mid-statement */
 } cf_dbi_stmt_def_t;
 
-/* A connection's prepared statements are a 64-bit mask. */
-_Static_assert(CF_DBI_STMT_COUNT <= 64, "a connection tracks its prepared statements in 64 bits");
+/* A connection's prepared statements are a bitmap of this many words. */
+#define CF_DBI_PREPARED_WORDS ((CF_DBI_STMT_COUNT + 63) / 64)
 
 /* The statement table (cf_db_statements.c): name, SQL and whether the
  * statement may run again after its connection broke. Entries whose SQL needs
