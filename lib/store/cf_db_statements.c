@@ -68,6 +68,54 @@
     " SELECT (SELECT state FROM prev), upd.version, upd.progress"                                  \
     " FROM (SELECT 1) one LEFT JOIN upd ON true"
 
+/* The coordinator's fence, in the statement itself: the lease row holds
+ * exactly this epoch ($E) and holder ($H) and has not expired. FOR SHARE
+ * serialises with an acquirer's row lock. */
+#define S_FENCE(E, H)                                                                              \
+    "(SELECT 1 FROM coordinator_lease l WHERE l.epoch = $" #E "::bigint"                           \
+    " AND l.holder = $" #H "::text::uuid AND l.expires_at > now() FOR SHARE)"
+
+/* A fenced composition transition: S_TRANSITION_SQL's parameters $1..$12
+ * plus the fence $13, $14; the 4th column says whether the fence held. */
+#define S_FENCED_TRANSITION_SQL                                                                    \
+    "WITH f AS " S_FENCE(                                                                          \
+        13, 14) ","                                                                                \
+                " prev AS (SELECT cf_state(status, stage) AS state FROM compositions WHERE id = "  \
+                "$1::uuid),"                                                                       \
+                " upd AS (UPDATE compositions c SET status = $3::text, stage = $4::text,"          \
+                "  attempts = c.attempts + CASE WHEN $2::text = 'planning' THEN 1 ELSE 0 END,"     \
+                "  started_at = CASE WHEN $2::text = 'planning' THEN now() ELSE c.started_at END," \
+                "  finished_at = CASE WHEN $2::text IN ('completed', 'failed', 'cancelled') THEN " \
+                "now()"                                                                            \
+                "                ELSE c.finished_at END,"                                          \
+                "  progress = CASE WHEN $2::text = 'completed' THEN 1"                             \
+                "             WHEN $2::text = 'queued' THEN 0 ELSE c.progress END,"                \
+                "  wait_reason = NULL,"                                                            \
+                "  error_code = coalesce($6::text, c.error_code),"                                 \
+                "  error_message = coalesce($7::text, c.error_message),"                           \
+                "  output_location = coalesce($8::text, c.output_location),"                       \
+                "  output_size_bytes = coalesce($9::bigint, c.output_size_bytes),"                 \
+                "  output_duration_s = coalesce($10::float8, c.output_duration_s),"                \
+                "  output_hash = coalesce($11::text, c.output_hash)"                               \
+                "  WHERE c.id = $1::uuid AND EXISTS (SELECT 1 FROM f)"                             \
+                "  AND EXISTS (SELECT 1 FROM composition_transitions t"                            \
+                "   WHERE t.from_state = cf_state(c.status, c.stage) AND t.to_state = $2::text)"   \
+                "  RETURNING c.id, c.version, c.progress),"                                        \
+                " ev AS (INSERT INTO events (composition_id, type, payload)"                       \
+                "  SELECT upd.id, 'status', jsonb_strip_nulls(jsonb_build_object('from', (SELECT " \
+                "state FROM "                                                                      \
+                "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text, 'op', $12::text)) "     \
+                "FROM upd)"                                                                        \
+                " SELECT (SELECT state FROM prev), upd.version, upd.progress, (SELECT count(*) "   \
+                "FROM f)"                                                                          \
+                " FROM (SELECT 1) one LEFT JOIN upd ON true"
+
+/* A task's assignment token: $1 composition, $2 idx, $3 node, $4 attempt,
+ * $5 epoch (the fence's: assignments of another epoch are void). */
+#define S_TOKEN                                                                                    \
+    " s.composition_id = $1::uuid AND s.idx = $2::int AND s.node_id = $3::text"                    \
+    " AND s.attempts = $4::int AND s.epoch = $5::bigint"
+
 const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
     [CF_DBI_PING] = {"ping", "SELECT 1", true},
     [CF_DBI_CREATE] =
@@ -310,6 +358,141 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                               " WHERE id = $1::bigint AND claimed_by = $3::text"
                               " AND delivered_at IS NULL RETURNING 1",
                               false},
+    /* ---- the coordinator's work list (cf_db_work.c); fenced by $5/$6 or
+     * $13/$14 unless read-only. */
+    [CF_DBI_W_TRANSITION] = {"work_transition", S_FENCED_TRANSITION_SQL, false},
+    [CF_DBI_W_PLAN] =
+        {"work_plan",
+         "WITH f AS " S_FENCE(
+             2, 3) ","
+                   " c AS (UPDATE compositions SET plan = $4::jsonb, encoder = $5::text, stage = "
+                   "'encoding',"
+                   "  wait_reason = NULL"
+                   "  WHERE id = $1::uuid AND status = 'processing' AND stage = 'planning'"
+                   "  AND EXISTS (SELECT 1 FROM f) RETURNING id, version, progress),"
+                   " ins AS (INSERT INTO segments (composition_id, idx, kind, frame_start, "
+                   "frame_end, epoch)"
+                   "  SELECT c.id, t.idx, t.kind, t.frame_start, t.frame_end, $2::bigint"
+                   "  FROM c, jsonb_to_recordset($6::jsonb)"
+                   "  AS t(idx int, kind text, frame_start bigint, frame_end bigint) RETURNING 1),"
+                   " ev AS (INSERT INTO events (composition_id, type, payload)"
+                   "  SELECT id, 'status', jsonb_build_object('from', 'planning', 'to', 'encoding',"
+                   "  'by', $3::text) FROM c)"
+                   " SELECT (SELECT count(*) FROM f), c.version, c.progress, (SELECT count(*) FROM "
+                   "ins)"
+                   " FROM (SELECT 1) one LEFT JOIN c ON true",
+         false},
+    [CF_DBI_W_OPEN] =
+        {"work_open",
+         "SELECT s.composition_id, s.idx, s.kind, s.frame_start, s.frame_end, s.status,"
+         " s.node_id, s.attempts, s.epoch, s.progress, s.blob_hash, coalesce(s.size_bytes, 0),"
+         " c.stage, c.priority, extract(epoch FROM now() - c.created_at), c.encoder,"
+         " coalesce((SELECT jsonb_agg(x.node_id) FROM segment_failures x"
+         "  WHERE x.composition_id = c.id AND x.failures >= 3), '[]')"
+         " FROM compositions c JOIN segments s ON s.composition_id = c.id"
+         " WHERE c.status = 'processing' AND c.stage IN ('encoding', 'assembling')"
+         " ORDER BY c.created_at, c.id, s.idx",
+         true},
+    [CF_DBI_W_PLAN_JSON] = {"work_plan_json",
+                            "SELECT plan::text FROM compositions WHERE id = $1::uuid", true},
+    [CF_DBI_W_ASSIGN] =
+        {"work_assign",
+         "UPDATE segments s SET status = 'assigned', node_id = $3::text,"
+         " attempts = s.attempts + 1, epoch = $4::bigint, assigned_at = now(), started_at = NULL,"
+         " finished_at = NULL, progress = 0, error = NULL"
+         " WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.status = 'pending'"
+         " AND EXISTS " S_FENCE(4, 5) " RETURNING s.attempts",
+         false},
+    [CF_DBI_W_ACCEPT] = {"work_accept",
+                         "UPDATE segments s SET status = 'encoding', started_at = now()"
+                         " WHERE " S_TOKEN " AND s.status = 'assigned'"
+                         " AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+                         false},
+    [CF_DBI_W_PROGRESS] = {"work_progress",
+                           "UPDATE segments s SET progress = greatest(s.progress, $7::float8)"
+                           " WHERE " S_TOKEN " AND s.status IN ('assigned', 'encoding')"
+                           " AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+                           false},
+    [CF_DBI_W_DONE] = {"work_done",
+                       "UPDATE segments s SET status = 'done', progress = 1, blob_hash = $7::text,"
+                       " size_bytes = $8::bigint, encode_fps = $9::float8, encode_ms = $10::bigint,"
+                       " finished_at = now(), started_at = coalesce(s.started_at, now())"
+                       " WHERE " S_TOKEN " AND s.status IN ('assigned', 'encoding')"
+                       " AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+                       false},
+    [CF_DBI_W_RETRY] =
+        {"work_retry",
+         "WITH f AS " S_FENCE(
+             5, 6) ","
+                   " upd AS (UPDATE segments s SET"
+                   "  attempts = s.attempts - CASE WHEN $7::bool THEN 0 ELSE 1 END,"
+                   "  status = CASE WHEN $7::bool AND s.attempts >= $9::int THEN 'failed' ELSE "
+                   "'pending' END,"
+                   "  error = left($8::text, 1024), progress = 0,"
+                   "  finished_at = CASE WHEN $7::bool AND s.attempts >= $9::int THEN now() END"
+                   "  WHERE " S_TOKEN " AND s.status IN ('assigned', 'encoding')"
+                   "  AND EXISTS (SELECT 1 FROM f) RETURNING s.status),"
+                   " bad AS (INSERT INTO segment_failures (composition_id, node_id, failures)"
+                   "  SELECT $1::uuid, $3::text, 1 FROM upd WHERE $7::bool"
+                   "  ON CONFLICT (composition_id, node_id)"
+                   "  DO UPDATE SET failures = segment_failures.failures + 1)"
+                   " SELECT (SELECT count(*) FROM f), (SELECT status FROM upd)",
+         false},
+    [CF_DBI_W_TAKEOVER] =
+        {"work_takeover",
+         "WITH f AS " S_FENCE(
+             1,
+             2) ","
+                " open AS (UPDATE segments s SET status = 'pending', progress = 0,"
+                "  attempts = greatest(s.attempts - 1, 0)"
+                "  FROM compositions c WHERE c.id = s.composition_id AND c.status = 'processing'"
+                "  AND s.status IN ('assigned', 'encoding') AND EXISTS (SELECT 1 FROM f) RETURNING "
+                "1),"
+                " lost AS (UPDATE segments s SET status = 'pending', progress = 0, blob_hash = "
+                "NULL,"
+                "  size_bytes = NULL, finished_at = NULL"
+                "  FROM compositions c WHERE c.id = s.composition_id AND c.status = 'processing'"
+                "  AND c.stage = 'encoding' AND s.status = 'done' AND s.kind <> 'assemble'"
+                "  AND NOT (s.node_id = ANY ($3::text[])) AND EXISTS (SELECT 1 FROM f) RETURNING "
+                "1),"
+                " back AS (UPDATE compositions c SET status = 'queued', stage = NULL, progress = 0"
+                "  WHERE c.status = 'processing' AND c.stage = 'planning' AND EXISTS (SELECT 1 "
+                "FROM f)"
+                "  RETURNING c.id),"
+                " ev AS (INSERT INTO events (composition_id, type, payload)"
+                "  SELECT id, 'status', jsonb_build_object('from', 'planning', 'to', 'queued',"
+                "  'by', $2::text, 'reason', 'coordinator changed') FROM back)"
+                " SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM open),"
+                " (SELECT count(*) FROM lost), (SELECT coalesce(array_agg(id::text), '{}') FROM "
+                "back)",
+         false},
+    [CF_DBI_W_COMP_PROGRESS] =
+        {"work_comp_progress",
+         "WITH upd AS (UPDATE compositions c SET progress = greatest(c.progress, $2::float8)"
+         " WHERE c.id = $1::uuid AND c.status = 'processing' AND c.progress < $2::float8"
+         " AND EXISTS " S_FENCE(
+             3, 4) " RETURNING c.id, c.version, c.progress,"
+                   " cf_state(c.status, c.stage) AS state),"
+                   " ev AS (INSERT INTO events (composition_id, type, payload)"
+                   " SELECT id, 'progress', jsonb_build_object('progress', progress) FROM upd)"
+                   " SELECT upd.version, upd.progress, upd.state FROM upd",
+         false},
+    [CF_DBI_W_WAIT_REASON] =
+        {"work_wait_reason",
+         "UPDATE compositions c SET wait_reason = $2::text"
+         " WHERE c.id = $1::uuid AND c.status IN ('queued', 'processing')"
+         " AND c.wait_reason IS DISTINCT FROM $2::text AND EXISTS " S_FENCE(
+             3, 4) " RETURNING c.version, c.progress, cf_state(c.status, c.stage)",
+         false},
+    [CF_DBI_W_CLOSE_CANCELLED] =
+        {"work_close_cancelled",
+         "UPDATE segments s SET status = 'failed', error = 'cancelled', finished_at = now()"
+         " FROM compositions c WHERE c.id = s.composition_id"
+         " AND c.status IN ('cancelled', 'failed') AND s.status IN ('pending', 'assigned', "
+         "'encoding')"
+         " AND EXISTS " S_FENCE(
+             1, 2) " RETURNING s.composition_id::text || ' ' || coalesce(s.node_id, '')",
+         false},
     [CF_DBI_OUTPUT_REFERENCED] = {"output_referenced",
                                   "SELECT EXISTS (SELECT 1 FROM compositions"
                                   " WHERE output_location = $1::text)",
