@@ -23,6 +23,7 @@
 #include "cf_node_status.h"
 #include "cf_peer.h"
 #include "cf_proto.h"
+#include "cf_work_bus.h"
 #include "cf_zap.h"
 
 #define S_TICK_MS   100 /* liveness checks */
@@ -42,6 +43,9 @@ typedef struct {
     bool started;
 
     zsock_t *router;
+    zsock_t *work_out;   /* the work actors' outbox (PULL) */
+    zsock_t *work_exec;  /* to the executor (PUSH) */
+    zsock_t *work_coord; /* to the coordinator (PUSH) */
     cf_zap_t *zap;
     zactor_t *beacon;
     zactor_t *election;
@@ -308,6 +312,88 @@ static void s_handle_zap(s_self_t *self)
         s_count(self, verdict ? CF_NODE_ZAP_ALLOWED : CF_NODE_ZAP_DENIED);
 }
 
+/* Hands MSG from node FROM to a work actor after checking it may have it:
+ * ASSIGN and CANCEL only from the node that holds the current epoch (the
+ * one we know as coordinator, at exactly that epoch), worker replies only
+ * while this node is the coordinator at the epoch they carry. Anything else
+ * is counted and dropped. Returns whether it was a work message. */
+static bool s_route_work(s_self_t *self, const char *from, const cf_msg_t *msg)
+{
+    zsock_t *to = NULL;
+    uint64_t epoch = cf_msg_epoch(msg);
+    switch (msg->type) {
+        case CF_MSG_ASSIGN:
+        case CF_MSG_CANCEL:
+            if (!self->coordinator[0] || strcmp(from, self->coordinator) ||
+                epoch != self->highest_epoch) {
+                s_count(self, CF_NODE_WORK_REFUSED);
+                cf_log_warn("node", "refused %s of epoch %" PRIu64 " from %.8s: the coordinator "
+                            "is %.8s at epoch %" PRIu64,
+                            cf_msg_type_name(msg->type), epoch, from,
+                            self->coordinator[0] ? self->coordinator : "(none)",
+                            self->highest_epoch);
+                return true;
+            }
+            to = self->work_exec;
+            break;
+        case CF_MSG_ACCEPT:
+        case CF_MSG_REJECT:
+        case CF_MSG_PROGRESS:
+        case CF_MSG_DONE:
+        case CF_MSG_FAILED:
+            if (!self->leader || epoch != self->my_epoch) {
+                s_count(self, CF_NODE_WORK_REFUSED);
+                return true;
+            }
+            to = self->work_coord;
+            break;
+        default:
+            return false;
+    }
+    uint8_t *data = NULL;
+    size_t size = 0;
+    char err[256];
+    if (!to || cf_msg_encode(msg, &data, &size, err, sizeof err) < 0)
+        return true;
+    zmsg_t *zmsg = zmsg_new();
+    zmsg_addstr(zmsg, from);
+    zmsg_addmem(zmsg, data, size);
+    free(data);
+    if (zmsg_send(&zmsg, to) < 0)
+        zmsg_destroy(&zmsg);
+    return true;
+}
+
+/* A work actor's message for node TO: over its link, or back in when TO is
+ * this node. */
+static void s_handle_work_out(s_self_t *self)
+{
+    zmsg_t *zmsg = zmsg_recv(self->work_out);
+    if (!zmsg)
+        return;
+    char to[37] = "";
+    zframe_t *who = zmsg_first(zmsg), *payload = zmsg_next(zmsg);
+    cf_msg_t msg;
+    char err[256];
+    if (zmsg_size(zmsg) != 2 || !who || !payload || zframe_size(who) != 36 ||
+        cf_msg_decode(zframe_data(payload), zframe_size(payload), &msg, err, sizeof err) < 0) {
+        zmsg_destroy(&zmsg);
+        return;
+    }
+    memcpy(to, zframe_data(who), 36);
+    zmsg_destroy(&zmsg);
+    if (!strcmp(to, self->my_id)) {
+        s_route_work(self, self->my_id, &msg);
+    } else {
+        cf_peer_t *peer = cf_peer_table_find_id(self->peers, to);
+        if (peer)
+            s_send(self, peer, &msg);
+        else
+            cf_log_debug("node", "%s for %.8s: no such peer", cf_msg_type_name(msg.type), to);
+    }
+    cf_msg_clear(&msg);
+}
+
 static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
 {
     /* Epoch-carrying messages older than what we have seen are ignored. */
@@ -367,21 +453,15 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
                 self->dirty = true;
             }
             break;
-        case CF_MSG_ASSIGN: {
-            /* Dispatch arrives with the scheduler; until then say no, so a
-             * coordinator never waits on us. */
-            cf_msg_t reply;
-            cf_msg_init(&reply, CF_MSG_REJECT);
-            reply.reject.epoch = msg->assign.epoch;
-            snprintf(reply.reject.composition, sizeof reply.reject.composition, "%s",
-                     msg->assign.composition);
-            reply.reject.segment = msg->assign.segment;
-            reply.reject.attempt = msg->assign.attempt;
-            cf_msg_set_str(&reply.reject.reason, "this node takes no segments over the network");
-            s_send(self, peer, &reply);
-            cf_msg_clear(&reply);
+        case CF_MSG_ASSIGN:
+        case CF_MSG_CANCEL:
+        case CF_MSG_ACCEPT:
+        case CF_MSG_REJECT:
+        case CF_MSG_PROGRESS:
+        case CF_MSG_DONE:
+        case CF_MSG_FAILED:
+            s_route_work(self, cf_peer_id(peer), msg);
             break;
-        }
         case CF_MSG_BYE:
             cf_peer_leave(peer, msg->bye.reason);
             s_count(self, CF_NODE_PEERS_GONE);
@@ -681,6 +761,32 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
         return -1;
     }
 
+    char ep[128];
+    cf_work_bus_endpoint(self->my_id, "out", ep, sizeof ep);
+    self->work_out = zsock_new_pull(NULL);
+    if (!self->work_out || zsock_bind(self->work_out, "%s", ep) < 0) {
+        snprintf(err, errlen, "cannot bind the work outbox");
+        return -1;
+    }
+    cf_work_bus_endpoint(self->my_id, "exec", ep, sizeof ep);
+    self->work_exec = zsock_new(ZMQ_PUSH);
+    if (self->work_exec) {
+        zsock_set_sndtimeo(self->work_exec, 0);
+        zsock_set_linger(self->work_exec, 0);
+    }
+    char ep2[128];
+    cf_work_bus_endpoint(self->my_id, "coord", ep2, sizeof ep2);
+    self->work_coord = zsock_new(ZMQ_PUSH);
+    if (self->work_coord) {
+        zsock_set_sndtimeo(self->work_coord, 0);
+        zsock_set_linger(self->work_coord, 0);
+    }
+    if (!self->work_exec || !self->work_coord || zsock_connect(self->work_exec, "%s", ep) < 0 ||
+        zsock_connect(self->work_coord, "%s", ep2) < 0) {
+        snprintf(err, errlen, "cannot connect the work plane");
+        return -1;
+    }
+
     if (cfg->beacon_iface) {
         self->beacon = zactor_new(zbeacon, NULL);
         if (!self->beacon) {
@@ -772,6 +878,9 @@ static void s_self_stop(s_self_t *self)
         s_publish(self); /* the final state: no longer coordinator */
     zhashx_destroy(&self->peers);
     zsock_destroy(&self->router);
+    zsock_destroy(&self->work_out);
+    zsock_destroy(&self->work_exec);
+    zsock_destroy(&self->work_coord);
     cf_zap_destroy(&self->zap);
     cf_node_status_destroy(&self->status);
     if (self->shutdown_fd >= 0)
@@ -791,6 +900,7 @@ typedef enum {
     S_ITEM_FENCE,
     S_ITEM_CALIBRATION,
     S_ITEM_MONITOR,
+    S_ITEM_WORK,
 } s_item_kind_t;
 
 static void s_handle_pipe(s_self_t *self)
@@ -817,6 +927,7 @@ static void s_run(s_self_t *self)
     } while (0)
         S_ADD(self->pipe, S_ITEM_PIPE, NULL);
         S_ADD(self->router, S_ITEM_ROUTER, NULL);
+        S_ADD(self->work_out, S_ITEM_WORK, NULL);
         S_ADD(cf_zap_sock(self->zap), S_ITEM_ZAP, NULL);
         if (self->beacon)
             S_ADD(self->beacon, S_ITEM_BEACON, NULL);
@@ -853,6 +964,9 @@ static void s_run(s_self_t *self)
                     break;
                 case S_ITEM_ROUTER:
                     s_handle_router(self);
+                    break;
+                case S_ITEM_WORK:
+                    s_handle_work_out(self);
                     break;
                 case S_ITEM_ZAP:
                     s_handle_zap(self);
