@@ -109,6 +109,13 @@ static bool s_is_gpu_task(const cf_sched_task_t *task)
     return task->kind == CF_TASK_SEGMENT && cf_sched_encoder_is_gpu(task->encoder);
 }
 
+/* Seconds until a node at FPS clears QUEUED frames and then WORK; never NaN. */
+static double s_finish(double queued, double work, double fps)
+{
+    double est = (queued + work) / fps;
+    return isnan(est) ? INFINITY : est;
+}
+
 static double s_work(const cf_sched_task_t *task)
 {
     double frames = task->frames > 0 ? (double)task->frames : 0;
@@ -135,8 +142,7 @@ static double s_estimate(const s_round_t *round, const cf_sched_task_t *task, in
     } else {
         fps = s_cpu_fps(round, node);
     }
-    double est = (state->queued + s_work(task)) / fps;
-    return isnan(est) ? INFINITY : est;
+    return s_finish(state->queued, s_work(task), fps);
 }
 
 static void s_assign(s_round_t *round, int t, int n, double est)
@@ -192,8 +198,8 @@ static void s_place_assemble(s_round_t *round, int t, bool allow_busy_gpu)
             continue;
         if (round->nodes[n].free > 0 || round->in->assemble_may_exceed_slots) {
             s_assign(round, t, n,
-                     (round->nodes[n].queued + s_work(task)) /
-                         s_cpu_fps(round, &round->in->nodes[n]));
+                     s_finish(round->nodes[n].queued, s_work(task),
+                              s_cpu_fps(round, &round->in->nodes[n])));
             return;
         }
         if (round->full_holder[t] < 0)

@@ -23,10 +23,11 @@
  * that failed 3 segments of the composition, or where this task just failed).
  *
  * Order. Tasks are placed by effective priority: the class (high 2, default
- * 1, low 0) plus one per AGE_STEP_S seconds waited (uncapped, so a low task
- * that has waited long enough passes fresh high ones). Within it ASSEMBLE
- * first (it can only finish a composition), then the most work first, then
- * the higher class, the longer wait, the composition id and the index.
+ * 1, low 0; out of range counts as low; a zeroed task is CF_PRIORITY_HIGH)
+ * plus one per age_step_s seconds waited, uncapped, so a low task that has
+ * waited long enough passes fresh high ones. Within it ASSEMBLE first (it can
+ * only finish a composition), then the most work first, then the higher
+ * class, the longer wait, the composition id and the index.
  *
  * Node choice. Among the legal nodes, the earliest estimated finish:
  *     est_s = (queued_frames + task work) / fps
@@ -71,17 +72,23 @@
 
 typedef enum { CF_TASK_SEGMENT, CF_TASK_AUDIO, CF_TASK_ASSEMBLE } cf_task_kind_t;
 
+/* One node as the coordinator sees it this round. FPS is the rate at which
+ * the node works through its queue with that encoder, all its slots busy
+ * (from calibration's one-thread figure: fps * min(slots, cores), or a
+ * measured figure); QUEUED_FRAMES is the work already assigned to it and not
+ * yet done, in frames (audio and assembly as their light work). */
 typedef struct {
     const char *id;              /* NULL: the node gets nothing */
     const char *const *encoders; /* encoder_count names (NULL: none) */
     const double *fps;           /* parallel to encoders; NULL: all unknown */
-    int encoder_count;           /* fps: the node's rate with its slots busy */
-    int cores;                   /* < 1 counts as 1 */
-    int free_slots;              /* slots it can take this round */
-    double queued_frames;        /* work already queued to it */
+    int encoder_count;
+    int cores;            /* < 1 counts as 1 */
+    int free_slots;       /* slots it can take this round */
+    double queued_frames; /* < 0 or NaN counts as 0 */
     bool alive;
 } cf_sched_node_t;
 
+/* One task waiting to run. Arrays are borrowed for the call only. */
 typedef struct {
     const char *composition; /* id, for the order only */
     int index;               /* segment index, for the order only */

@@ -572,17 +572,26 @@ static void test_deterministic_under_shuffles(void **state)
     uint64_t seed = 42;
     s_world_t w;
     s_random_world(&w, &seed, 8, 40, true);
-    for (int n = 0; n < 8; n++)
+    /* Nodes in identical pairs, so that ties are common and only the ids can
+     * break them. */
+    for (int n = 0; n < 8; n++) {
         w.nodes[n] = (cf_sched_node_t){.id = IDS[n],
                                        .encoders = w.encoders[n],
-                                       .fps = w.fps[n],
-                                       .encoder_count = n % 4 + 1,
-                                       .cores = n + 1,
+                                       .fps = w.fps[n & ~1],
+                                       .encoder_count = (n / 2) % 4 + 1,
+                                       .cores = n / 2 + 1,
                                        .free_slots = 3,
                                        .alive = n != 5};
-    for (int n = 0; n < 8; n++)
         for (int e = 0; e < 4; e++)
-            w.encoders[n][e] = POOL[(n + e) % 4];
+            w.encoders[n][e] = POOL[(n / 2 + e) % 4];
+    }
+    /* Coarse lengths and waits, so that tasks tie up to their index too. */
+    for (int t = 0; t < 40; t++) {
+        w.tasks[t].frames = 100 * (1 + t % 3);
+        w.tasks[t].waiting_s = 30.0 * (t % 2);
+        w.tasks[t].composition = IDS[t % 4 == 0];
+        w.tasks[t].priority = t % 5 ? CF_PRIORITY_DEFAULT : CF_PRIORITY_LOW;
+    }
     static char first[40][CF_SCHED_REASON_LEN + 16], again[40][CF_SCHED_REASON_LEN + 16];
     int identity[40];
     for (int t = 0; t < 40; t++)
