@@ -109,3 +109,20 @@ int cf_seg_state_parse(const char *name, cf_seg_state_t *state)
     }
     return -1;
 }
+
+static const char *const s_task_kinds[] = {"segment", "audio", "assemble"};
+
+const char *cf_task_kind_name(cf_task_kind_t kind)
+{
+    return kind >= CF_TASK_SEGMENT && kind <= CF_TASK_ASSEMBLE ? s_task_kinds[kind] : NULL;
+}
+
+int cf_task_kind_parse(const char *name, cf_task_kind_t *kind)
+{
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, s_task_kinds[i])) {
+            *kind = (cf_task_kind_t)i;
+            return 0;
+        }
+    return -1;
+}

@@ -83,4 +83,15 @@ const char *cf_seg_state_name(cf_seg_state_t state);
 /* Parses a segment state name. Returns 0, or -1. */
 int cf_seg_state_parse(const char *name, cf_seg_state_t *state);
 
+/* The tasks of a composition planned for the cluster: its segments, the
+ * timeline's audio (once) and the assembly. Numbered as on the wire
+ * (ASSIGN's kind). */
+typedef enum { CF_TASK_SEGMENT = 0, CF_TASK_AUDIO = 1, CF_TASK_ASSEMBLE = 2 } cf_task_kind_t;
+
+/* "segment", "audio", "assemble" (NULL for another value). */
+const char *cf_task_kind_name(cf_task_kind_t kind);
+
+/* Parses a kind name. Returns 0, or -1 when NAME is none of them. */
+int cf_task_kind_parse(const char *name, cf_task_kind_t *kind);
+
 #endif

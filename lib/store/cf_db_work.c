@@ -11,28 +11,6 @@
 
 #include "cf_db_internal.h"
 
-const char *cf_task_kind_name(cf_task_kind_t kind)
-{
-    switch (kind) {
-        case CF_TASK_KIND_SEGMENT:
-            return "segment";
-        case CF_TASK_KIND_AUDIO:
-            return "audio";
-        case CF_TASK_KIND_ASSEMBLE:
-            return "assemble";
-    }
-    return "segment";
-}
-
-static cf_task_kind_t s_kind_parse(const char *name)
-{
-    if (!strcmp(name, "audio"))
-        return CF_TASK_KIND_AUDIO;
-    if (!strcmp(name, "assemble"))
-        return CF_TASK_KIND_ASSEMBLE;
-    return CF_TASK_KIND_SEGMENT;
-}
-
 static int s_stale(const char *what, const cf_dbw_fence_t *fence, char *err, size_t errlen)
 {
     snprintf(err, errlen, "%s refused: epoch %lld of %s no longer holds the lease", what,
@@ -200,7 +178,7 @@ int cf_dbw_open_tasks(cf_db_t *db, cf_dbw_task_t **tasks_p, int *count_p, char *
         cf_dbw_task_t *t = &tasks[i];
         snprintf(t->composition, sizeof t->composition, "%s", PQgetvalue(res, i, 0));
         t->index = (int)cf_dbi_int64(res, i, 1);
-        t->kind = s_kind_parse(PQgetvalue(res, i, 2));
+        cf_task_kind_parse(PQgetvalue(res, i, 2), &t->kind);
         t->frame_start = cf_dbi_int64(res, i, 3);
         t->frame_end = cf_dbi_int64(res, i, 4);
         cf_seg_state_parse(PQgetvalue(res, i, 5), &t->state);

@@ -22,15 +22,6 @@ typedef struct {
     const char *holder; /* the coordinator's node id */
 } cf_dbw_fence_t;
 
-typedef enum {
-    CF_TASK_KIND_SEGMENT = 0,
-    CF_TASK_KIND_AUDIO = 1,
-    CF_TASK_KIND_ASSEMBLE = 2
-} cf_task_kind_t;
-
-/* "segment", "audio", "assemble". */
-const char *cf_task_kind_name(cf_task_kind_t kind);
-
 typedef struct {
     int index;
     cf_task_kind_t kind;

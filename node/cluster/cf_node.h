@@ -118,6 +118,8 @@ typedef enum {
     CF_NODE_LEASES_LOST,
     CF_NODE_FENCED_WRITES_APPLIED,
     CF_NODE_FENCED_WRITES_REJECTED, /* coordinator writes refused for a stale epoch */
+    CF_NODE_WORK_REFUSED, /* ASSIGN/CANCEL not from the epoch's holder, replies to a non-coordinator
+                           */
     CF_NODE_COUNTER_COUNT
 } cf_node_counter_t;
 

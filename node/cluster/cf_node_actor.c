@@ -327,7 +327,8 @@ static bool s_route_work(s_self_t *self, const char *from, const cf_msg_t *msg)
             if (!self->coordinator[0] || strcmp(from, self->coordinator) ||
                 epoch != self->highest_epoch) {
                 s_count(self, CF_NODE_WORK_REFUSED);
-                cf_log_warn("node", "refused %s of epoch %" PRIu64 " from %.8s: the coordinator "
+                cf_log_warn("node",
+                            "refused %s of epoch %" PRIu64 " from %.8s: the coordinator "
                             "is %.8s at epoch %" PRIu64,
                             cf_msg_type_name(msg->type), epoch, from,
                             self->coordinator[0] ? self->coordinator : "(none)",

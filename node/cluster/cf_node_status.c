@@ -45,6 +45,9 @@ static const struct {
                                        "Coordinator writes that passed the epoch fence"},
     [CF_NODE_FENCED_WRITES_REJECTED] = {"fenced_writes_rejected",
                                         "Coordinator writes refused for a stale epoch"},
+    [CF_NODE_WORK_REFUSED] = {"work_messages_refused",
+                              "ASSIGN or CANCEL not from the coordinator of the current epoch, or "
+                              "worker replies this node may not take"},
 };
 
 const char *cf_node_counter_name(cf_node_counter_t counter)

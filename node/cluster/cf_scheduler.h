@@ -60,7 +60,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "cf_state.h" /* cf_priority_t */
+#include "cf_state.h" /* cf_priority_t, cf_task_kind_t */
 
 /* Seconds of waiting that raise a task one priority class, by default. */
 #define CF_SCHED_AGE_STEP_S 60.0
@@ -69,8 +69,6 @@
 /* AUDIO and ASSEMBLE count as frames / this of work. */
 #define CF_SCHED_LIGHT_WORK_DIVISOR 20.0
 #define CF_SCHED_REASON_LEN         128
-
-typedef enum { CF_TASK_SEGMENT, CF_TASK_AUDIO, CF_TASK_ASSEMBLE } cf_task_kind_t;
 
 /* One node as the coordinator sees it this round. FPS is the rate at which
  * the node works through its queue with that encoder, all its slots busy

@@ -92,10 +92,10 @@ static void s_planned(const cf_dbw_fence_t *fence, char id[CF_DB_ID_LEN])
     char err[512];
     cf_test_create_queued(s_db, CF_PRIORITY_DEFAULT, id);
     assert_int_equal(cf_dbw_take(s_db, fence, id, err, sizeof err), CF_DB_OK);
-    cf_dbw_task_plan_t tasks[] = {{0, CF_TASK_KIND_SEGMENT, 0, 50},
-                                  {1, CF_TASK_KIND_SEGMENT, 50, 100},
-                                  {2, CF_TASK_KIND_AUDIO, 0, 100},
-                                  {3, CF_TASK_KIND_ASSEMBLE, 0, 100}};
+    cf_dbw_task_plan_t tasks[] = {{0, CF_TASK_SEGMENT, 0, 50},
+                                  {1, CF_TASK_SEGMENT, 50, 100},
+                                  {2, CF_TASK_AUDIO, 0, 100},
+                                  {3, CF_TASK_ASSEMBLE, 0, 100}};
     if (cf_dbw_plan(s_db, fence, id, "{\"segments\": []}", "libx264", tasks, 4, err, sizeof err) !=
         CF_DB_OK)
         fail_msg("plan: %s", err);
@@ -122,7 +122,7 @@ static void test_lifecycle_and_tokens(void **state)
     int count = 0;
     assert_int_equal(cf_dbw_open_tasks(s_db, &tasks, &count, err, sizeof err), CF_DB_OK);
     assert_int_equal(count, 4);
-    assert_int_equal(tasks[2].kind, CF_TASK_KIND_AUDIO);
+    assert_int_equal(tasks[2].kind, CF_TASK_AUDIO);
     assert_string_equal(tasks[0].encoder, "libx264");
     assert_int_equal(tasks[0].comp_state, CF_STATE_ENCODING);
     cf_dbw_tasks_free(&tasks, count);
