@@ -314,6 +314,11 @@ const char *cf_render_job_encoder(const cf_render_job_t *job)
     return out->codec == CF_CODEC_HEVC ? "libx265" : "libx264";
 }
 
+const char *cf_render_job_source_path(const cf_render_job_t *job, int i)
+{
+    return i >= 0 && i < job->clip_count ? job->sources[i] : NULL;
+}
+
 cf_plan_t *cf_render_job_take_plan(cf_render_job_t *job)
 {
     cf_plan_t *plan = job->plan;

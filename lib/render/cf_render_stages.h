@@ -59,6 +59,9 @@ const cf_plan_t *cf_render_job_plan(const cf_render_job_t *job);
 int64_t cf_render_job_source_pixels(const cf_render_job_t *job);
 const char *cf_render_job_encoder(const cf_render_job_t *job);
 
+/* The local file of clip I (borrowed; NULL when the job did not fetch it). */
+const char *cf_render_job_source_path(const cf_render_job_t *job, int i);
+
 /* Hands the plan to the caller (the job keeps using its copy until it is
  * destroyed, so call this last). */
 cf_plan_t *cf_render_job_take_plan(cf_render_job_t *job);
