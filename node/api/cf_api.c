@@ -367,7 +367,7 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
                  "are required");
         return NULL;
     }
-    if (cf_hostport_parse(opts->http_addr, host, sizeof host, &port, err, errlen) < 0)
+    if (cf_hostport_parse_listen(opts->http_addr, host, sizeof host, &port, err, errlen) < 0)
         return NULL;
     if (opts->http_threads < 2 || opts->http_threads > 10000) {
         snprintf(err, errlen, "--http-threads must be 2..10000");
