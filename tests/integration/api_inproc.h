@@ -400,6 +400,26 @@ static inline const char *inproc_str(const inproc_resp_t *resp, const char *name
     return value ? value : "";
 }
 
+/* The value of the /metrics sample that starts with LINE_START
+ * ("name{labels}" as rendered, or "name"), -1 when there is none (a
+ * series never touched, such as a counter never incremented, has none). */
+static inline double inproc_metric(const inproc_api_t *fx, const char *line_start)
+{
+    inproc_resp_t r;
+    inproc_request(fx, "GET", "/metrics", NULL, NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    double value = -1;
+    size_t n = strlen(line_start);
+    for (const char *line = r.body; line && *line; line = strchr(line, '\n'), line += !!line) {
+        if (!strncmp(line, line_start, n) && line[n] == ' ') {
+            value = strtod(line + n + 1, NULL);
+            break;
+        }
+    }
+    inproc_resp_clear(&r);
+    return value;
+}
+
 /* Percent-encodes TEXT for a query string into out. */
 static inline void inproc_urlencode(const char *text, char *out, size_t outlen)
 {

@@ -72,23 +72,9 @@ static void s_upper(const char *id, char *out, size_t outlen)
         *p = (char)toupper((unsigned char)*p);
 }
 
-/* The value of the /metrics sample LINE_START ("name{labels}"), -1 when
- * there is none. */
 static double s_metric(const char *line_start)
 {
-    inproc_resp_t r;
-    inproc_request(&s_fx.api, "GET", "/metrics", NULL, NULL, NULL, &r);
-    assert_int_equal(r.status, 200);
-    double value = -1;
-    size_t n = strlen(line_start);
-    for (const char *line = r.body; line && *line; line = strchr(line, '\n'), line += !!line) {
-        if (!strncmp(line, line_start, n) && line[n] == ' ') {
-            value = strtod(line + n + 1, NULL);
-            break;
-        }
-    }
-    inproc_resp_clear(&r);
-    return value;
+    return inproc_metric(&s_fx.api, line_start);
 }
 
 /* ------------------------------------------------------------ system routes */
