@@ -130,11 +130,14 @@ static void test_health_ready_metrics(void **state)
 
     /* The cluster of a node on its own: itself, and the queue in Redis. */
     inproc_request(&s_fx.api, "GET", "/api/v1/cluster", s_fx.key, NULL, NULL, &r);
-    inproc_expect_json(&r, 200,
-                       "{\"node_id\":\"inproc-node\",\"coordinator\":\"inproc-node\",\"epoch\":0,"
-                       "\"nodes\":[{\"id\":\"inproc-node\",\"state\":\"alive\",\"role\":"
-                       "\"coordinator\",\"http_endpoint\":\"127.0.0.1:0\",\"self\":true}],"
-                       "\"queue_depth\":{\"high\":0,\"default\":2,\"low\":0}}");
+    char cluster[512];
+    snprintf(cluster, sizeof cluster,
+             "{\"node_id\":\"inproc-node\",\"coordinator\":\"inproc-node\",\"epoch\":0,"
+             "\"nodes\":[{\"id\":\"inproc-node\",\"state\":\"alive\",\"role\":\"coordinator\","
+             "\"http_endpoint\":\"127.0.0.1:%d\",\"self\":true}],"
+             "\"queue_depth\":{\"high\":0,\"default\":2,\"low\":0}}",
+             s_fx.api.port);
+    inproc_expect_json(&r, 200, cluster);
     inproc_resp_clear(&r);
 
     /* The OpenAPI document lists the routes served. */
