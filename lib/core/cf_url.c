@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int s_parse_port(const char *text, size_t len, int *port)
+/* MIN_PORT is 1, or 0 where port 0 (any free port) makes sense. */
+static int s_parse_port(const char *text, size_t len, int min_port, int *port)
 {
     if (len == 0 || len > 5)
         return -1;
@@ -15,7 +16,7 @@ static int s_parse_port(const char *text, size_t len, int *port)
             return -1;
         value = value * 10 + (text[i] - '0');
     }
-    if (value < 1 || value > 65535)
+    if (value < min_port || value > 65535)
         return -1;
     *port = value;
     return 0;
@@ -30,9 +31,10 @@ static int s_copy(char *dst, size_t dstlen, const char *src, size_t len)
     return 0;
 }
 
-/* Splits "host[:port]" or "[v6][:port]"; port_required demands the port. */
+/* Splits "host[:port]" or "[v6][:port]"; port_required demands the port,
+ * min_port is the lowest one accepted (0 or 1). */
 static int s_split_hostport(const char *text, size_t len, char *host, size_t hostlen, int *port,
-                            int port_required, char *err, size_t errlen)
+                            int port_required, int min_port, char *err, size_t errlen)
 {
     const char *host_start = text, *host_end, *port_start = NULL;
     *port = 0;
@@ -72,8 +74,8 @@ static int s_split_hostport(const char *text, size_t len, char *host, size_t hos
         }
     }
     if (port_start) {
-        if (s_parse_port(port_start, (size_t)(text + len - port_start), port) < 0) {
-            snprintf(err, errlen, "port must be a number from 1 to 65535");
+        if (s_parse_port(port_start, (size_t)(text + len - port_start), min_port, port) < 0) {
+            snprintf(err, errlen, "port must be a number from %d to 65535", min_port);
             return -1;
         }
     } else if (port_required) {
@@ -120,7 +122,7 @@ int cf_url_parse(const char *text, cf_url_t *url, char *err, size_t errlen)
         hostport = at + 1;
     }
     if (s_split_hostport(hostport, (size_t)(auth_end - hostport), url->host, sizeof url->host,
-                         &url->port, 0, err, errlen) < 0)
+                         &url->port, 0, 1, err, errlen) < 0)
         return -1;
     const char *query = strchr(auth_end, '?');
     size_t path_len = query ? (size_t)(query - auth_end) : strlen(auth_end);
@@ -135,7 +137,13 @@ int cf_url_parse(const char *text, cf_url_t *url, char *err, size_t errlen)
 int cf_hostport_parse(const char *text, char *host, size_t hostlen, int *port, char *err,
                       size_t errlen)
 {
-    return s_split_hostport(text, strlen(text), host, hostlen, port, 1, err, errlen);
+    return s_split_hostport(text, strlen(text), host, hostlen, port, 1, 1, err, errlen);
+}
+
+int cf_hostport_parse_listen(const char *text, char *host, size_t hostlen, int *port, char *err,
+                             size_t errlen)
+{
+    return s_split_hostport(text, strlen(text), host, hostlen, port, 1, 0, err, errlen);
 }
 
 char *cf_url_mask_password(const char *text, char *out, size_t outlen)

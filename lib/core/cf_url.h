@@ -23,6 +23,11 @@ int cf_url_parse(const char *text, cf_url_t *url, char *err, size_t errlen);
 int cf_hostport_parse(const char *text, char *host, size_t hostlen, int *port, char *err,
                       size_t errlen);
 
+/* cf_hostport_parse of an address to listen on, where port 0 is allowed
+ * too: any free port, picked when the socket is bound. */
+int cf_hostport_parse_listen(const char *text, char *host, size_t hostlen, int *port, char *err,
+                             size_t errlen);
+
 /* Copies TEXT to out with any password replaced by "***", for logs and
  * --print-config. Returns out. */
 char *cf_url_mask_password(const char *text, char *out, size_t outlen);

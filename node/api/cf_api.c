@@ -367,7 +367,7 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
                  "are required");
         return NULL;
     }
-    if (cf_hostport_parse(opts->http_addr, host, sizeof host, &port, err, errlen) < 0)
+    if (cf_hostport_parse_listen(opts->http_addr, host, sizeof host, &port, err, errlen) < 0)
         return NULL;
     if (opts->http_threads < 2 || opts->http_threads > 10000) {
         snprintf(err, errlen, "--http-threads must be 2..10000");
@@ -480,11 +480,25 @@ cf_api_t *cf_api_new(const cf_api_options_t *opts, char *err, size_t errlen)
     self->local = cf_localcache_new(&lo, err, errlen);
     if (!self->local)
         goto fail;
-    mg_set_auth_handler(self->ctx, "/", s_auth_pass, NULL);
-    mg_set_request_handler(self->ctx, "/", s_handle, self);
     struct mg_server_port bound[4];
     int nports = mg_get_server_ports(self->ctx, 4, bound);
     self->port = nports > 0 ? bound[0].port : port;
+    if (port == 0) {
+        /* The kernel picked the port: the address this node reports
+         * (GET /api/v1/cluster) is the one it serves. */
+        char served[300];
+        snprintf(served, sizeof served, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, self->port);
+        char *copy = strdup(served);
+        if (!copy) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        free(self->http_addr);
+        self->http_addr = copy;
+        self->opts.http_addr = copy;
+    }
+    mg_set_auth_handler(self->ctx, "/", s_auth_pass, NULL);
+    mg_set_request_handler(self->ctx, "/", s_handle, self);
     cf_log_info("api", "REST API on http://%s:%d (%d threads of %d KiB, %d event streams)", host,
                 self->port, opts->http_threads, opts->http_thread_stack_kib, self->max_streams);
     return self;

@@ -43,6 +43,23 @@ static void test_hostport(void **state)
     assert_int_equal(cf_hostport_parse("localhost", host, sizeof host, &port, err, sizeof err), -1);
     assert_string_equal(err, "missing port (expected host:port)");
     assert_int_equal(cf_hostport_parse(":80", host, sizeof host, &port, err, sizeof err), -1);
+    /* Port 0 is no address to reach; only one to listen on (any free port). */
+    assert_int_equal(cf_hostport_parse("127.0.0.1:0", host, sizeof host, &port, err, sizeof err),
+                     -1);
+    assert_string_equal(err, "port must be a number from 1 to 65535");
+    port = -1;
+    assert_int_equal(
+        cf_hostport_parse_listen("127.0.0.1:0", host, sizeof host, &port, err, sizeof err), 0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(port, 0);
+    assert_int_equal(
+        cf_hostport_parse_listen("[::1]:8080", host, sizeof host, &port, err, sizeof err), 0);
+    assert_int_equal(port, 8080);
+    assert_int_equal(
+        cf_hostport_parse_listen("127.0.0.1:65536", host, sizeof host, &port, err, sizeof err), -1);
+    assert_string_equal(err, "port must be a number from 0 to 65535");
+    assert_int_equal(
+        cf_hostport_parse_listen("127.0.0.1", host, sizeof host, &port, err, sizeof err), -1);
 }
 
 static void test_mask(void **state)
