@@ -23,7 +23,8 @@
 #define S_CALIB_FPS        25
 
 const char *const cf_caps_candidates[] = {
-    "libx264", "libx265", "h264_nvenc", "hevc_nvenc", "h264_qsv", "h264_vaapi", NULL,
+    "libx264",  "libx265",    "h264_nvenc", "hevc_nvenc", "h264_qsv",
+    "hevc_qsv", "h264_vaapi", "hevc_vaapi", NULL,
 };
 
 typedef struct {
@@ -431,4 +432,45 @@ char *cf_caps_summary(const cf_caps_t *self)
         fprintf(out, " (calibrating)");
     fclose(out);
     return text;
+}
+
+int cf_caps_restrict(cf_caps_t *self, const char *list, char *err, size_t errlen)
+{
+    if (!list || !*list)
+        return 0;
+    bool keep[S_MAX_ENCODERS] = {false};
+    char *copy = strdup(list), *save = NULL;
+    if (!copy) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    for (char *name = strtok_r(copy, ", ", &save); name; name = strtok_r(NULL, ", ", &save)) {
+        int found = -1;
+        for (int i = 0; i < self->encoder_count; i++)
+            if (!strcmp(self->encoders[i].name, name))
+                found = i;
+        if (found < 0) {
+            snprintf(err, errlen, "--encoders: %s cannot be opened on this node (it has %d: ",
+                     name, self->encoder_count);
+            for (int i = 0; i < self->encoder_count; i++) {
+                size_t n = strlen(err);
+                snprintf(err + n, errlen - n, "%s%s", i ? ", " : "", self->encoders[i].name);
+            }
+            size_t n = strlen(err);
+            snprintf(err + n, errlen - n, ")");
+            rc = -1;
+            break;
+        }
+        keep[found] = true;
+    }
+    free(copy);
+    if (rc < 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < self->encoder_count; i++)
+        if (keep[i])
+            self->encoders[n++] = self->encoders[i];
+    self->encoder_count = n;
+    return 0;
 }

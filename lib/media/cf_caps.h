@@ -40,6 +40,11 @@ int cf_caps_calibrate(cf_caps_t *self, const char *data_dir, const atomic_int *s
                       size_t errlen);
 
 void cf_caps_destroy(cf_caps_t **self_p);
+
+/* Keeps only the encoders named in LIST (comma-separated libav names: what
+ * an operator lets this node offer, --encoders). Returns 0, or -1 with a
+ * reason in err when a name is not an encoder this node can open. */
+int cf_caps_restrict(cf_caps_t *self, const char *list, char *err, size_t errlen);
 cf_caps_t *cf_caps_dup(const cf_caps_t *self);
 
 bool cf_caps_calibrated(const cf_caps_t *self);

@@ -75,6 +75,8 @@ cf_node_t *cf_node_new(const cf_node_options_t *opts, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (cf_caps_restrict(caps, opts->encoders, err, errlen) < 0)
+        goto fail;
     if (opts->beacon_iface)
         zsys_set_interface(opts->beacon_iface);
 

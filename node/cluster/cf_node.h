@@ -39,6 +39,7 @@ typedef struct {
     char *const *tags;        /* operator tags (borrowed while cf_node_new runs) */
     int tag_count;
     int slots;                /* segments this node encodes at once */
+    const char *encoders;     /* comma-separated encoders offered (NULL: all it can open) */
     const char *static_peers; /* "Z85KEY@HOST:PORT,..." peers to connect to even when
                                  undiscovered (they still admit us only when they learned
                                  our key from a beacon or the registry); NULL: none */
