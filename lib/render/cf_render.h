@@ -44,6 +44,9 @@ typedef struct {
      * node passes the operator's policy). */
     const cf_source_policy_t *policy;
     cf_s3_t *s3; /* s3:// sources (NULL: refused) */
+    /* The node-wide cache http(s) and s3 sources are fetched through
+     * (borrowed; NULL: a private directory in the workspace). */
+    cf_source_cache_t *source_cache;
     /* Peak memory the encoders may use, in bytes: 0 means
      * CF_RENDER_DEFAULT_MEMORY, < 0 no limit. To stay within it the render
      * runs fewer segments at once and, when one encoder alone would not fit,

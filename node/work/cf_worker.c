@@ -372,6 +372,7 @@ static void s_render(s_slot_t *slot, const char *id)
             .blob_arg = w->opts.blobs,
             .policy = w->opts.policy,
             .s3 = w->opts.s3,
+            .source_cache = w->opts.source_cache,
         };
         rc = cf_render_run(spec, out_path, &ro, &result, err, sizeof err);
         if (rc == 0 && result.plan)
