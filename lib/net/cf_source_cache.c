@@ -750,10 +750,18 @@ static s_entry_t *s_lead(cf_source_cache_t *self, const cf_source_request_t *req
         self->bytes += result->bytes;
         self->entries++;
         self->misses++;
-        if (current) {
-            current->superseded = true;
-            s_unpin(self, current);
+        /* Every older entry of the URL (requests under another policy may
+         * have downloaded it too) goes once no render holds it. */
+        for (s_entry_t *e = result->next, *next; e; e = next) {
+            next = e->next;
+            if (e->superseded || strcmp(e->url, result->url))
+                continue;
+            e->superseded = true;
+            if (e->pins == 0)
+                s_remove(self, e);
         }
+        if (current)
+            s_unpin(self, current);
         s_evict(self);
     } else {
         if (current)
