@@ -8,8 +8,10 @@
  * a changed source is downloaded again under a new entry; the old entry is
  * removed as soon as no render holds it. The cache is bounded in bytes:
  * least recently used entries are removed first, never one that a render
- * holds (a pin). Entries survive a restart (the index is rebuilt from the
- * directory).
+ * holds (a pin); while every entry is pinned the cache may exceed the
+ * bound, and it comes back under it as pins are released (a file larger
+ * than the bound is used, then removed). A download counts once complete.
+ * Entries survive a restart (the index is rebuilt from the directory).
  *
  * A source whose origin names no validator cannot be revalidated: its entry
  * serves only while some render holds it (several clips of one render,
