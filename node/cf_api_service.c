@@ -13,6 +13,7 @@
 #include "cf_log.h"
 #include "cf_metrics.h"
 #include "cf_s3.h"
+#include "cf_source_cache.h"
 #include "cf_source_policy.h"
 #include "cf_webhook.h"
 #include "cf_worker.h"
@@ -26,9 +27,58 @@ struct cf_api_service_t {
     cf_cache_t *cache;
     cf_metrics_t *metrics;
     cf_blob_store_t *blobs;
+    cf_source_cache_t *sources;
+    cf_metric_t *m_sources_hits, *m_sources_misses, *m_sources_evictions, *m_sources_bytes;
+    bool sources_collect;
     cf_api_t *api;
     cf_worker_t *worker;
 };
+
+/* The source cache keeps its own counts: copied into the registry when
+ * someone scrapes. */
+static void s_collect_sources(void *arg)
+{
+    cf_api_service_t *self = arg;
+    cf_source_cache_stats_t st;
+    cf_source_cache_stats(self->sources, &st);
+    cf_metric_set(self->m_sources_hits, NULL, (double)st.hits);
+    cf_metric_set(self->m_sources_misses, NULL, (double)st.misses);
+    cf_metric_set(self->m_sources_evictions, NULL, (double)st.evictions);
+    cf_metric_set(self->m_sources_bytes, NULL, (double)st.bytes);
+}
+
+static int s_open_sources(cf_api_service_t *self, const cf_api_service_options_t *opts, char *err,
+                          size_t errlen)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/cache/sources", opts->cfg->data_dir);
+    if (!(self->sources =
+              cf_source_cache_new(dir, (uint64_t)opts->source_cache_bytes, err, errlen)))
+        return -1;
+    cf_metrics_t *m = self->metrics;
+    char why[256] = "";
+    self->m_sources_hits =
+        cf_metrics_add(m, CF_METRIC_COUNTER, "source_cache_hits_total",
+                       "Sources served from the node's cache (revalidated or shared).", NULL, NULL,
+                       0, why, sizeof why);
+    self->m_sources_misses =
+        cf_metrics_add(m, CF_METRIC_COUNTER, "source_cache_misses_total",
+                       "Sources downloaded into the node's cache.", NULL, NULL, 0, why, sizeof why);
+    self->m_sources_evictions =
+        cf_metrics_add(m, CF_METRIC_COUNTER, "source_cache_evictions_total",
+                       "Cached sources removed to stay under --source-cache-bytes.", NULL, NULL, 0,
+                       why, sizeof why);
+    self->m_sources_bytes =
+        cf_metrics_add(m, CF_METRIC_GAUGE, "source_cache_bytes",
+                       "Bytes the node's source cache holds.", NULL, NULL, 0, why, sizeof why);
+    if (!self->m_sources_hits || !self->m_sources_misses || !self->m_sources_evictions ||
+        !self->m_sources_bytes || cf_metrics_on_collect(m, s_collect_sources, self) < 0) {
+        snprintf(err, errlen, "metrics: %s", why[0] ? why : "out of memory");
+        return -1;
+    }
+    self->sources_collect = true;
+    return 0;
+}
 
 void cf_api_service_options_default(cf_api_service_options_t *opts)
 {
@@ -49,6 +99,7 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->upload_quota_bytes = (double)api.upload_quota_bytes;
     opts->blob_keep_s = 7 * 86400;
     opts->s3_part_bytes = 16 << 20;
+    opts->source_cache_bytes = (double)CF_SOURCE_CACHE_DEFAULT_BYTES;
     cf_webhook_options_t wh;
     cf_webhook_options_default(&wh);
     opts->webhook_max_age_s = wh.max_age_s;
@@ -129,6 +180,11 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
          "largest source a node downloads (default 21474836480)", "N"},
         {"fetch-timeout-s", "CF_FETCH_TIMEOUT_S", CF_OPT_INT, &o->fetch_timeout_s, 1, 604800,
          "longest one source download may take (default 3600)", "S"},
+        {"source-cache-bytes", "CF_SOURCE_CACHE_BYTES", CF_OPT_DOUBLE, &o->source_cache_bytes,
+         1048576, 1e15,
+         "downloaded sources kept in DATA_DIR/cache/sources, least recently used removed first "
+         "(default 21474836480)",
+         "N"},
         {"upload-quota-bytes", "CF_UPLOAD_QUOTA_BYTES", CF_OPT_DOUBLE, &o->upload_quota_bytes, 0,
          1e15, "bytes of uploaded media one API key may hold, 0 = no limit (default 10737418240)",
          "N"},
@@ -266,6 +322,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
     snprintf(path, sizeof path, "%s/blobs", cfg->data_dir);
     if (!(self->blobs = cf_blob_store_new(path, err, errlen)))
         goto fail;
+    if (s_open_sources(self, opts, err, errlen) < 0)
+        goto fail;
 
     cf_api_options_t ao;
     cf_api_options_default(&ao);
@@ -326,6 +384,7 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.on_load_arg = opts->on_load_arg;
         wo.policy = self->policy;
         wo.s3 = self->s3;
+        wo.source_cache = self->sources;
         wo.blob_keep_s = opts->blob_keep_s;
         if (opts->reap_interval_ms > 0)
             wo.reap_interval_ms = opts->reap_interval_ms;
@@ -372,6 +431,9 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
     cf_cache_destroy(&self->cache);
     cf_db_destroy(&self->db);
     cf_blob_store_destroy(&self->blobs);
+    if (self->sources_collect)
+        cf_metrics_remove_collect(self->metrics, s_collect_sources, self);
+    cf_source_cache_destroy(&self->sources);
     cf_metrics_destroy(&self->metrics);
     cf_source_policy_destroy(&self->policy);
     cf_source_policy_destroy(&self->webhook_policy);

@@ -56,6 +56,7 @@ typedef struct {
     char *allow_source_nets;   /* '\n'-separated CIDRs */
     double max_source_bytes;   /* one source download (default 20 GiB) */
     int fetch_timeout_s;       /* one source download, whole (default 3600) */
+    double source_cache_bytes; /* DATA_DIR/cache/sources bound (default 20 GiB) */
     double upload_quota_bytes; /* bytes of uploads one key may hold (default 10 GiB) */
     int blob_keep_s;           /* unreferenced uploads are removed after (default 7 days) */
     /* S3 (lib/net/cf_s3.h): enabled by an endpoint, a region, a credentials
@@ -88,9 +89,10 @@ void cf_api_service_options_default(cf_api_service_options_t *opts);
  * stays its end. Returns 0, or -1 when they do not fit. */
 int cf_api_service_add_options(cf_api_service_options_t *opts, cf_option_t *table, size_t capacity);
 
-/* Connects to Postgres and Redis, opens the blob store under the data dir,
- * starts the REST API and the renderer. Returns NULL with a one-line reason
- * in err (bad option, address in use, no API keys on a public address...). */
+/* Connects to Postgres and Redis, opens the blob store and the source
+ * cache under the data dir, starts the REST API and the renderer. Returns
+ * NULL with a one-line reason in err (bad option, address in use, no API
+ * keys on a public address...). */
 cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char *err,
                                      size_t errlen);
 

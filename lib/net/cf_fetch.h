@@ -2,14 +2,17 @@
  *
  *   file:///abs/path   used in place (percent-escapes decoded); must exist,
  *                      and under a policy lie in one of its media roots
- *   http(s)://...      streamed with libcurl into a cache directory (never
- *                      held in memory), written to a temporary name and
- *                      renamed when complete; HTTP errors, refused
- *                      connections and stalls are errors; https verifies
- *                      against the system's CAs or the PEM file named by
- *                      the environment variable CF_CA_FILE
+ *   http(s)://...      streamed with libcurl into the node-wide cache
+ *                      (revalidated there with a conditional GET) or a
+ *                      private cache directory (never held in memory),
+ *                      written to a temporary name and renamed when
+ *                      complete; HTTP errors, refused connections and
+ *                      stalls are errors; https verifies against the
+ *                      system's CAs or the PEM file named by the
+ *                      environment variable CF_CA_FILE
  *   s3://BUCKET/KEY    downloaded with the node's S3 client into the cache
- *                      (resumed after a break, capped, cancellable)
+ *                      (revalidated by HEAD and ETag in the node-wide one;
+ *                      resumed after a break, capped, cancellable)
  *   blob:HEX           asked of a resolver (the node's blob store); without
  *                      one, a clear error
  */
@@ -50,7 +53,7 @@ typedef struct {
      * the downloading thread: keeps heartbeats and cancel checks going. */
     void (*tick)(void *arg, uint64_t bytes, uint64_t total);
     void *tick_arg;
-    /* s3://BUCKET/KEY sources (NULL: refused): fetched into cache_dir like
+    /* s3://BUCKET/KEY sources (NULL: refused): fetched into the cache like
      * http ones, with the node's endpoint and default credentials. */
     cf_s3_t *s3;
 } cf_fetch_opts_t;
@@ -58,7 +61,10 @@ typedef struct {
 /* Resolves SOURCE to a local, readable file. Returns 0 with *path_p set (the
  * caller frees it) and, when the file is a cache entry, *pin_p holding it
  * until cf_source_pin_release (otherwise *pin_p is NULL); or -1 with a
- * one-line reason in err that names the source. Without opts->cache,
+ * one-line reason in err that names the source. With opts->cache, every
+ * use of a cached http(s) source is one conditional request and of an s3
+ * one a HEAD (cf_source_cache.h); the policy, caps, timeouts, cancel and
+ * tick apply to those requests and to downloads alike. Without it,
  * downloads land in opts->cache_dir, named after the URL, so the same URL
  * twice is fetched once. */
 int cf_fetch_source(const char *source, const cf_fetch_opts_t *opts, char **path_p,

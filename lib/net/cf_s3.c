@@ -281,6 +281,8 @@ typedef struct {
     time_t last_tick;
     /* response headers we need */
     char etag[128];
+    uint64_t content_length;
+    bool has_length;
     long status;
 } s_xfer_t;
 
@@ -328,6 +330,16 @@ static size_t s_on_header(char *data, size_t size, size_t nmemb, void *arg)
             memcpy(x->etag, v, vlen);
             x->etag[vlen] = '\0';
         }
+    } else if (len > 15 && !strncasecmp(data, "Content-Length:", 15)) {
+        char value[32];
+        size_t vlen = len - 15 < sizeof value - 1 ? len - 15 : sizeof value - 1;
+        memcpy(value, data + 15, vlen);
+        value[vlen] = '\0';
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(value, &end, 10);
+        x->has_length = errno == 0 && end != value;
+        x->content_length = x->has_length ? n : 0;
     }
     return len;
 }
@@ -390,9 +402,10 @@ static void s_xml_value(const char *xml, const char *tag, char *out, size_t outl
 typedef struct {
     const char *method;
     const char *bucket, *key, *query;
-    const char *range; /* "bytes=N-" (may be NULL) */
-    const char *body;  /* small in-memory body (may be NULL) */
-    FILE *upload;      /* or a file range */
+    const char *range;    /* "bytes=N-" (may be NULL) */
+    const char *if_match; /* an ETag the object must have (may be NULL) */
+    const char *body;     /* small in-memory body (may be NULL) */
+    FILE *upload;         /* or a file range */
     uint64_t upload_offset, upload_len;
     bool has_upload;
 } s_req_t;
@@ -426,6 +439,19 @@ static int s_perform(cf_s3_t *self, const s_profile_t *cred, const s_req_t *req,
     }
     if (req->body || req->has_upload)
         headers = curl_slist_append(headers, "Expect:");
+    char if_match[160];
+    if (req->if_match) {
+        /* An ETag from S3's own answer; never one that could end the line. */
+        if (strpbrk(req->if_match, "\r\n") || snprintf(if_match, sizeof if_match, "If-Match: %s",
+                                                       req->if_match) >= (int)sizeof if_match) {
+            curl_slist_free_all(headers);
+            curl_easy_cleanup(curl);
+            snprintf(code, 64, "InvalidRequest");
+            snprintf(err, errlen, "unusable ETag");
+            return -1;
+        }
+        headers = curl_slist_append(headers, if_match);
+    }
     char curl_err[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -464,6 +490,8 @@ static int s_perform(cf_s3_t *self, const s_profile_t *cred, const s_req_t *req,
         curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body);
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(req->body));
         curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, req->method);
+    } else if (!strcmp(req->method, "HEAD")) {
+        curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
     } else if (strcmp(req->method, "GET")) {
         curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, req->method);
         if (!strcmp(req->method, "POST")) {
@@ -562,7 +590,11 @@ int cf_s3_download(cf_s3_t *self, const char *profile, const char *bucket, const
             snprintf(err, errlen, "cannot write the cache: %s", strerror(errno));
             break;
         }
-        s_req_t req = {.method = "GET", .bucket = bucket, .key = key, .range = have ? range : NULL};
+        s_req_t req = {.method = "GET",
+                       .bucket = bucket,
+                       .key = key,
+                       .range = have ? range : NULL,
+                       .if_match = transfer ? transfer->if_match : NULL};
         int rc = s_perform(self, cred, &req, &x, code, err, errlen);
         bool write_failed = fclose(x.file) != 0;
         free(x.mem);
@@ -586,6 +618,39 @@ int cf_s3_download(cf_s3_t *self, const char *profile, const char *bucket, const
     if (result < 0)
         remove(part);
     return result;
+}
+
+int cf_s3_head(cf_s3_t *self, const char *profile, const char *bucket, const char *key,
+               const cf_s3_transfer_t *transfer, char etag[128], uint64_t *size, char code[64],
+               char *err, size_t errlen)
+{
+    etag[0] = '\0';
+    *size = 0;
+    const s_profile_t *cred = s_credentials(self, profile, code, err, errlen);
+    if (!cred)
+        return -1;
+    int rc = -1;
+    for (int attempt = 0; attempt < self->part_tries; attempt++) {
+        s_xfer_t x = {.transfer = transfer};
+        s_req_t req = {.method = "HEAD", .bucket = bucket, .key = key};
+        rc = s_perform(self, cred, &req, &x, code, err, errlen);
+        free(x.mem);
+        if (rc == 0) {
+            snprintf(etag, 128, "%s", x.etag);
+            *size = x.content_length;
+            return 0;
+        }
+        if (!strncmp(code, "HTTP", 4) && x.status < 500) {
+            /* A HEAD answer has no body to name the error: say what we can. */
+            snprintf(err, errlen, "S3 HEAD answered HTTP %ld", x.status);
+            return -1;
+        }
+        if (!s_retryable(code, x.status) || attempt + 1 == self->part_tries)
+            break;
+        cf_log_warn("s3", "s3://%s/%s: HEAD: %s; retrying", bucket, key, err);
+        s_backoff(attempt);
+    }
+    return rc;
 }
 
 /* One part (or the whole object when PART is 0), tried part_tries times. */

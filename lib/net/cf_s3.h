@@ -54,6 +54,9 @@ typedef struct {
     long timeout_s;          /* whole download (0: the client's per-request timeout) */
     void (*tick)(void *arg); /* about once a second while a transfer runs (may be NULL) */
     void *tick_arg;
+    /* Downloads: the ETag the object must still have, on every attempt
+     * (S3 answers PreconditionFailed otherwise); NULL: any version. */
+    const char *if_match;
 } cf_s3_transfer_t;
 
 /* Downloads BUCKET/KEY to DEST via DEST.part, resuming a broken transfer
@@ -62,6 +65,16 @@ typedef struct {
  * S3 answered one); nothing is left at DEST or DEST.part on failure. */
 int cf_s3_download(cf_s3_t *self, const char *profile, const char *bucket, const char *key,
                    const char *dest, const cf_s3_transfer_t *transfer, char *err, size_t errlen);
+
+/* Asks for BUCKET/KEY's ETag (quoted, as S3 gives it; empty when S3 names
+ * none) and size without its body (HEAD), retried like a download. Returns
+ * 0, or -1 with a reason in err and CODE set: "HTTP<status>" when S3
+ * answered (a HEAD answer carries no error code: 404 may mean no such key
+ * or no such bucket), else a local one ("unreachable", "cancelled",
+ * "NoCredentials"). */
+int cf_s3_head(cf_s3_t *self, const char *profile, const char *bucket, const char *key,
+               const cf_s3_transfer_t *transfer, char etag[128], uint64_t *size, char code[64],
+               char *err, size_t errlen);
 
 /* Uploads the file at PATH to BUCKET/KEY: one PUT up to part_bytes, else a
  * multipart upload (memory bounded by nothing more than curl's buffers:

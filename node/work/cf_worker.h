@@ -33,6 +33,7 @@ typedef struct cf_metrics_t cf_metrics_t;
 typedef struct cf_blob_store_t cf_blob_store_t;
 typedef struct cf_source_cache_t cf_source_cache_t;
 typedef struct cf_source_policy_t cf_source_policy_t;
+typedef struct cf_source_cache_t cf_source_cache_t;
 
 typedef struct {
     cf_db_t *db;                     /* required, borrowed */
@@ -58,6 +59,9 @@ typedef struct {
     /* What the compositions' sources may reach (borrowed; NULL: anything). */
     const cf_source_policy_t *policy;
     cf_s3_t *s3; /* s3:// sources and S3 destinations (NULL: refused) */
+    /* The node's source cache, handed to every render (borrowed; NULL:
+     * each render downloads into its own workspace). */
+    cf_source_cache_t *source_cache;
 } cf_worker_options_t;
 
 void cf_worker_options_default(cf_worker_options_t *opts);

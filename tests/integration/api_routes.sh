@@ -325,9 +325,12 @@ for want in 'http_requests_total{method="GET",route="/api/v1/compositions/{id}",
     'http_request_duration_seconds_bucket{' 'compositions_total{status="completed"}' \
     'segments_total{status="done"}' 'segment_encode_seconds_bucket{' 'queue_depth{priority="high"}' \
     'active_segments ' 'node_encode_fps{encoder="libx264"} ' '# TYPE cluster_beacons_rejected_total counter' \
-    '# TYPE cluster_messages_rejected_total counter'; do
+    '# TYPE cluster_messages_rejected_total counter' 'source_cache_hits_total ' \
+    'source_cache_misses_total ' '# TYPE source_cache_evictions_total counter' \
+    'source_cache_bytes '; do
     grep -qF "$want" <<<"$body" || fail "metrics lack $want"
 done
+[[ -d $API_WORK/b/data/cache/sources ]] || fail "no source cache in the data dir"
 
 # ---------------------------------------------------------------- revoked key, rate limit
 "$CF_BIN" apikey revoke "$API_KEY" --database-url "$API_DB" >/dev/null || fail "revoke"
