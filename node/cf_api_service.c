@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cf_blob.h"
@@ -13,6 +14,9 @@
 #include "cf_log.h"
 #include "cf_metrics.h"
 #include "cf_s3.h"
+#include "cf_coordinator.h"
+#include "cf_executor.h"
+#include "cf_peer_auth.h"
 #include "cf_source_cache.h"
 #include "cf_source_policy.h"
 #include "cf_webhook.h"
@@ -32,6 +36,11 @@ struct cf_api_service_t {
     bool sources_collect;
     cf_api_t *api;
     cf_worker_t *worker;
+    cf_peer_auth_t peer_auth;
+    cf_executor_t *executor;
+    cf_coordinator_t *coordinator;
+    char **encoders;
+    int encoder_count;
 };
 
 /* The source cache keeps its own counts: copied into the registry when
@@ -241,6 +250,71 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
     return 0;
 }
 
+static int s_resolve_local_blob(void *arg, const char *ref, char *path, size_t pathlen,
+                                char *err, size_t errlen)
+{
+    return cf_blob_path(arg, ref, path, pathlen, err, errlen);
+}
+
+/* The cluster's work on this node: the executor (every node) and the
+ * coordinator (active while this node holds the lease). */
+static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_options_t *opts,
+                                const uint8_t *hashkey, char *err, size_t errlen)
+{
+    const cf_config_t *cfg = opts->cfg;
+    cf_peer_auth_init(&self->peer_auth, hashkey);
+    char blob_dir[4096], work[4096];
+    snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg->data_dir);
+    snprintf(work, sizeof work, "%s/work", cfg->data_dir);
+    mkdir(work, 0700);
+    if (opts->encoders && *opts->encoders) {
+        char *copy = strdup(opts->encoders), *save = NULL;
+        for (char *name = copy ? strtok_r(copy, ", ", &save) : NULL; name;
+             name = strtok_r(NULL, ", ", &save)) {
+            char **grown = realloc(self->encoders, sizeof(char *) * (size_t)(self->encoder_count + 1));
+            if (!grown)
+                break;
+            self->encoders = grown;
+            if ((self->encoders[self->encoder_count] = strdup(name)))
+                self->encoder_count++;
+        }
+        free(copy);
+    }
+    cf_render_opts_t fetch = {.policy = self->policy,
+                              .s3 = self->s3,
+                              .source_cache = self->sources,
+                              .blob_resolver = s_resolve_local_blob,
+                              .blob_arg = self->blobs,
+                              .work_parent = work};
+    cf_executor_options_t eo;
+    cf_executor_options_default(&eo);
+    eo.node = opts->node;
+    eo.blobs = self->blobs;
+    eo.blob_dir = blob_dir;
+    eo.work_parent = work;
+    eo.slots = cfg->slots > 0 ? cfg->slots : 1;
+    eo.encoders = (const char *const *)self->encoders;
+    eo.encoder_count = self->encoder_count;
+    eo.fetch = fetch;
+    eo.peer_auth = &self->peer_auth;
+    eo.threads = opts->render_jobs;
+    eo.on_load = opts->on_load;
+    eo.on_load_arg = opts->on_load_arg;
+    if (!(self->executor = cf_executor_new(&eo, err, errlen)))
+        return -1;
+    cf_coordinator_options_t co;
+    cf_coordinator_options_default(&co);
+    co.node = opts->node;
+    co.db = self->db;
+    co.redis_url = cfg->redis_url;
+    if (opts->redis_prefix)
+        co.redis_prefix = opts->redis_prefix;
+    co.prepare = fetch;
+    if (!(self->coordinator = cf_coordinator_new(&co, err, errlen)))
+        return -1;
+    return 0;
+}
+
 cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char *err, size_t errlen)
 {
     const cf_config_t *cfg = opts->cfg;
@@ -396,9 +470,12 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
             wo.keep_completed_s = opts->keep_completed_s;
         if (opts->keep_failed_s > 0)
             wo.keep_failed_s = opts->keep_failed_s;
+        wo.maintenance_only = opts->node != NULL;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }
+    if (!opts->no_render && opts->node && s_start_cluster_work(self, opts, ao.hashkey, err, errlen) < 0)
+        goto fail;
     cf_webhook_options_t who;
     cf_webhook_options_default(&who);
     who.db = self->db;
@@ -424,6 +501,11 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
     /* The renderer first (it may still write through the pool), then the
      * API, then what both borrowed. */
     cf_webhook_destroy(&self->webhooks);
+    cf_coordinator_destroy(&self->coordinator);
+    cf_executor_destroy(&self->executor);
+    for (int i = 0; i < self->encoder_count; i++)
+        free(self->encoders[i]);
+    free(self->encoders);
     cf_worker_destroy(&self->worker);
     cf_api_destroy(&self->api);
     if (self->db)

@@ -28,6 +28,12 @@ typedef struct {
     const char *node_id;        /* required */
     cf_api_cluster_fn *cluster; /* may be NULL (see cf_api.h) */
     void *cluster_arg;
+    /* The cluster node (may be NULL): with it the cluster renders (this
+     * node's executor takes the tasks its coordinator assigns, and its
+     * coordinator runs while it holds the lease); without it the node
+     * renders whole compositions itself. */
+    struct cf_node_t *node;
+    const char *encoders; /* what the executor takes (comma-separated; NULL: all) */
     /* Called with the renderer's load after every change (may be NULL). */
     void (*on_load)(void *arg, int free_slots, int in_flight);
     void *on_load_arg;

@@ -26,6 +26,7 @@ typedef struct {
     char *status_file;
     char *peers;
     char *discovery;
+    char *encoders;
     bool no_calibrate;
     cf_api_service_options_t api_opts; /* REST API and renderer flags */
     /* Running services. */
@@ -51,6 +52,7 @@ static void s_membership_options(s_node_cmd_t *cmd, cf_node_options_t *opts)
     opts->tags = cmd->cfg.tags;
     opts->tag_count = cmd->cfg.tag_count;
     opts->slots = cmd->cfg.slots;
+    opts->encoders = cmd->encoders;
     opts->static_peers = cmd->peers;
     opts->lease_ttl_ms = (int)(cmd->lease_ttl_s * 1000);
     opts->peer_grace_ms = (int)(cmd->peer_grace_s * 1000);
@@ -99,6 +101,8 @@ static int s_start_api(s_node_cmd_t *cmd, char *err, size_t errlen)
     cmd->api_opts.cluster_arg = cmd->node;
     cmd->api_opts.on_load = s_report_load;
     cmd->api_opts.on_load_arg = cmd->node;
+    cmd->api_opts.node = cmd->node;
+    cmd->api_opts.encoders = cmd->encoders;
     cmd->api = cf_api_service_new(&cmd->api_opts, err, errlen);
     return cmd->api ? 0 : -1;
 }
@@ -170,6 +174,10 @@ int cf_cmd_node(int argc, char **argv)
          "how peers are found: both (default), beacon (beacons only; the registry row is still "
          "published) or registry (no beacons even with --beacon-iface)",
          "MODE"},
+        {"encoders", "CF_ENCODERS", CF_OPT_STRING, &cmd.encoders, 0, 0,
+         "encoders this node offers, comma-separated (default: every one it can open), e.g. "
+         "libx264 to keep a GPU box for CPU work",
+         "LIST"},
         {"no-calibrate", "CF_NO_CALIBRATE", CF_OPT_FLAG, &cmd.no_calibrate, 0, 0,
          "do not measure encoder speed (frames/s stay 0 until a calibration is cached)", NULL},
         {0},

@@ -530,7 +530,7 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
     w->redis_prefix = strdup(opts->redis_prefix ? opts->redis_prefix : "cf:");
     w->data_dir = strdup(opts->data_dir);
     w->node_id = strdup(opts->node_id);
-    w->slot_count = opts->slots > 0 ? opts->slots : 1;
+    w->slot_count = opts->maintenance_only ? 0 : opts->slots > 0 ? opts->slots : 1;
     char metric_err[256];
     cf_metrics_t *m = opts->metrics;
     w->m_active_segments =
@@ -552,7 +552,7 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
     w->m_render_fps = cf_metrics_add(m, CF_METRIC_GAUGE, "render_speed_ratio",
                                      "Output seconds per wall second of the last render here.",
                                      "encoder", NULL, 0, metric_err, sizeof metric_err);
-    w->slots = calloc((size_t)w->slot_count, sizeof *w->slots);
+    w->slots = calloc((size_t)w->slot_count + 1, sizeof *w->slots);
     if (!w->slots || !w->redis_url || !w->redis_prefix || !w->data_dir || !w->node_id) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -593,9 +593,11 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
         }
         w->slots[i].started = true;
     }
-    s_report_load(w);
-    cf_log_info("worker", "rendering here: %d slot%s", w->slot_count,
-                w->slot_count == 1 ? "" : "s");
+    if (w->slot_count) {
+        s_report_load(w);
+        cf_log_info("worker", "rendering here: %d slot%s", w->slot_count,
+                    w->slot_count == 1 ? "" : "s");
+    }
     return w;
 fail:
     cf_worker_destroy(&w);
