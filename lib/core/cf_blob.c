@@ -172,8 +172,10 @@ static void s_blob_file(const cf_blob_store_t *store, const char *hex, char *pat
     snprintf(path, pathlen, "%s/%.2s/%s", store->dir, hex, hex);
 }
 
-int cf_blob_writer_commit(cf_blob_writer_t **writer_p, char hex[CF_BLOB_HEX_SIZE], char *err,
-                          size_t errlen)
+/* Commits the writer's blob; with EXPECTED (may be NULL) only when its
+ * hash is that one (else CF_BLOB_MISMATCH, nothing stored). */
+static int s_commit(cf_blob_writer_t **writer_p, const char *expected, char hex[CF_BLOB_HEX_SIZE],
+                    char *err, size_t errlen)
 {
     cf_blob_writer_t *writer = *writer_p;
     int rc = -1;
@@ -184,6 +186,12 @@ int cf_blob_writer_commit(cf_blob_writer_t **writer_p, char hex[CF_BLOB_HEX_SIZE
     uint8_t digest[32];
     crypto_generichash_final(&writer->hash, digest, sizeof digest);
     sodium_bin2hex(hex, CF_BLOB_HEX_SIZE, digest, sizeof digest);
+    if (expected && strcmp(hex, expected)) {
+        snprintf(err, errlen, "content hash %s of %llu bytes, expected %s", hex,
+                 (unsigned long long)writer->size, expected);
+        rc = CF_BLOB_MISMATCH;
+        goto end;
+    }
     /* fsync before rename: after a crash a blob's name must match its bytes. */
     if (fsync(writer->fd) < 0 || close(writer->fd) < 0) {
         writer->fd = -1;
@@ -206,6 +214,19 @@ int cf_blob_writer_commit(cf_blob_writer_t **writer_p, char hex[CF_BLOB_HEX_SIZE
 end:
     cf_blob_writer_abort(writer_p);
     return rc;
+}
+
+int cf_blob_writer_commit(cf_blob_writer_t **writer_p, char hex[CF_BLOB_HEX_SIZE], char *err,
+                          size_t errlen)
+{
+    return s_commit(writer_p, NULL, hex, err, errlen);
+}
+
+int cf_blob_writer_commit_expect(cf_blob_writer_t **writer_p, const char *expected_hex, char *err,
+                                 size_t errlen)
+{
+    char hex[CF_BLOB_HEX_SIZE];
+    return s_commit(writer_p, expected_hex, hex, err, errlen);
 }
 
 int cf_blob_put_file(cf_blob_store_t *store, const char *path, char hex[CF_BLOB_HEX_SIZE],

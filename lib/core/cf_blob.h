@@ -19,8 +19,8 @@
 typedef struct cf_blob_store_t cf_blob_store_t;
 typedef struct cf_blob_writer_t cf_blob_writer_t;
 
-/* Return values of cf_blob_writer_write. */
-enum { CF_BLOB_OK = 0, CF_BLOB_ERROR = -1, CF_BLOB_TOO_LARGE = -2 };
+/* Return values of cf_blob_writer_write and cf_blob_writer_commit_expect. */
+enum { CF_BLOB_OK = 0, CF_BLOB_ERROR = -1, CF_BLOB_TOO_LARGE = -2, CF_BLOB_MISMATCH = -3 };
 
 /* Opens (creating as needed) the store in DIR and removes temporary files
  * left by a crash. Returns NULL with a reason in err. */
@@ -46,6 +46,12 @@ uint64_t cf_blob_writer_size(const cf_blob_writer_t *writer);
  * Returns 0, or -1 with a reason in err (the temporary file is removed). */
 int cf_blob_writer_commit(cf_blob_writer_t **writer_p, char hex[CF_BLOB_HEX_SIZE], char *err,
                           size_t errlen);
+
+/* cf_blob_writer_commit for bytes that must have the hash EXPECTED_HEX (a
+ * blob pulled by its name): returns CF_BLOB_MISMATCH, with both hashes in
+ * err and nothing stored, when they do not. */
+int cf_blob_writer_commit_expect(cf_blob_writer_t **writer_p, const char *expected_hex, char *err,
+                                 size_t errlen);
 
 /* Drops an unfinished blob and its temporary file; safe on NULL. */
 void cf_blob_writer_abort(cf_blob_writer_t **writer_p);

@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@ struct cf_httpc_t {
     char *auth_header;
     int timeout_ms;
     int stall_timeout_ms;
+    const atomic_bool *cancel; /* borrowed; NULL: none */
 };
 
 static pthread_once_t s_global_once = PTHREAD_ONCE_INIT;
@@ -74,6 +76,19 @@ void cf_httpc_destroy(cf_httpc_t **self_p)
 const char *cf_httpc_base_url(const cf_httpc_t *self)
 {
     return self->base_url;
+}
+
+void cf_httpc_set_cancel(cf_httpc_t *self, const atomic_bool *cancel)
+{
+    self->cancel = cancel;
+}
+
+/* libcurl calls this often (at least once a second, stalled or not). */
+static int s_on_xferinfo(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                         curl_off_t ulnow)
+{
+    const cf_httpc_t *self = arg;
+    return atomic_load(self->cancel) ? 1 : 0;
 }
 
 void cf_httpc_response_clear(cf_httpc_response_t *resp)
@@ -247,6 +262,11 @@ static int s_perform(cf_httpc_t *self, const char *method, const char *path,
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, s_on_body);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(curl, CURLOPT_USERAGENT, "clipfarm/" CF_VERSION);
+    if (self->cancel) {
+        curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, s_on_xferinfo);
+        curl_easy_setopt(curl, CURLOPT_XFERINFODATA, self);
+    }
     if (!strcmp(method, "GET")) {
         curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
     } else if (!strcmp(method, "HEAD")) {
@@ -264,7 +284,10 @@ static int s_perform(cf_httpc_t *self, const char *method, const char *path,
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     resp->status = status;
     int result = 0;
-    if (t->aborted) {
+    if (self->cancel && atomic_load(self->cancel)) {
+        snprintf(err, errlen, "%s %s: cancelled", method, url);
+        result = -1;
+    } else if (t->aborted) {
         snprintf(err, errlen, "%s %s: transfer aborted", method, url);
         result = -1;
     } else if (rc != CURLE_OK) {

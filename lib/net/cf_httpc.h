@@ -10,6 +10,7 @@
 #ifndef CF_HTTPC_H
 #define CF_HTTPC_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,11 @@ typedef struct {
 cf_httpc_t *cf_httpc_new(const char *base_url, const char *api_key, int timeout_ms,
                          int stall_timeout_ms, char *err, size_t errlen);
 void cf_httpc_destroy(cf_httpc_t **self_p);
+
+/* Makes every request of the client end, within about a second, once
+ * *CANCEL (borrowed; NULL: never) is true: a request in flight returns -1
+ * with "cancelled" in err, also while stalled. */
+void cf_httpc_set_cancel(cf_httpc_t *self, const atomic_bool *cancel);
 
 /* The base URL the client talks to. */
 const char *cf_httpc_base_url(const cf_httpc_t *self);

@@ -142,6 +142,11 @@ static int s_dispatch(cf_api_req_t *req)
      * out. Anything else stays as sent, for the handler to refuse. */
     if (strstr(req->route->pattern, "{id}"))
         cf_id_parse(req->id, req->id);
+    /* Peer routes serve the cluster's own nodes, with or without keys. */
+    if (cf_api_route_internal(req->route)) {
+        int status = cf_api_peer_gate(req);
+        return status ? status : req->route->handler(req);
+    }
     /* Without keys there are no tenants: everyone sees everything. */
     req->admin = req->api->opts.insecure_no_auth;
     if (req->route->auth && !req->api->opts.insecure_no_auth) {

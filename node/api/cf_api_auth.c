@@ -3,7 +3,7 @@
  * are answered 401 without a query for auth_negative_ms; an address that
  * fails too often in a minute gets 429 before any lookup. Nodes of the
  * cluster authenticate to each other with a MAC derived from the cluster
- * secret (cf_api_peer_credential). */
+ * secret (cf_peer_auth.h): on the routes peers fetch from each other only. */
 #define _GNU_SOURCE
 #include <sodium.h>
 #include <stdio.h>
@@ -13,10 +13,9 @@
 
 #include "cf_api_internal.h"
 #include "cf_db.h"
+#include "cf_peer_auth.h"
 
-#define S_AUTH_WINDOW_MS  60000
-#define S_PEER_HEADER     "X-Clipfarm-Peer-Auth"
-#define S_PEER_MAX_SKEW_S 120
+#define S_AUTH_WINDOW_MS 60000
 
 /* ------------------------------------------------------------ key cache */
 
@@ -157,62 +156,55 @@ static int s_authenticate(cf_api_req_t *req)
 
 /* ------------------------------------------------------------ peers */
 
-static void s_peer_key_init(cf_api_t *api)
-{
-    static const char context[] = "clipfarm peer http v1";
-    uint8_t public_key[CF_APIKEY_HASHKEY_BYTES];
-    cf_apikey_hashkey_derive(NULL, 0, public_key);
-    /* Without a cluster secret the hashing key is public: so would be a
-     * credential derived from it, and none is sent or accepted. */
-    api->peer_key_set = sodium_memcmp(public_key, api->opts.hashkey, sizeof public_key) != 0;
-    if (api->peer_key_set)
-        crypto_generichash(api->peer_key, sizeof api->peer_key, (const unsigned char *)context,
-                           sizeof context - 1, api->opts.hashkey, CF_APIKEY_HASHKEY_BYTES);
-}
-
-/* MAC of "v1\nTIME\nMETHOD\nPATH" as lowercase hex (65 bytes). */
-static void s_peer_mac(const cf_api_t *api, long long when, const char *method, const char *path,
-                       char hex[65])
-{
-    char message[1200];
-    int n = snprintf(message, sizeof message, "v1\n%lld\n%s\n%s", when, method, path);
-    if (n < 0 || (size_t)n >= sizeof message)
-        n = (int)sizeof message - 1; /* paths are short; a cut one never matches */
-    uint8_t mac[32];
-    crypto_generichash(mac, sizeof mac, (const unsigned char *)message, (size_t)n, api->peer_key,
-                       sizeof api->peer_key);
-    sodium_bin2hex(hex, 65, mac, sizeof mac);
-}
-
 int cf_api_peer_credential(cf_api_t *api, const char *method, const char *path, char *out,
                            size_t outlen)
 {
-    if (!api->peer_key_set)
-        return -1;
-    long long now = (long long)time(NULL);
-    char hex[65];
-    s_peer_mac(api, now, method, path, hex);
-    int n = snprintf(out, outlen, S_PEER_HEADER ": v1 %lld %s", now, hex);
-    return n > 0 && (size_t)n < outlen ? 0 : -1;
+    return cf_peer_auth_line(&api->peer_auth, method, path, (long long)time(NULL), out, outlen);
 }
 
 /* True when VALUE is a credential of a node of this cluster for this
- * request, made within S_PEER_MAX_SKEW_S of our clock (so a copy seen on
- * the wire fetches the same path for two minutes at most). */
+ * request (cf_peer_auth_verify). */
 static bool s_peer_verify(cf_api_req_t *req, const char *value)
 {
-    cf_api_t *api = req->api;
-    long long when = 0;
-    char hex[80] = "";
-    if (!api->peer_key_set || sscanf(value, "v1 %lld %79s", &when, hex) != 2 || strlen(hex) != 64)
-        return false;
-    long long skew = (long long)time(NULL) - when;
-    if (skew > S_PEER_MAX_SKEW_S || skew < -S_PEER_MAX_SKEW_S)
-        return false;
-    char expected[65];
-    s_peer_mac(api, when, req->ri->request_method, req->ri->local_uri ? req->ri->local_uri : "",
-               expected);
-    return sodium_memcmp(expected, hex, 64) == 0;
+    return cf_peer_auth_verify(&req->api->peer_auth, value, req->ri->request_method,
+                               req->ri->local_uri ? req->ri->local_uri : "", (long long)time(NULL));
+}
+
+/* Seconds ADDR must wait after too many failures, with the 429 sent; 0
+ * when it may try. */
+static int s_auth_blocked(cf_api_req_t *req)
+{
+    int wait_s = s_auth_wait_s(req->api, req->ri->remote_addr, false);
+    if (wait_s <= 0)
+        return 0;
+    cf_api_count_rejected(req->api, "auth_blocked");
+    return cf_api_send_429(req, "too_many_failures",
+                           "too many failed authentications from this address; retry later",
+                           wait_s);
+}
+
+int cf_api_peer_gate(cf_api_req_t *req)
+{
+    int status = s_auth_blocked(req);
+    if (status)
+        return status;
+    const char *peer = mg_get_header(req->conn, CF_PEER_AUTH_HEADER);
+    if (peer && s_peer_verify(req, peer)) {
+        req->peer = true;
+        return 0;
+    }
+    /* An API key, an admin's included, never opens a peer route: these
+     * serve any blob of the node, whoever uploaded it. */
+    status = peer ? cf_api_send_error(req, 401, "unauthorized", NULL, "invalid peer credential")
+             : mg_get_header(req->conn, "Authorization")
+                 ? cf_api_send_error(req, 403, "peer_only", NULL,
+                                     "this route serves the nodes of the cluster only; API keys "
+                                     "are not accepted")
+                 : cf_api_send_error(req, 401, "unauthorized", NULL,
+                                     "missing peer credential (" CF_PEER_AUTH_HEADER ")");
+    cf_api_count_rejected(req->api, "peer_auth_failed");
+    s_auth_wait_s(req->api, req->ri->remote_addr, true);
+    return status;
 }
 
 /* Authentication of a route that needs it: a peer's credential (only where
@@ -222,15 +214,10 @@ int cf_api_auth_gate(cf_api_req_t *req)
 {
     cf_api_t *api = req->api;
     const char *addr = req->ri->remote_addr;
-    int wait_s = s_auth_wait_s(api, addr, false);
-    if (wait_s > 0) {
-        cf_api_count_rejected(api, "auth_blocked");
-        return cf_api_send_429(req, "too_many_failures",
-                               "too many failed authentications from this address; retry later",
-                               wait_s);
-    }
-    const char *peer = mg_get_header(req->conn, S_PEER_HEADER);
-    int status;
+    int status = s_auth_blocked(req);
+    if (status)
+        return status;
+    const char *peer = mg_get_header(req->conn, CF_PEER_AUTH_HEADER);
     if (peer && req->route->handler == cf_api_h_composition_output) {
         req->peer = s_peer_verify(req, peer);
         /* The node that proxied the request checked the caller's key and
@@ -255,7 +242,8 @@ void cf_api_auth_init(cf_api_t *api)
 {
     pthread_rwlock_init(&api->auth_lock, NULL);
     pthread_mutex_init(&api->fail_lock, NULL);
-    s_peer_key_init(api);
+    /* Without a cluster secret none is sent or accepted (peer_auth unset). */
+    cf_peer_auth_init(&api->peer_auth, api->opts.hashkey);
 }
 
 void cf_api_auth_fini(cf_api_t *api)

@@ -2,14 +2,18 @@
  * JSON bodies, errors in one shape) and to read the request (content type,
  * body under a limit, query parameters). */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "cf_api_internal.h"
 #include "cf_db.h"
+#include "cf_http_parse.h"
 #include "cf_json.h"
 #include "cf_log.h"
 
@@ -78,6 +82,11 @@ void cf_api_close_after(cf_api_req_t *req)
     mg_disable_connection_keep_alive(req->conn);
 }
 
+bool cf_api_is_head(const cf_api_req_t *req)
+{
+    return req->ri && req->ri->request_method && !strcmp(req->ri->request_method, "HEAD");
+}
+
 int cf_api_send(cf_api_req_t *req, int status, const char *ct, const void *body, size_t len,
                 const char *extra_headers)
 {
@@ -96,6 +105,10 @@ int cf_api_send(cf_api_req_t *req, int status, const char *ct, const void *body,
                      "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
         len = 0;
     }
+    /* A HEAD answer has the headers of the GET, Content-Length included,
+     * and no body. */
+    if (cf_api_is_head(req))
+        len = 0;
     /* Headers and a small body in one write: one TCP segment, no delay. */
     if (len <= 8192) {
         char packet[sizeof head + 8192];
@@ -180,6 +193,83 @@ int cf_api_send_429(cf_api_req_t *req, const char *code, const char *message, in
         json_pack("{s:s,s:s,s:i}", "code", code, "message", message, "retry_after_s", seconds);
     cf_api_close_after(req);
     return cf_api_send_error_json(req, 429, detail, headers);
+}
+
+int cf_api_send_file(cf_api_req_t *req, int fd, int64_t size, const char *ct, const char *etag,
+                     const char *extra_headers)
+{
+    if (cf_http_etag_matches(mg_get_header(req->conn, "If-None-Match"), etag)) {
+        close(fd);
+        char head[512];
+        int n =
+            snprintf(head, sizeof head,
+                     "HTTP/1.1 304 Not Modified\r\nETag: %s\r\nContent-Length: 0\r\n\r\n", etag);
+        mg_write(req->conn, head, (size_t)n);
+        return req->status = 304;
+    }
+    cf_http_range_t range = {0, size - 1};
+    const char *if_range = mg_get_header(req->conn, "If-Range");
+    int ranged = cf_http_parse_range(mg_get_header(req->conn, "Range"), size, &range);
+    if (ranged != 0 && if_range && strcmp(if_range, etag))
+        ranged = 0; /* the file changed since the client's first part: send it whole */
+    if (ranged < 0) {
+        close(fd);
+        char headers[128];
+        snprintf(headers, sizeof headers, "Content-Range: bytes */%" PRId64 "\r\n", size);
+        json_t *detail = json_pack("{s:s,s:s}", "code", "range_not_satisfiable", "message",
+                                   "the requested range is outside the file");
+        return cf_api_send_error_json(req, 416, detail, headers);
+    }
+    if (ranged == 0) {
+        range.start = 0;
+        range.end = size - 1;
+    }
+    int64_t length = size == 0 ? 0 : range.end - range.start + 1;
+    char head[1024];
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %" PRId64 "\r\n"
+                     "Accept-Ranges: bytes\r\nETag: %s\r\n%s",
+                     ranged ? "206 Partial Content" : "200 OK", ct, length, etag,
+                     extra_headers ? extra_headers : "");
+    if (ranged && n > 0 && (size_t)n < sizeof head)
+        n += snprintf(head + n, sizeof head - (size_t)n,
+                      "Content-Range: bytes %" PRId64 "-%" PRId64 "/%" PRId64 "\r\n", range.start,
+                      range.end, size);
+    if (n > 0 && (size_t)n < sizeof head)
+        n += snprintf(head + n, sizeof head - (size_t)n, "\r\n");
+    if (n < 0 || (size_t)n >= sizeof head) {
+        close(fd); /* extra headers never come near this; refuse rather than truncate */
+        return cf_api_send_error(req, 500, "internal", NULL, "response headers too long");
+    }
+    req->status = ranged ? 206 : 200;
+    if (mg_write(req->conn, head, (size_t)n) <= 0 || cf_api_is_head(req)) {
+        close(fd);
+        return req->status;
+    }
+    /* Stream in pieces: a large file never sits in memory. */
+    static const size_t piece = 256 * 1024;
+    char *buf = malloc(piece);
+    int64_t offset = range.start, left = length;
+    if (!buf)
+        cf_api_close_after(req); /* headers are out: a short body is all we can say */
+    while (buf && left > 0) {
+        size_t want = left < (int64_t)piece ? (size_t)left : piece;
+        ssize_t got = pread(fd, buf, want, offset);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            /* Truncated under us: the client sees a short body and retries. */
+            cf_api_close_after(req);
+            break;
+        }
+        if (mg_write(req->conn, buf, (size_t)got) <= 0)
+            break; /* the client went away */
+        offset += got;
+        left -= got;
+    }
+    free(buf);
+    close(fd);
+    return req->status;
 }
 
 /* ------------------------------------------------------------ requests */

@@ -8,6 +8,7 @@
  *   cf_api_limits.c  rate-limit leases, connections per address, event streams
  *   cf_api_cache.c   the in-process composition cache (its own module)
  *   cf_api_routes.c  the route table and the OpenAPI document
+ *   cf_api_blobs.c   the peer-only blob route the data plane pulls from
  *   the rest         handlers */
 #ifndef CF_API_INTERNAL_H
 #define CF_API_INTERNAL_H
@@ -18,10 +19,12 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <string.h>
 
 #include "cf_api.h"
 #include "cf_api_cache.h"
 #include "cf_metrics.h"
+#include "cf_peer_auth.h"
 
 /* A small blocking pool of connections (Redis contexts, queue producers):
  * HTTP threads far outnumber the connections worth keeping open. */
@@ -129,10 +132,9 @@ struct cf_api_t {
     int streams_open;
     int max_streams; /* max_event_streams, clamped to http_threads / 2 */
 
-    /* Credential of node-to-node requests (cf_api_peer_credential); all
-     * zero when the node has no cluster secret (then none is accepted). */
-    uint8_t peer_key[32];
-    bool peer_key_set;
+    /* Credential of node-to-node requests (cf_peer_auth.h); unset when
+     * the node has no cluster secret (then none is sent or accepted). */
+    cf_peer_auth_t peer_auth;
 
     /* Rate-limit tokens leased from the Redis buckets (cf_api_limits.c). */
     pthread_rwlock_t lease_lock;
@@ -176,6 +178,16 @@ struct cf_api_route_t {
 /* The route table (cf_api_routes.c), ending with a {0} entry. */
 extern const cf_api_route_t cf_api_routes[];
 
+/* Routes under /internal/ serve the other nodes of the cluster only: they
+ * are authenticated by the peer credential alone (cf_api_peer_gate),
+ * always, insecure_no_auth or not, whatever their auth field says, and are
+ * left out of the OpenAPI document (not part of the API users see). */
+#define CF_API_INTERNAL_PREFIX "/internal/"
+static inline bool cf_api_route_internal(const cf_api_route_t *route)
+{
+    return !strncmp(route->pattern, CF_API_INTERNAL_PREFIX, sizeof CF_API_INTERNAL_PREFIX - 1);
+}
+
 /* The OpenAPI 3 document built from cf_api_routes (new reference). */
 json_t *cf_api_openapi_document(void);
 
@@ -193,6 +205,7 @@ int cf_api_h_healthz(cf_api_req_t *req);
 int cf_api_h_readyz(cf_api_req_t *req);
 int cf_api_h_metrics(cf_api_req_t *req);
 int cf_api_h_openapi(cf_api_req_t *req);
+int cf_api_h_internal_blob(cf_api_req_t *req);
 
 /* Collect hook: cluster counters and encoder speeds from the snapshot. */
 void cf_api_cluster_collect(void *arg);
@@ -234,6 +247,20 @@ int cf_api_send_429(cf_api_req_t *req, const char *code, const char *message, in
  * sending a body we will not read). */
 void cf_api_close_after(cf_api_req_t *req);
 
+/* True for a HEAD request: cf_api_send and cf_api_send_file then send the
+ * headers of the GET answer without its body. */
+bool cf_api_is_head(const cf_api_req_t *req);
+
+/* Serves the open file FD of SIZE bytes (FD is closed either way) as
+ * content type CT with ETAG (quoted, as sent): 304 when If-None-Match names
+ * it; one Range (206 with Content-Range, 416 outside the file; If-Range
+ * with another tag gets the whole file; several ranges or a malformed one
+ * the whole file, cf_http_parse_range), Content-Length and Accept-Ranges,
+ * the body streamed from disk in pieces. EXTRA_HEADERS (may be NULL) are
+ * complete "Name: value\r\n" lines. Returns the status sent. */
+int cf_api_send_file(cf_api_req_t *req, int fd, int64_t size, const char *ct, const char *etag,
+                     const char *extra_headers);
+
 /* ------------------------------------------------------------ requests (cf_api_http.c) */
 
 /* True when the request's Content-Type is MIME (parameters ignored). */
@@ -260,6 +287,12 @@ void cf_api_auth_fini(cf_api_t *api);
  * address that failed too often this minute. Sets req->key_id, admin and
  * peer. Returns 0, or the status of the error response sent. */
 int cf_api_auth_gate(cf_api_req_t *req);
+
+/* Authentication of a peer-only route: a valid peer credential
+ * (req->peer set), else 401 (none, or a bad one) or 403 (an API key,
+ * whatever its scope), counted as a failed authentication of the address.
+ * Returns 0, or the status of the error response sent. */
+int cf_api_peer_gate(cf_api_req_t *req);
 
 /* The header line ("Name: value", no CRLF) that authenticates this node to
  * a peer for METHOD PATH: a BLAKE2b MAC, keyed by a key derived from the

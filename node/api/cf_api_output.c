@@ -22,7 +22,6 @@
 #include "cf_api_internal.h"
 #include "cf_locations.h"
 #include "cf_db.h"
-#include "cf_http_parse.h"
 #include "cf_httpc.h"
 #include "cf_log.h"
 #include "cf_worker.h"
@@ -74,71 +73,7 @@ static int s_serve_local(cf_api_req_t *req, const cf_db_composition_t *comp, con
     const char *ct = mkv ? "video/x-matroska" : "video/mp4";
     char disposition[256];
     s_disposition(comp, ext, disposition, sizeof disposition);
-
-    if (cf_http_etag_matches(mg_get_header(req->conn, "If-None-Match"), etag)) {
-        close(fd);
-        char head[512];
-        int n =
-            snprintf(head, sizeof head,
-                     "HTTP/1.1 304 Not Modified\r\nETag: %s\r\nContent-Length: 0\r\n\r\n", etag);
-        mg_write(req->conn, head, (size_t)n);
-        return req->status = 304;
-    }
-    cf_http_range_t range = {0, size - 1};
-    const char *if_range = mg_get_header(req->conn, "If-Range");
-    int ranged = cf_http_parse_range(mg_get_header(req->conn, "Range"), size, &range);
-    if (ranged != 0 && if_range && strcmp(if_range, etag))
-        ranged = 0; /* the file changed since the client's first part: send it whole */
-    if (ranged < 0) {
-        close(fd);
-        char headers[128];
-        snprintf(headers, sizeof headers, "Content-Range: bytes */%" PRId64 "\r\n", size);
-        json_t *detail = json_pack("{s:s,s:s}", "code", "range_not_satisfiable", "message",
-                                   "the requested range is outside the file");
-        return cf_api_send_error_json(req, 416, detail, headers);
-    }
-    if (ranged == 0) {
-        range.start = 0;
-        range.end = size - 1;
-    }
-    int64_t length = size == 0 ? 0 : range.end - range.start + 1;
-    char head[1024];
-    int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %" PRId64 "\r\n"
-                     "Accept-Ranges: bytes\r\nETag: %s\r\n%s",
-                     ranged ? "206 Partial Content" : "200 OK", ct, length, etag, disposition);
-    if (ranged)
-        n += snprintf(head + n, sizeof head - (size_t)n,
-                      "Content-Range: bytes %" PRId64 "-%" PRId64 "/%" PRId64 "\r\n", range.start,
-                      range.end, size);
-    n += snprintf(head + n, sizeof head - (size_t)n, "\r\n");
-    req->status = ranged ? 206 : 200;
-    if (mg_write(req->conn, head, (size_t)n) <= 0) {
-        close(fd);
-        return req->status;
-    }
-    /* Stream in pieces: a large file never sits in memory. */
-    static const size_t piece = 256 * 1024;
-    char *buf = malloc(piece);
-    int64_t offset = range.start, left = length;
-    while (buf && left > 0) {
-        size_t want = left < (int64_t)piece ? (size_t)left : piece;
-        ssize_t got = pread(fd, buf, want, offset);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            /* Truncated under us: the client sees a short body and retries. */
-            cf_api_close_after(req);
-            break;
-        }
-        if (mg_write(req->conn, buf, (size_t)got) <= 0)
-            break; /* the client went away */
-        offset += got;
-        left -= got;
-    }
-    free(buf);
-    close(fd);
-    return req->status;
+    return cf_api_send_file(req, fd, size, ct, etag, disposition);
 }
 
 /* ------------------------------------------------------------ from a peer */

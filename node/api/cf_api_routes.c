@@ -1,6 +1,9 @@
 /* cf_api_routes: the one table of the REST API's routes. The router serves
  * exactly these, and GET /openapi.json is built from exactly these, so the
- * document cannot list a route that does not exist or miss one that does. */
+ * document cannot list a route that does not exist or miss one that does.
+ * The peer-only routes under /internal/ (the nodes' own traffic, closed to
+ * API keys: cf_api_route_internal) are the one exception the document
+ * leaves out. */
 #include <string.h>
 
 #include "cf_json.h"
@@ -121,6 +124,11 @@ const cf_api_route_t cf_api_routes[] = {
      "\"text/plain\":{\"schema\":{\"type\":\"string\"}}}}}}"},
     {"GET", "/openapi.json", cf_api_h_openapi, false, "openapi", "This document",
      "{\"security\":[],\"responses\":{\"200\":{\"description\":\"OpenAPI 3 document.\"}}}"},
+    /* Peer-only (under /internal/: the data plane, cf_api_blobs.c). */
+    {"GET", "/internal/v1/blobs/{hash}", cf_api_h_internal_blob, false, "getBlob",
+     "A blob of this node's store, for another node", NULL},
+    {"HEAD", "/internal/v1/blobs/{hash}", cf_api_h_internal_blob, false, "headBlob",
+     "A blob's size and hash, for another node", NULL},
     {0},
 };
 
@@ -234,6 +242,8 @@ json_t *cf_api_openapi_document(void)
 {
     json_t *paths = json_object();
     for (const cf_api_route_t *r = cf_api_routes; r->method; r++) {
+        if (cf_api_route_internal(r))
+            continue; /* between the nodes, not part of the API users see */
         json_t *op = cf_json_loads(r->openapi, 0, NULL);
         if (!op) /* a typo in the table above: caught by the OpenAPI test */
             op = json_pack("{s:s}", "description", "(document entry failed to parse)");
