@@ -55,6 +55,10 @@ struct cf_task_t {
     size_t len;
     bool overlong; /* dropping the rest of a line too long to keep */
     bool eof, finished, cancel_sent, kill_sent;
+    bool saw_oom;                /* a line said an allocation failed */
+    int64_t stall_ms;            /* a segment's watchdog (0: none) */
+    int64_t stall_since_ms;      /* when the frame count last moved */
+    bool stalled;                /* killed by the watchdog */
     int64_t kill_at_ms;          /* cancel: SIGKILL at this time (0: none) */
     int64_t exit_by_ms;          /* result seen or EOF: SIGKILL if still alive then (0: none) */
     int64_t progress;            /* latest count */
@@ -96,6 +100,15 @@ uint64_t cf_task_address_space_for(int64_t memory_budget)
     return as > CF_TASK_DEFAULT_ADDRESS_SPACE ? as : CF_TASK_DEFAULT_ADDRESS_SPACE;
 }
 
+/* Words libc, libav and the encoders use when an allocation fails
+ * ("Cannot allocate memory", "x264 [error]: malloc of size 74304 failed"). */
+static bool s_mentions_oom(const char *text)
+{
+    return strcasestr(text, "cannot allocate memory") || strcasestr(text, "out of memory") ||
+           strstr(text, "ENOMEM") || strstr(text, "bad_alloc") ||
+           (strcasestr(text, "alloc") && strcasestr(text, "fail"));
+}
+
 static cf_task_limits_t s_limits(const cf_task_limits_t *given)
 {
     cf_task_limits_t l = given ? *given : (cf_task_limits_t){0};
@@ -109,6 +122,8 @@ static cf_task_limits_t s_limits(const cf_task_limits_t *given)
         l.file_bytes = CF_TASK_DEFAULT_FILE_BYTES;
     if (l.grace_ms <= 0)
         l.grace_ms = CF_TASK_DEFAULT_GRACE_MS;
+    if (!l.stall_seconds)
+        l.stall_seconds = CF_TASK_DEFAULT_STALL_SECONDS;
     return l;
 }
 
@@ -318,6 +333,7 @@ cf_task_t *cf_task_start_json(const char *binary, const char *task_json, const c
     task->out_fd = task->pid_fd = task->epoll_fd = -1;
     task->expected_frames = -1;
     task->limits = s_limits(limits);
+    task->stall_since_ms = s_now_ms();
     if ((scratch && !(task->scratch = strdup(scratch))) ||
         (blob_dir && !(task->blob_dir = strdup(blob_dir)))) {
         snprintf(err, errlen, "task: out of memory");
@@ -465,9 +481,12 @@ cf_task_t *cf_task_start(const char *binary, const cf_task_spec_t *spec,
         return NULL;
     }
     const cf_plan_t *plan = spec->plan;
-    if (spec->kind == CF_TASK_SEGMENT && spec->segment >= 0 && spec->segment < plan->segment_count)
+    if (spec->kind == CF_TASK_SEGMENT && spec->segment >= 0 &&
+        spec->segment < plan->segment_count) {
         task->expected_frames = plan->segments[spec->segment].frames;
-    else if (spec->kind == CF_TASK_AUDIO)
+        if (task->limits.stall_seconds > 0)
+            task->stall_ms = (int64_t)task->limits.stall_seconds * 1000;
+    } else if (spec->kind == CF_TASK_AUDIO)
         task->expected_frames = plan->total_samples;
     else if (spec->kind == CF_TASK_ASSEMBLE)
         task->expected_frames = plan->total_frames;
@@ -505,6 +524,9 @@ int cf_task_timeout_ms(const cf_task_t *task)
         at = task->kill_at_ms;
     if (task->exit_by_ms && (!at || task->exit_by_ms < at))
         at = task->exit_by_ms;
+    int64_t stall_at = task->stall_ms ? task->stall_since_ms + task->stall_ms : 0;
+    if (stall_at && (!at || stall_at < at))
+        at = stall_at;
     /* Without a pidfd nothing tells the caller the child has exited. */
     if (task->pid_fd < 0 && task->eof)
         return 10;
@@ -538,6 +560,8 @@ static void s_line(cf_task_t *task, char *line)
         char *end;
         long long frames = strtoll(line + 9, &end, 10);
         if (end != line + 9 && !*end && frames >= 0) {
+            if (frames > task->progress)
+                task->stall_since_ms = s_now_ms();
             task->progress = frames;
             task->progress_new = true;
         }
@@ -556,6 +580,7 @@ static void s_line(cf_task_t *task, char *line)
         snprintf(task->sandbox, sizeof task->sandbox, "%s", line + 8);
         return;
     }
+    task->saw_oom = task->saw_oom || s_mentions_oom(line);
     snprintf(task->tail[task->tail_next], sizeof task->tail[0], "%s", line);
     task->tail_next = (task->tail_next + 1) % S_TAIL_LINES;
 }
@@ -668,8 +693,23 @@ static void s_final(cf_task_t *task, int status, const struct rusage *ru, cf_tas
     } else if (task->cancel_sent) {
         ev->cancelled = true;
         snprintf(ev->error, sizeof ev->error, "cancelled");
+    } else if (task->stalled) {
+        snprintf(ev->error, sizeof ev->error,
+                 "the encoder process made no progress for %d s and was killed",
+                 task->limits.stall_seconds);
     } else if (WIFEXITED(status) && !strncmp(task->result, "error ", 6)) {
-        snprintf(ev->error, sizeof ev->error, "%s", task->result + 6);
+        const char *said = task->result + 6;
+        /* An allocation refused under the limit fails in whatever library
+         * asked ("cannot open the libx264 encoder: Generic error in an
+         * external library"); the log lines tell what it was. */
+        bool limited = task->limits.address_space_bytes != CF_TASK_UNLIMITED &&
+                       !strstr(task->sandbox, "as=unenforced");
+        if (limited && (task->saw_oom || s_mentions_oom(said)))
+            snprintf(ev->error, sizeof ev->error,
+                     "the encoder process exceeded its memory limit (%llu MiB): %s",
+                     (unsigned long long)as_mib, said);
+        else
+            snprintf(ev->error, sizeof ev->error, "%s", said);
     } else if (WIFEXITED(status)) {
         snprintf(ev->error, sizeof ev->error,
                  "the encoder process exited with status %d without a result", WEXITSTATUS(status));
@@ -723,8 +763,10 @@ static bool s_reap(cf_task_t *task, int *status, struct rusage *ru)
         return true;
     }
     int64_t now = s_now_ms();
+    if (task->stall_ms && !task->result[0] && now >= task->stall_since_ms + task->stall_ms)
+        task->stalled = true;
     if ((task->kill_at_ms && now >= task->kill_at_ms) ||
-        (task->exit_by_ms && now >= task->exit_by_ms)) {
+        (task->exit_by_ms && now >= task->exit_by_ms) || task->stalled) {
         s_kill(task);
         return wait4(task->pid, status, 0, ru) == task->pid;
     }

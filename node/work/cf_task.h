@@ -103,6 +103,7 @@ typedef struct {
 #define CF_TASK_DEFAULT_OPEN_FILES    256
 #define CF_TASK_DEFAULT_FILE_BYTES    (64ULL << 30)
 #define CF_TASK_DEFAULT_GRACE_MS      1000
+#define CF_TASK_DEFAULT_STALL_SECONDS 600
 #define CF_TASK_UNLIMITED             UINT64_MAX
 
 /* The child's limits. 0 in any field means its default. */
@@ -113,6 +114,11 @@ typedef struct {
     uint64_t file_bytes;          /* RLIMIT_FSIZE: the largest file it may write */
     bool share_network;           /* true: do not try a network namespace */
     int grace_ms;                 /* cancel: SIGTERM, then SIGKILL after this */
+    /* A segment task whose frame count has not moved for this long is
+     * killed: a decoder that hangs without spinning never meets the CPU
+     * limit. 0: CF_TASK_DEFAULT_STALL_SECONDS; < 0: never. (Audio and
+     * assembly report no frames and are not watched.) */
+    int stall_seconds;
 } cf_task_limits_t;
 
 /* A child's address space for a memory budget: the budget plus what the

@@ -613,12 +613,6 @@ static void s_scrub(const s_task_t *t, char *err, size_t errlen)
         s_replace_all(err, errlen, t->blob_dir, "<blobs>");
 }
 
-static bool s_out_of_memory(const char *err)
-{
-    return strcasestr(err, "cannot allocate memory") || strcasestr(err, "out of memory") ||
-           strstr(err, "ENOMEM");
-}
-
 /* ------------------------------------------------------------ stages */
 
 /* Moves the blob HEX of the scratch store into the node's store at
@@ -798,9 +792,6 @@ end:
         s_scrub(&task, err, sizeof err);
         if (atomic_load(&s_cancel))
             s_say("error cancelled");
-        else if (s_out_of_memory(err) && args.as != CF_TASK_UNLIMITED && !S_SANITIZED)
-            s_say("error the encoder process exceeded its memory limit (%" PRIu64 " MiB): %s",
-                  args.as >> 20, err);
         else
             s_say("error %s", err[0] ? err : "failed");
     }
