@@ -48,5 +48,8 @@ int cf_cmd_download(int argc, char **argv);
 int cf_cmd_nodes(int argc, char **argv);
 int cf_cmd_apikey(int argc, char **argv);
 int cf_cmd_secret(int argc, char **argv);
+/* Internal, not in the table (so not in --help): a node's render stage in a
+ * process of its own (node/work/cf_task.h). */
+int cf_cmd_task(int argc, char **argv);
 
 #endif

@@ -61,6 +61,9 @@ int main(int argc, char **argv)
         printf("clipfarm %s\n", CF_VERSION);
         return CF_EXIT_OK;
     }
+    /* Started by a node for each render stage; never typed by a user. */
+    if (!strcmp(name, "task"))
+        return cf_cmd_task(argc - 1, argv + 1);
     const cf_command_t *cmd = cf_command_find(name);
     if (!cmd) {
         fprintf(stderr, "clipfarm: unknown command '%s' (see clipfarm --help)\n", name);
