@@ -250,8 +250,8 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
     return 0;
 }
 
-static int s_resolve_local_blob(void *arg, const char *ref, char *path, size_t pathlen,
-                                char *err, size_t errlen)
+static int s_resolve_local_blob(void *arg, const char *ref, char *path, size_t pathlen, char *err,
+                                size_t errlen)
 {
     return cf_blob_path(arg, ref, path, pathlen, err, errlen);
 }
@@ -271,7 +271,8 @@ static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_opt
         char *copy = strdup(opts->encoders), *save = NULL;
         for (char *name = copy ? strtok_r(copy, ", ", &save) : NULL; name;
              name = strtok_r(NULL, ", ", &save)) {
-            char **grown = realloc(self->encoders, sizeof(char *) * (size_t)(self->encoder_count + 1));
+            char **grown =
+                realloc(self->encoders, sizeof(char *) * (size_t)(self->encoder_count + 1));
             if (!grown)
                 break;
             self->encoders = grown;
@@ -474,7 +475,8 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }
-    if (!opts->no_render && opts->node && s_start_cluster_work(self, opts, ao.hashkey, err, errlen) < 0)
+    if (!opts->no_render && opts->node &&
+        s_start_cluster_work(self, opts, ao.hashkey, err, errlen) < 0)
         goto fail;
     cf_webhook_options_t who;
     cf_webhook_options_default(&who);

@@ -451,8 +451,8 @@ int cf_caps_restrict(cf_caps_t *self, const char *list, char *err, size_t errlen
             if (!strcmp(self->encoders[i].name, name))
                 found = i;
         if (found < 0) {
-            snprintf(err, errlen, "--encoders: %s cannot be opened on this node (it has %d: ",
-                     name, self->encoder_count);
+            snprintf(err, errlen, "--encoders: %s cannot be opened on this node (it has %d: ", name,
+                     self->encoder_count);
             for (int i = 0; i < self->encoder_count; i++) {
                 size_t n = strlen(err);
                 snprintf(err + n, errlen - n, "%s%s", i ? ", " : "", self->encoders[i].name);

@@ -121,10 +121,9 @@ static void s_reply(zsock_t *out, const s_run_t *run, cf_msg_type_t type, const 
             msg.done.frames = (uint64_t)(piece->frames > 0 ? piece->frames : 1);
             msg.done.size_bytes = piece->bytes;
             msg.done.encode_ms = (uint64_t)(piece->seconds * 1000);
-            msg.done.fps =
-                piece->seconds > 0 && run->kind == CF_TASK_SEGMENT ? (double)piece->frames /
-                                                                        piece->seconds
-                                                                  : 0;
+            msg.done.fps = piece->seconds > 0 && run->kind == CF_TASK_SEGMENT
+                               ? (double)piece->frames / piece->seconds
+                               : 0;
             uint8_t raw[32];
             size_t raw_len = 0;
             if (sodium_hex2bin(raw, sizeof raw, piece->blob, strlen(piece->blob), NULL, &raw_len,

@@ -67,13 +67,12 @@
 #include <sys/types.h>
 
 #include "cf_plan.h"
+#include "cf_state.h"
 #include "cf_render_stages.h"
 
-typedef enum {
-    CF_TASK_SEGMENT = 0, /* one segment of the plan */
-    CF_TASK_AUDIO,       /* the whole timeline's audio */
-    CF_TASK_ASSEMBLE,    /* the segments and the audio, stitched */
-} cf_task_kind_t;
+/* cf_task_kind_t (lib/model/cf_state.h): CF_TASK_SEGMENT (one segment of
+ * the plan), CF_TASK_AUDIO (the whole timeline's audio), CF_TASK_ASSEMBLE
+ * (the segments and the audio, stitched). */
 
 /* What a task does. Everything is borrowed for the duration of the call. */
 typedef struct {

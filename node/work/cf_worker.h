@@ -31,20 +31,21 @@ typedef struct cf_worker_t cf_worker_t;
 typedef struct cf_db cf_db_t;
 typedef struct cf_metrics_t cf_metrics_t;
 typedef struct cf_blob_store_t cf_blob_store_t;
-typedef struct cf_source_cache_t cf_source_cache_t;
 typedef struct cf_source_policy_t cf_source_policy_t;
 typedef struct cf_source_cache_t cf_source_cache_t;
 
 typedef struct {
-    cf_db_t *db;                     /* required, borrowed */
-    cf_metrics_t *metrics;           /* required, borrowed */
-    cf_blob_store_t *blobs;          /* required: blob: sources, and outputs are stored there */
-    cf_source_cache_t *source_cache; /* the node's downloads (NULL: per render) */
-    const char *redis_url;           /* required */
-    const char *redis_prefix;        /* default "cf:" */
-    const char *data_dir;            /* required: outputs and render workspaces */
-    const char *node_id;             /* required: names this node in locations and events */
-    int slots;                       /* compositions rendered at once (default 1) */
+    cf_db_t *db;              /* required, borrowed */
+    cf_metrics_t *metrics;    /* required, borrowed */
+    cf_blob_store_t *blobs;   /* required: blob: sources, and outputs are stored there */
+    const char *redis_url;    /* required */
+    const char *redis_prefix; /* default "cf:" */
+    const char *data_dir;     /* required: outputs and render workspaces */
+    const char *node_id;      /* required: names this node in locations and events */
+    int slots;                /* compositions rendered at once (default 1) */
+    /* The cluster renders (coordinator and executor): run the housekeeping
+     * only, take nothing from the queue. */
+    bool maintenance_only;
     /* Told the free slots and renders in flight after every change (may be
      * NULL), e.g. cf_node_set_load for heartbeats. */
     void (*on_load)(void *arg, int free_slots, int in_flight);
