@@ -41,6 +41,7 @@ struct cf_api_service_t {
     cf_coordinator_t *coordinator;
     char **encoders;
     int encoder_count;
+    char blob_dir[4096], work_dir[4096]; /* borrowed by the executor and coordinator */
 };
 
 /* The source cache keeps its own counts: copied into the registry when
@@ -263,9 +264,9 @@ static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_opt
 {
     const cf_config_t *cfg = opts->cfg;
     cf_peer_auth_init(&self->peer_auth, hashkey);
-    char blob_dir[4096], work[4096];
-    snprintf(blob_dir, sizeof blob_dir, "%s/blobs", cfg->data_dir);
-    snprintf(work, sizeof work, "%s/work", cfg->data_dir);
+    char *blob_dir = self->blob_dir, *work = self->work_dir;
+    snprintf(blob_dir, sizeof self->blob_dir, "%s/blobs", cfg->data_dir);
+    snprintf(work, sizeof self->work_dir, "%s/work", cfg->data_dir);
     mkdir(work, 0700);
     if (opts->encoders && *opts->encoders) {
         char *copy = strdup(opts->encoders), *save = NULL;

@@ -174,6 +174,8 @@ static void *s_plan_thread(void *arg)
                     s_encoder_name(&plan->output));
     }
 end:
+    if (rc != CF_DB_OK)
+        cf_log_info("coordinator", "%s: planning ended (%d): %s", p->id, rc, err);
     if (rc != CF_DB_OK && !atomic_load(&p->cancel) && rc != CF_DB_STALE &&
         rc != CF_DB_UNAVAILABLE) {
         for (char *c = err; *c; c++)
