@@ -64,7 +64,7 @@ struct cf_task_t {
     int64_t progress;            /* latest count */
     bool progress_new;           /* not yet returned */
     char result[S_LINE_MAX + 1]; /* the done/error line ("" until one came) */
-    char crash[128];             /* "SIGNAME VMBYTES" from the child's crash handler */
+    char crash[128];             /* "SIGNO VMBYTES" from the child's crash handler */
     char sandbox[256];
     int log_lines;       /* lines that were not protocol, passed to the node's log */
     char sanitizer[256]; /* the first "...Sanitizer: ..." report line (test builds) */
@@ -804,6 +804,23 @@ cf_task_event_type_t cf_task_read(cf_task_t *task, cf_task_event_t *ev)
         ev->frames = task->progress;
     }
     return ev->type;
+}
+
+int cf_task_sweep(const char *work_parent)
+{
+    DIR *d = opendir(work_parent);
+    int removed = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char path[4096];
+        if (strncmp(e->d_name, "clipfarm-task.", 14) ||
+            s_path(path, sizeof path, "%s/%s", work_parent, e->d_name) < 0)
+            continue;
+        if (cf_workspace_rmtree(path) == 0)
+            removed++;
+    }
+    if (d)
+        closedir(d);
+    return removed;
 }
 
 void cf_task_destroy(cf_task_t **task_p)

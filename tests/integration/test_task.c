@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -609,6 +610,62 @@ static void test_child_inherits_nothing(void **state)
     s_expect_clean();
 }
 
+/* True while PID runs (a zombie waiting for its reaper does not). */
+static bool s_running(pid_t pid)
+{
+    char path[64], stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    const char *paren = strrchr(stat, ')');
+    return paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
+}
+
+/* A node killed with -9 takes its children with it; the scratch they
+ * leave is swept at the next start. */
+static void test_child_dies_with_its_parent(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t node = fork();
+    assert_true(node >= 0);
+    if (node == 0) {
+        close(fds[0]);
+        cf_task_spec_t spec = s_spec(CF_TASK_SEGMENT, s_long_plan, 0);
+        char err[256];
+        cf_task_t *task = cf_task_start(cf_test_bin(), &spec, NULL, err, sizeof err);
+        pid_t pid = task ? cf_task_pid(task) : 0;
+        cf_task_event_t ev;
+        /* Wait until it is encoding: its sandbox is up by then. */
+        for (int i = 0; task && i < 200 && cf_task_read(task, &ev) != CF_TASK_PROGRESS; i++)
+            usleep(10000);
+        if (write(fds[1], &pid, sizeof pid) != sizeof pid)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(fds[1]);
+    pid_t pid = 0;
+    assert_int_equal(read(fds[0], &pid, sizeof pid), sizeof pid);
+    close(fds[0]);
+    assert_true(pid > 0 && s_running(pid));
+    assert_int_equal(kill(node, SIGKILL), 0);
+    assert_int_equal(waitpid(node, NULL, 0), node);
+    double t0 = s_now();
+    while (s_running(pid) && s_now() - t0 < 5)
+        usleep(10000);
+    printf("# the child went %.3f s after its parent\n", s_now() - t0);
+    assert_false(s_running(pid));
+    assert_true(s_entries(s_work) >= 1);
+    assert_true(cf_task_sweep(s_work) >= 1);
+    s_expect_clean();
+}
+
 /* A 1-frame segment through a child against the same in this process, and
  * a child that does nothing (an empty task) for spawn, exec and exit alone. */
 static void test_overhead_per_segment(void **state)
@@ -684,6 +741,7 @@ int main(void)
         cmocka_unit_test(test_memory_limit),
         cmocka_unit_test(test_malformed_tasks),
         cmocka_unit_test(test_child_inherits_nothing),
+        cmocka_unit_test(test_child_dies_with_its_parent),
         cmocka_unit_test(test_overhead_per_segment),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
