@@ -680,7 +680,7 @@ static void test_overhead_per_segment(void **state)
     cf_plan_t *plan = s_make_plan(json);
     assert_int_equal(plan->total_frames, 1);
     const int runs = 5;
-    double child = 0, inproc = 0, empty = 0;
+    double child = 0, inproc = 0, empty = 0, empty_shared = 0;
     for (int r = 0; r < runs; r++) {
         double t0 = s_now();
         cf_task_spec_t spec = s_spec(CF_TASK_SEGMENT, plan, 0);
@@ -718,14 +718,25 @@ static void test_overhead_per_segment(void **state)
         s_wait(task, &ev, NULL, false);
         cf_task_destroy(&task);
         empty += s_now() - t0;
+
+        t0 = s_now();
+        snprintf(scratch, sizeof scratch, "%s/clipfarm-task.XXXXXX", s_work);
+        assert_non_null(mkdtemp(scratch));
+        cf_task_limits_t shared = {.share_network = true};
+        task = cf_task_start_json(cf_test_bin(), "{}", scratch, s_blobs, &shared, err, sizeof err);
+        assert_non_null(task);
+        s_wait(task, &ev, NULL, false);
+        cf_task_destroy(&task);
+        empty_shared += s_now() - t0;
     }
     printf("# overhead per segment (mean of %d, 1-frame 320x240 segment):\n"
            "#   in a child process  %.1f ms\n"
            "#   in this process     %.1f ms\n"
            "#   child cost          %.1f ms per segment\n"
-           "#   of which spawn + exec + sandbox + exit (an empty task) %.1f ms\n",
+           "#   of which spawn + exec + sandbox + exit (an empty task) %.1f ms\n"
+           "#   the same without a network namespace %.1f ms\n",
            runs, child / runs * 1e3, inproc / runs * 1e3, (child - inproc) / runs * 1e3,
-           empty / runs * 1e3);
+           empty / runs * 1e3, empty_shared / runs * 1e3);
     cf_plan_destroy(&plan);
     s_expect_clean();
 }
