@@ -52,6 +52,7 @@ static char *s_dir;
 static char s_a[600], s_b[600], s_long[600], s_blobs[700], s_work[700];
 static cf_plan_t *s_plan;      /* a [0.5, 2.5) then b: 4 segments of 25 frames */
 static cf_plan_t *s_long_plan; /* 12 s of 640x360 in one segment */
+static cf_plan_t *s_big_plan;  /* the same source scaled to 1280x720: seconds of CPU */
 static cf_blob_store_t *s_store;
 
 static double s_now(void)
@@ -134,6 +135,13 @@ static int s_setup(void **state)
              s_long);
     s_long_plan = s_make_plan(json);
     s_rename_sources(s_long_plan);
+    snprintf(json, sizeof json,
+             "{\"clips\": [{\"source\": \"file://%s\"}], \"segment_seconds\": 12,"
+             " \"output\": {\"width\": 1280, \"height\": 720, \"fps\": 25,"
+             " \"preset\": \"high\"}}",
+             s_long);
+    s_big_plan = s_make_plan(json);
+    s_rename_sources(s_big_plan);
     char err[256];
     s_store = cf_blob_store_new(s_blobs, err, sizeof err);
     if (!s_store)
@@ -147,6 +155,7 @@ static int s_teardown(void **state)
     cf_blob_store_destroy(&s_store);
     cf_plan_destroy(&s_plan);
     cf_plan_destroy(&s_long_plan);
+    cf_plan_destroy(&s_big_plan);
     cf_test_rmtree(s_dir);
     free(s_dir);
     return 0;
@@ -196,7 +205,7 @@ static void s_blob_file(const char *hex, char *path, size_t pathlen)
 static cf_task_spec_t s_spec(cf_task_kind_t kind, const cf_plan_t *plan, int segment)
 {
     static const char *paths[2];
-    paths[0] = plan == s_long_plan ? s_long : s_a;
+    paths[0] = plan == s_long_plan || plan == s_big_plan ? s_long : s_a;
     paths[1] = s_b;
     return (cf_task_spec_t){.kind = kind,
                             .plan = plan,
@@ -409,6 +418,38 @@ static void test_cancel_stops_within_two_seconds(void **state)
     printf("# a stopped child killed in %.3f s\n", took);
     assert_true(ev.cancelled);
     assert_true(took >= 0.4 && took < 2.0);
+    assert_false(s_alive(pid));
+    cf_task_destroy(&task);
+    s_expect_clean();
+}
+
+/* A child that spins past its CPU seconds, and one that stops moving. */
+static void test_cpu_limit_and_stall(void **state)
+{
+    (void)state;
+    cf_task_spec_t spec = s_spec(CF_TASK_SEGMENT, s_big_plan, 0);
+    cf_task_limits_t limits = {.cpu_seconds = 1};
+    cf_task_t *task = s_start(&spec, &limits);
+    cf_task_event_t ev;
+    s_wait(task, &ev, NULL, false);
+    printf("# 1 s of CPU: %s\n", ev.type == CF_TASK_DONE ? "done" : ev.error);
+    assert_int_equal(ev.type, CF_TASK_FAILED);
+    assert_string_equal(ev.error, "the encoder process exceeded its CPU time limit (1 s)");
+    cf_task_destroy(&task);
+    s_expect_clean();
+
+    /* Stopped: no frame for a second, so the watchdog kills it. */
+    limits = (cf_task_limits_t){.stall_seconds = 1};
+    spec = s_spec(CF_TASK_SEGMENT, s_long_plan, 0);
+    task = s_start(&spec, &limits);
+    s_wait(task, &ev, NULL, true);
+    pid_t pid = cf_task_pid(task);
+    assert_int_equal(kill(pid, SIGSTOP), 0);
+    double t0 = s_now();
+    s_wait(task, &ev, NULL, false);
+    printf("# stalled: %s after %.3f s\n", ev.error, s_now() - t0);
+    assert_int_equal(ev.type, CF_TASK_FAILED);
+    assert_string_equal(ev.error, "the encoder process made no progress for 1 s and was killed");
     assert_false(s_alive(pid));
     cf_task_destroy(&task);
     s_expect_clean();
@@ -749,6 +790,7 @@ int main(void)
         cmocka_unit_test(test_progress_while_encoding),
         cmocka_unit_test(test_cancel_stops_within_two_seconds),
         cmocka_unit_test(test_killed_by_signal),
+        cmocka_unit_test(test_cpu_limit_and_stall),
         cmocka_unit_test(test_memory_limit),
         cmocka_unit_test(test_malformed_tasks),
         cmocka_unit_test(test_child_inherits_nothing),
