@@ -18,9 +18,11 @@
  *   stdout   one line at a time, stderr merged in (log lines and anything a
  *            library prints; the parent keeps the last few for errors):
  *              sandbox net=isolated caps=dropped as=4096MiB ...  (once)
- *              progress FRAMES                       (every 250 ms)
+ *              progress FRAMES                       (every 250 ms; audio
+ *                                                     and assembly count none)
  *              done BLOB_HEX BYTES FRAMES SECONDS     (the last line)
  *              error MESSAGE                          (the last line)
+ *              crash SIGNO VMBYTES                    (from its crash handler)
  *   exit     0 after done, 1 after error; a signal is reported by the
  *            parent ("the encoder process was killed by SIGSEGV").
  *
