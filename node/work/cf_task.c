@@ -40,7 +40,7 @@
 extern char **environ;
 
 #define S_LINE_MAX      4096
-#define S_TAIL_LINES    4
+#define S_LOG_LINES     50   /* of a child's own lines, passed on to the node's log */
 #define S_EXIT_GRACE_MS 2000 /* after its result line or EOF, a child has this long to exit */
 
 struct cf_task_t {
@@ -64,10 +64,10 @@ struct cf_task_t {
     int64_t progress;            /* latest count */
     bool progress_new;           /* not yet returned */
     char result[S_LINE_MAX + 1]; /* the done/error line ("" until one came) */
-    char crash[128];             /* "SIGNAME VMBYTES" from the child's crash handler */
+    char crash[128];             /* "SIGNO VMBYTES" from the child's crash handler */
     char sandbox[256];
-    char tail[S_TAIL_LINES][256]; /* the last lines that were not protocol */
-    int tail_next;
+    int log_lines;       /* lines that were not protocol, passed to the node's log */
+    char sanitizer[256]; /* the first "...Sanitizer: ..." report line (test builds) */
 };
 
 /* snprintf for paths: -1 (and OUT empty, so that using it fails) when the
@@ -580,9 +580,21 @@ static void s_line(cf_task_t *task, char *line)
         snprintf(task->sandbox, sizeof task->sandbox, "%s", line + 8);
         return;
     }
+    /* Anything else is the child's log (warnings and errors) or a library
+     * talking: the node's log gets it (operators only: it may name local
+     * paths), up to a limit, so a noisy decoder cannot flood it. */
     task->saw_oom = task->saw_oom || s_mentions_oom(line);
-    snprintf(task->tail[task->tail_next], sizeof task->tail[0], "%s", line);
-    task->tail_next = (task->tail_next + 1) % S_TAIL_LINES;
+    const char *report = strstr(line, "Sanitizer: ");
+    if (report && !task->sanitizer[0]) {
+        while (report > line && report[-1] != ' ' && report[-1] != '=')
+            report--;
+        snprintf(task->sanitizer, sizeof task->sanitizer, "%s", report);
+    }
+    if (task->log_lines < S_LOG_LINES)
+        cf_log_warn("task", "pid %d: %s", (int)task->pid, line);
+    else if (task->log_lines == S_LOG_LINES)
+        cf_log_warn("task", "pid %d: more lines not shown", (int)task->pid);
+    task->log_lines++;
 }
 
 /* Reads what is waiting without blocking; sets eof at the end of it. */
@@ -710,9 +722,16 @@ static void s_final(cf_task_t *task, int status, const struct rusage *ru, cf_tas
                      (unsigned long long)as_mib, said);
         else
             snprintf(ev->error, sizeof ev->error, "%s", said);
+    } else if (WIFEXITED(status) && task->sanitizer[0]) {
+        /* A sanitizer build catches the crash itself and exits. */
+        if (strstr(task->sanitizer, "Sanitizer: SEGV"))
+            snprintf(ev->error, sizeof ev->error, "the encoder process was killed by SIGSEGV");
+        else
+            snprintf(ev->error, sizeof ev->error, "the encoder process failed: %s",
+                     task->sanitizer);
     } else if (WIFEXITED(status)) {
-        snprintf(ev->error, sizeof ev->error,
-                 "the encoder process exited with status %d without a result", WEXITSTATUS(status));
+        snprintf(ev->error, sizeof ev->error, "the encoder process exited with status %d %s",
+                 WEXITSTATUS(status), done_line ? "after its result" : "without a result");
     } else if (WIFSIGNALED(status)) {
         int s = WTERMSIG(status);
         unsigned long long vm = 0;
@@ -736,15 +755,6 @@ static void s_final(cf_task_t *task, int status, const struct rusage *ru, cf_tas
         else
             snprintf(ev->error, sizeof ev->error, "the encoder process was killed by %s",
                      s_signal_name(s, sig, sizeof sig));
-    }
-    if (ev->type == CF_TASK_FAILED && !ev->cancelled) {
-        /* What the child printed last goes to the node's log, not to the
-         * client: it may name local paths. */
-        for (int i = 0; i < S_TAIL_LINES; i++) {
-            const char *line = task->tail[(task->tail_next + i) % S_TAIL_LINES];
-            if (*line)
-                cf_log_warn("task", "pid %d: %s", (int)task->pid, line);
-        }
     }
 }
 
@@ -794,6 +804,23 @@ cf_task_event_type_t cf_task_read(cf_task_t *task, cf_task_event_t *ev)
         ev->frames = task->progress;
     }
     return ev->type;
+}
+
+int cf_task_sweep(const char *work_parent)
+{
+    DIR *d = opendir(work_parent);
+    int removed = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char path[4096];
+        if (strncmp(e->d_name, "clipfarm-task.", 14) ||
+            s_path(path, sizeof path, "%s/%s", work_parent, e->d_name) < 0)
+            continue;
+        if (cf_workspace_rmtree(path) == 0)
+            removed++;
+    }
+    if (d)
+        closedir(d);
+    return removed;
 }
 
 void cf_task_destroy(cf_task_t **task_p)

@@ -18,9 +18,11 @@
  *   stdout   one line at a time, stderr merged in (log lines and anything a
  *            library prints; the parent keeps the last few for errors):
  *              sandbox net=isolated caps=dropped as=4096MiB ...  (once)
- *              progress FRAMES                       (every 250 ms)
+ *              progress FRAMES                       (every 250 ms; audio
+ *                                                     and assembly count none)
  *              done BLOB_HEX BYTES FRAMES SECONDS     (the last line)
  *              error MESSAGE                          (the last line)
+ *              crash SIGNO VMBYTES                    (from its crash handler)
  *   exit     0 after done, 1 after error; a signal is reported by the
  *            parent ("the encoder process was killed by SIGSEGV").
  *
@@ -187,7 +189,9 @@ cf_task_event_type_t cf_task_read(cf_task_t *task, cf_task_event_t *ev);
 /* Asks the child to stop (SIGTERM: the encode stops within a frame, the
  * child removes its files and reports "cancelled"); SIGKILL after the grace
  * (on the next cf_task_read after it, see cf_task_timeout_ms). Never
- * blocks. The final event is CF_TASK_FAILED with cancelled set. */
+ * blocks. The final event is CF_TASK_FAILED with cancelled set, or
+ * CF_TASK_DONE when the child had finished before the cancel reached it
+ * (its blob is then in the store: the caller decides what to do with it). */
 void cf_task_cancel(cf_task_t *task);
 
 /* True once the final event was returned. */
@@ -203,6 +207,12 @@ const char *cf_task_sandbox(const cf_task_t *task);
  * NULLs the caller's pointer. Blocks only for the reap of a killed
  * process. */
 void cf_task_destroy(cf_task_t **task_p);
+
+/* Removes the scratch directories (clipfarm-task.*) that tasks of a node
+ * that died (kill -9: its children die with it, PR_SET_PDEATHSIG) left in
+ * WORK_PARENT. Call it at start-up, before any task runs. Returns how many
+ * it removed. */
+int cf_task_sweep(const char *work_parent);
 
 /* The child: `clipfarm task` (node/cli/cmd_task.c). Returns the exit
  * code. */

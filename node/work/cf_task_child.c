@@ -48,7 +48,6 @@
 
 static atomic_bool s_cancel;
 static atomic_int_fast64_t s_frames;
-static atomic_bool s_stop_ticker;
 static long s_page_size = 4096;
 
 typedef struct {
@@ -115,16 +114,50 @@ static void s_say(const char *fmt, ...)
     }
 }
 
+static pthread_mutex_t s_ticker_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t s_ticker_wake;
+static bool s_ticker_stop;
+
+/* "progress N" every S_PROGRESS_MS until told to stop (at once: the
+ * result line should not wait for a sleeping ticker). */
 static void *s_ticker(void *arg)
 {
     (void)arg;
-    struct timespec step = {0, 50 * 1000000L};
-    for (int ms = 0; !atomic_load(&s_stop_ticker); ms += 50) {
-        if (ms % S_PROGRESS_MS == 0)
-            s_say("progress %" PRIdFAST64, atomic_load(&s_frames));
-        nanosleep(&step, NULL);
+    struct timespec at;
+    clock_gettime(CLOCK_MONOTONIC, &at);
+    pthread_mutex_lock(&s_ticker_lock);
+    while (!s_ticker_stop) {
+        s_say("progress %" PRIdFAST64, atomic_load(&s_frames));
+        at.tv_nsec += S_PROGRESS_MS * 1000000L;
+        if (at.tv_nsec >= 1000000000L) {
+            at.tv_sec++;
+            at.tv_nsec -= 1000000000L;
+        }
+        while (!s_ticker_stop &&
+               pthread_cond_timedwait(&s_ticker_wake, &s_ticker_lock, &at) != ETIMEDOUT)
+            ;
     }
+    pthread_mutex_unlock(&s_ticker_lock);
     return NULL;
+}
+
+static bool s_ticker_start(pthread_t *thread)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s_ticker_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    return pthread_create(thread, NULL, s_ticker, NULL) == 0;
+}
+
+static void s_ticker_join(pthread_t thread)
+{
+    pthread_mutex_lock(&s_ticker_lock);
+    s_ticker_stop = true;
+    pthread_cond_signal(&s_ticker_wake);
+    pthread_mutex_unlock(&s_ticker_lock);
+    pthread_join(thread, NULL);
 }
 
 /* ------------------------------------------------------------ confinement */
@@ -776,15 +809,13 @@ int cf_task_child_main(int argc, char **argv)
     json_decref(root);
     if (parsed < 0)
         goto end;
-    ticking = pthread_create(&ticker, NULL, s_ticker, NULL) == 0;
+    ticking = s_ticker_start(&ticker);
     if (s_run(&task, &piece, err, sizeof err) < 0)
         goto end;
     rc = 0;
 end:
-    if (ticking) {
-        atomic_store(&s_stop_ticker, true);
-        pthread_join(ticker, NULL);
-    }
+    if (ticking)
+        s_ticker_join(ticker);
     if (rc == 0) {
         s_say("done %s %" PRIu64 " %" PRId64 " %.3f", piece.blob, piece.bytes, piece.frames,
               piece.seconds);

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,6 +52,7 @@ static char *s_dir;
 static char s_a[600], s_b[600], s_long[600], s_blobs[700], s_work[700];
 static cf_plan_t *s_plan;      /* a [0.5, 2.5) then b: 4 segments of 25 frames */
 static cf_plan_t *s_long_plan; /* 12 s of 640x360 in one segment */
+static cf_plan_t *s_big_plan;  /* the same source scaled to 1280x720: seconds of CPU */
 static cf_blob_store_t *s_store;
 
 static double s_now(void)
@@ -133,6 +135,13 @@ static int s_setup(void **state)
              s_long);
     s_long_plan = s_make_plan(json);
     s_rename_sources(s_long_plan);
+    snprintf(json, sizeof json,
+             "{\"clips\": [{\"source\": \"file://%s\"}], \"segment_seconds\": 12,"
+             " \"output\": {\"width\": 1280, \"height\": 720, \"fps\": 25,"
+             " \"preset\": \"high\"}}",
+             s_long);
+    s_big_plan = s_make_plan(json);
+    s_rename_sources(s_big_plan);
     char err[256];
     s_store = cf_blob_store_new(s_blobs, err, sizeof err);
     if (!s_store)
@@ -146,6 +155,7 @@ static int s_teardown(void **state)
     cf_blob_store_destroy(&s_store);
     cf_plan_destroy(&s_plan);
     cf_plan_destroy(&s_long_plan);
+    cf_plan_destroy(&s_big_plan);
     cf_test_rmtree(s_dir);
     free(s_dir);
     return 0;
@@ -195,7 +205,7 @@ static void s_blob_file(const char *hex, char *path, size_t pathlen)
 static cf_task_spec_t s_spec(cf_task_kind_t kind, const cf_plan_t *plan, int segment)
 {
     static const char *paths[2];
-    paths[0] = plan == s_long_plan ? s_long : s_a;
+    paths[0] = plan == s_long_plan || plan == s_big_plan ? s_long : s_a;
     paths[1] = s_b;
     return (cf_task_spec_t){.kind = kind,
                             .plan = plan,
@@ -413,6 +423,38 @@ static void test_cancel_stops_within_two_seconds(void **state)
     s_expect_clean();
 }
 
+/* A child that spins past its CPU seconds, and one that stops moving. */
+static void test_cpu_limit_and_stall(void **state)
+{
+    (void)state;
+    cf_task_spec_t spec = s_spec(CF_TASK_SEGMENT, s_big_plan, 0);
+    cf_task_limits_t limits = {.cpu_seconds = 1};
+    cf_task_t *task = s_start(&spec, &limits);
+    cf_task_event_t ev;
+    s_wait(task, &ev, NULL, false);
+    printf("# 1 s of CPU: %s\n", ev.type == CF_TASK_DONE ? "done" : ev.error);
+    assert_int_equal(ev.type, CF_TASK_FAILED);
+    assert_string_equal(ev.error, "the encoder process exceeded its CPU time limit (1 s)");
+    cf_task_destroy(&task);
+    s_expect_clean();
+
+    /* Stopped: no frame for a second, so the watchdog kills it. */
+    limits = (cf_task_limits_t){.stall_seconds = 1};
+    spec = s_spec(CF_TASK_SEGMENT, s_long_plan, 0);
+    task = s_start(&spec, &limits);
+    s_wait(task, &ev, NULL, true);
+    pid_t pid = cf_task_pid(task);
+    assert_int_equal(kill(pid, SIGSTOP), 0);
+    double t0 = s_now();
+    s_wait(task, &ev, NULL, false);
+    printf("# stalled: %s after %.3f s\n", ev.error, s_now() - t0);
+    assert_int_equal(ev.type, CF_TASK_FAILED);
+    assert_string_equal(ev.error, "the encoder process made no progress for 1 s and was killed");
+    assert_false(s_alive(pid));
+    cf_task_destroy(&task);
+    s_expect_clean();
+}
+
 static void test_killed_by_signal(void **state)
 {
     (void)state;
@@ -609,6 +651,62 @@ static void test_child_inherits_nothing(void **state)
     s_expect_clean();
 }
 
+/* True while PID runs (a zombie waiting for its reaper does not). */
+static bool s_running(pid_t pid)
+{
+    char path[64], stat[512] = "";
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = '\0';
+    const char *paren = strrchr(stat, ')');
+    return paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
+}
+
+/* A node killed with -9 takes its children with it; the scratch they
+ * leave is swept at the next start. */
+static void test_child_dies_with_its_parent(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t node = fork();
+    assert_true(node >= 0);
+    if (node == 0) {
+        close(fds[0]);
+        cf_task_spec_t spec = s_spec(CF_TASK_SEGMENT, s_long_plan, 0);
+        char err[256];
+        cf_task_t *task = cf_task_start(cf_test_bin(), &spec, NULL, err, sizeof err);
+        pid_t pid = task ? cf_task_pid(task) : 0;
+        cf_task_event_t ev;
+        /* Wait until it is encoding: its sandbox is up by then. */
+        for (int i = 0; task && i < 200 && cf_task_read(task, &ev) != CF_TASK_PROGRESS; i++)
+            usleep(10000);
+        if (write(fds[1], &pid, sizeof pid) != sizeof pid)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(fds[1]);
+    pid_t pid = 0;
+    assert_int_equal(read(fds[0], &pid, sizeof pid), sizeof pid);
+    close(fds[0]);
+    assert_true(pid > 0 && s_running(pid));
+    assert_int_equal(kill(node, SIGKILL), 0);
+    assert_int_equal(waitpid(node, NULL, 0), node);
+    double t0 = s_now();
+    while (s_running(pid) && s_now() - t0 < 5)
+        usleep(10000);
+    printf("# the child went %.3f s after its parent\n", s_now() - t0);
+    assert_false(s_running(pid));
+    assert_true(s_entries(s_work) >= 1);
+    assert_true(cf_task_sweep(s_work) >= 1);
+    s_expect_clean();
+}
+
 /* A 1-frame segment through a child against the same in this process, and
  * a child that does nothing (an empty task) for spawn, exec and exit alone. */
 static void test_overhead_per_segment(void **state)
@@ -623,7 +721,7 @@ static void test_overhead_per_segment(void **state)
     cf_plan_t *plan = s_make_plan(json);
     assert_int_equal(plan->total_frames, 1);
     const int runs = 5;
-    double child = 0, inproc = 0, empty = 0;
+    double child = 0, inproc = 0, empty = 0, empty_shared = 0;
     for (int r = 0; r < runs; r++) {
         double t0 = s_now();
         cf_task_spec_t spec = s_spec(CF_TASK_SEGMENT, plan, 0);
@@ -661,14 +759,25 @@ static void test_overhead_per_segment(void **state)
         s_wait(task, &ev, NULL, false);
         cf_task_destroy(&task);
         empty += s_now() - t0;
+
+        t0 = s_now();
+        snprintf(scratch, sizeof scratch, "%s/clipfarm-task.XXXXXX", s_work);
+        assert_non_null(mkdtemp(scratch));
+        cf_task_limits_t shared = {.share_network = true};
+        task = cf_task_start_json(cf_test_bin(), "{}", scratch, s_blobs, &shared, err, sizeof err);
+        assert_non_null(task);
+        s_wait(task, &ev, NULL, false);
+        cf_task_destroy(&task);
+        empty_shared += s_now() - t0;
     }
     printf("# overhead per segment (mean of %d, 1-frame 320x240 segment):\n"
            "#   in a child process  %.1f ms\n"
            "#   in this process     %.1f ms\n"
            "#   child cost          %.1f ms per segment\n"
-           "#   of which spawn + exec + sandbox + exit (an empty task) %.1f ms\n",
+           "#   of which spawn + exec + sandbox + exit (an empty task) %.1f ms\n"
+           "#   the same without a network namespace %.1f ms\n",
            runs, child / runs * 1e3, inproc / runs * 1e3, (child - inproc) / runs * 1e3,
-           empty / runs * 1e3);
+           empty / runs * 1e3, empty_shared / runs * 1e3);
     cf_plan_destroy(&plan);
     s_expect_clean();
 }
@@ -681,9 +790,11 @@ int main(void)
         cmocka_unit_test(test_progress_while_encoding),
         cmocka_unit_test(test_cancel_stops_within_two_seconds),
         cmocka_unit_test(test_killed_by_signal),
+        cmocka_unit_test(test_cpu_limit_and_stall),
         cmocka_unit_test(test_memory_limit),
         cmocka_unit_test(test_malformed_tasks),
         cmocka_unit_test(test_child_inherits_nothing),
+        cmocka_unit_test(test_child_dies_with_its_parent),
         cmocka_unit_test(test_overhead_per_segment),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
