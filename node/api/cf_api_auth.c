@@ -5,7 +5,6 @@
  * cluster authenticate to each other with a MAC derived from the cluster
  * secret (cf_peer_auth.h): on the routes peers fetch from each other only. */
 #define _GNU_SOURCE
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,8 +169,8 @@ static bool s_peer_verify(cf_api_req_t *req, const char *value)
                                req->ri->local_uri ? req->ri->local_uri : "", (long long)time(NULL));
 }
 
-/* Seconds ADDR must wait after too many failures, with the 429 sent; 0
- * when it may try. */
+/* For an address that failed too often this minute: sends 429 (with how
+ * long to wait) and returns it; 0 when it may try. */
 static int s_auth_blocked(cf_api_req_t *req)
 {
     int wait_s = s_auth_wait_s(req->api, req->ri->remote_addr, false);
