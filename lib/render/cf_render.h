@@ -58,6 +58,11 @@ typedef struct {
      * runs fewer segments at once and, when one encoder alone would not fit,
      * shortens x264/x265's rate-control lookahead (the frames it buffers). */
     int64_t memory_budget;
+    /* CF_ENCODER_CPU or _GPU: plan with this encoder whatever the
+     * composition says for "auto" and whatever this machine has (a
+     * coordinator planning for the cluster's encoders); CF_ENCODER_AUTO
+     * (0): decide here, opening NVENC to see. */
+    cf_encoder_t encoder;
 } cf_render_opts_t;
 
 #define CF_RENDER_DEFAULT_MEMORY (300LL << 20)

@@ -209,8 +209,8 @@ cf_render_job_t *cf_render_prepare(const cf_comp_t *comp, const cf_render_opts_t
     }
     s_report(opts, "probe", comp->clip_count, comp->clip_count);
 
-    cf_encoder_t encoder;
-    if (s_resolve_encoder(comp, &encoder, err, errlen) < 0)
+    cf_encoder_t encoder = opts->encoder;
+    if (encoder == CF_ENCODER_AUTO && s_resolve_encoder(comp, &encoder, err, errlen) < 0)
         goto fail;
     if (!(job->plan = cf_plan_new(comp, infos, encoder, err, errlen)))
         goto fail;

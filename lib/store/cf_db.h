@@ -367,6 +367,8 @@ typedef struct {
     double encode_fps;
     int64_t fetch_ms, encode_ms;
     char *assigned_at, *started_at, *finished_at; /* RFC 3339, or NULL */
+    cf_task_kind_t kind; /* segment, or the audio / assembly task (sql/030_work.sql) */
+    char *error;         /* the last attempt's failure, or NULL */
 } cf_db_segment_t;
 
 /* The segments of a composition in index order. Free with

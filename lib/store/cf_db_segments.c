@@ -165,6 +165,8 @@ int cf_db_segments_list(cf_db_t *db, const char *composition_id, cf_db_segment_t
         s->assigned_at = cf_dbi_strdup_or_null(res, i, 14);
         s->started_at = cf_dbi_strdup_or_null(res, i, 15);
         s->finished_at = cf_dbi_strdup_or_null(res, i, 16);
+        cf_task_kind_parse(PQgetvalue(res, i, 17), &s->kind);
+        s->error = cf_dbi_strdup_or_null(res, i, 18);
     }
     PQclear(res);
     *segs_p = segs;
@@ -184,6 +186,7 @@ void cf_db_segments_free(cf_db_segment_t **segs_p, int count)
         free(s->assigned_at);
         free(s->started_at);
         free(s->finished_at);
+        free(s->error);
     }
     free(*segs_p);
     *segs_p = NULL;

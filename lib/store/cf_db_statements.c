@@ -16,6 +16,7 @@
     "'api_key_id', c.api_key_id, "                                                                 \
     "'error', CASE WHEN c.error_code IS NULL THEN NULL ELSE json_build_object("                    \
     "'code', c.error_code, 'message', c.error_message) END, "                                      \
+    "'waiting', c.wait_reason, "                                                                   \
     "'output', CASE WHEN c.output_location IS NULL THEN NULL ELSE json_build_object("              \
     "'location', c.output_location, 's3', c.output_s3_location, "                                  \
     "'size_bytes', c.output_size_bytes, "                                                          \
@@ -238,14 +239,15 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          "  RETURNING 1)"
          " SELECT prev.epoch, prev.status, (SELECT count(*) FROM upd) FROM prev",
          false},
-    [CF_DBI_SEGMENTS_LIST] = {"segments_list",
-                              "SELECT idx, frame_start, frame_end, sources::text, status, progress,"
-                              " node_id, attempts, epoch, blob_hash, size_bytes, encode_fps,"
-                              " fetch_ms, encode_ms, " S_TS("assigned_at") ", " S_TS(
-                                  "started_at") ", " S_TS("finished_at") " FROM segments"
-                                                                         " WHERE composition_id = "
-                                                                         "$1::uuid ORDER BY idx",
-                              true},
+    [CF_DBI_SEGMENTS_LIST] =
+        {"segments_list",
+         "SELECT idx, frame_start, frame_end, sources::text, status, progress,"
+         " node_id, attempts, epoch, blob_hash, size_bytes, encode_fps,"
+         " fetch_ms, encode_ms, " S_TS("assigned_at") ", " S_TS("started_at") ", " S_TS(
+             "finished_at") ", kind, error FROM segments"
+                            " WHERE composition_id = "
+                            "$1::uuid ORDER BY idx",
+         true},
     [CF_DBI_EVENT_APPEND] = {"event_append",
                              "INSERT INTO events (composition_id, type, payload)"
                              " VALUES ($1::uuid, $2::text, $3::jsonb) RETURNING id",

@@ -22,7 +22,7 @@
 static const char *const s_fields[] = {
     "id",         "title",      "status",      "stage",   "priority",   "progress",
     "error",      "output",     "attempts",    "version", "api_key_id", "created_at",
-    "updated_at", "started_at", "finished_at", NULL,
+    "updated_at", "started_at", "finished_at", "waiting", NULL,
 };
 
 static int s_send_composition(cf_api_req_t *req, int status, const char *id, const char *headers)
@@ -377,6 +377,9 @@ int cf_api_h_composition_segments(cf_api_req_t *req)
                       s->started_at ? json_string(s->started_at) : json_null(), "finished_at",
                       s->finished_at ? json_string(s->finished_at) : json_null(), "sources",
                       sources ? sources : json_array()));
+        json_t *item = json_array_get(items, json_array_size(items) - 1);
+        json_object_set_new(item, "kind", json_string(cf_task_kind_name(s->kind)));
+        json_object_set_new(item, "error", s->error ? json_string(s->error) : json_null());
     }
     cf_db_segments_free(&segs, count);
     return cf_api_send_json(

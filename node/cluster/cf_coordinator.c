@@ -45,6 +45,7 @@ typedef struct {
     pthread_t thread;
     atomic_bool done;
     atomic_bool cancel;
+    cf_encoder_t encoder; /* chosen at intake from what the cluster offers */
 } s_planning_t;
 
 struct cf_coordinator_t {
@@ -64,6 +65,7 @@ struct cf_coordinator_t {
     zhashx_t *sent; /* "COMP/IDX/ATTEMPT" -> s_sent_t */
     s_planning_t *planning;
     int64_t next_progress_ms;
+    zhashx_t *parked; /* id -> int64_t* (ms): waiting for an encoder, not before then */
 };
 
 static int64_t s_now_ms(void)
@@ -151,6 +153,7 @@ static void *s_plan_thread(void *arg)
     cf_comp_errors_free(&problems);
     cf_render_opts_t ro = self->opts.prepare;
     ro.cancel = &p->cancel;
+    ro.encoder = p->encoder;
     job = cf_render_prepare(spec, &ro, err, sizeof err);
     if (!job) {
         rc = -1;
@@ -205,38 +208,6 @@ static void s_planning_reap(cf_coordinator_t *self, bool wait)
     pthread_join(p->thread, NULL);
     free(p);
     self->planning = NULL;
-}
-
-/* Takes one composition off the intake when no planning runs. */
-static void s_intake(cf_coordinator_t *self)
-{
-    if (self->planning || !self->queue)
-        return;
-    cf_queue_item_t item;
-    char err[512];
-    int got = cf_queue_take(self->queue, 0, &item, err, sizeof err);
-    if (got <= 0)
-        return;
-    int rc = cf_dbw_take(self->opts.db, &self->fence, item.id, err, sizeof err);
-    if (rc == CF_DB_UNAVAILABLE || rc == CF_DB_STALE)
-        return; /* left in our processing list: the reaper or the next try takes it */
-    cf_queue_ack(self->queue, &item, err, sizeof err);
-    if (rc != CF_DB_OK)
-        return; /* cancelled or taken meanwhile */
-    s_planning_t *p = calloc(1, sizeof *p);
-    if (!p)
-        return;
-    p->owner = self;
-    snprintf(p->id, sizeof p->id, "%s", item.id);
-    snprintf(p->holder, sizeof p->holder, "%s", self->my_id);
-    p->fence = (cf_dbw_fence_t){self->epoch, p->holder};
-    atomic_init(&p->done, false);
-    atomic_init(&p->cancel, false);
-    if (pthread_create(&p->thread, NULL, s_plan_thread, p) != 0) {
-        free(p);
-        return;
-    }
-    self->planning = p;
 }
 
 /* ------------------------------------------------------------------ the cluster */
@@ -323,12 +294,117 @@ static void s_view_clear(s_view_t *view)
     memset(view, 0, sizeof *view);
 }
 
+static bool s_view_offers(const s_view_t *view, const char *encoder)
+{
+    for (int i = 0; i < view->count; i++)
+        for (int e = 0; view->members[i].alive && e < view->members[i].encoder_count; e++)
+            if (!strcmp(view->members[i].encoders[e], encoder))
+                return true;
+    return false;
+}
+
 static s_member_t *s_member(s_view_t *view, const char *id)
 {
     for (int i = 0; id && i < view->count; i++)
         if (!strcmp(view->members[i].id, id))
             return &view->members[i];
     return NULL;
+}
+
+/* ------------------------------------------------------------------ intake */
+
+/* The encoder a composition gets in this cluster, or NULL (with the one it
+ * waits for in WANT) when no live node offers it. "auto" takes the GPU
+ * when a live node has one for the codec. */
+static bool s_choose_encoder(const cf_comp_t *spec, const s_view_t *view, cf_encoder_t *encoder,
+                             const char **want)
+{
+    bool hevc = spec->video_codec == CF_CODEC_HEVC;
+    const char *cpu = hevc ? "libx265" : "libx264", *gpu = hevc ? "hevc_nvenc" : "h264_nvenc";
+    if (spec->encoder != CF_ENCODER_CPU && s_view_offers(view, gpu)) {
+        *encoder = CF_ENCODER_GPU;
+        return true;
+    }
+    if (spec->encoder == CF_ENCODER_GPU) {
+        *want = gpu;
+        return false;
+    }
+    *encoder = CF_ENCODER_CPU;
+    *want = cpu;
+    return s_view_offers(view, cpu);
+}
+
+/* Takes one composition off the intake when no planning runs. One that
+ * needs an encoder no live node offers stays queued, says what it waits
+ * for, and is looked at again every two seconds (others go ahead). */
+static void s_intake(cf_coordinator_t *self)
+{
+    if (self->planning || !self->queue)
+        return;
+    cf_queue_item_t item;
+    char err[512];
+    int got = cf_queue_take(self->queue, 0, &item, err, sizeof err);
+    if (got <= 0)
+        return;
+    int64_t *until = zhashx_lookup(self->parked, item.id);
+    cf_encoder_t encoder = CF_ENCODER_CPU;
+    const char *want = NULL;
+    bool ready = !until || s_now_ms() >= *until;
+    if (ready) {
+        cf_db_composition_t comp;
+        memset(&comp, 0, sizeof comp);
+        if (cf_db_composition_get(self->opts.db, item.id, &comp, err, sizeof err) == CF_DB_OK &&
+            comp.spec_json) {
+            cf_comp_t *spec = cf_comp_parse(comp.spec_json, strlen(comp.spec_json), NULL);
+            s_view_t view;
+            if (spec && s_view(self, &view) == 0 && !s_choose_encoder(spec, &view, &encoder, &want))
+                ready = false;
+            s_view_clear(&view);
+            cf_comp_destroy(&spec);
+        }
+        cf_db_composition_clear(&comp);
+    }
+    if (!ready) {
+        if (want) {
+            char reason[128];
+            snprintf(reason, sizeof reason, "waiting for a node with %s", want);
+            cf_dbw_wait_reason(self->opts.db, &self->fence, item.id, reason, err, sizeof err);
+        }
+        int64_t *next = malloc(sizeof *next);
+        if (next) {
+            *next = s_now_ms() + 2000;
+            if (!until || s_now_ms() >= *until)
+                zhashx_update(self->parked, item.id, next);
+            else
+                free(next);
+        }
+        /* Back to the end of its list: the others go first. */
+        if (cf_queue_push(self->queue, item.id, item.priority, err, sizeof err) == 0)
+            cf_queue_ack(self->queue, &item, err, sizeof err);
+        return;
+    }
+    zhashx_delete(self->parked, item.id);
+    int rc = cf_dbw_take(self->opts.db, &self->fence, item.id, err, sizeof err);
+    if (rc == CF_DB_UNAVAILABLE || rc == CF_DB_STALE)
+        return; /* left in our processing list: the reaper or the next try takes it */
+    cf_queue_ack(self->queue, &item, err, sizeof err);
+    if (rc != CF_DB_OK)
+        return; /* cancelled or taken meanwhile */
+    s_planning_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return;
+    p->owner = self;
+    p->encoder = encoder;
+    snprintf(p->id, sizeof p->id, "%s", item.id);
+    snprintf(p->holder, sizeof p->holder, "%s", self->my_id);
+    p->fence = (cf_dbw_fence_t){self->epoch, p->holder};
+    atomic_init(&p->done, false);
+    atomic_init(&p->cancel, false);
+    if (pthread_create(&p->thread, NULL, s_plan_thread, p) != 0) {
+        free(p);
+        return;
+    }
+    self->planning = p;
 }
 
 /* ------------------------------------------------------------------ dispatch */
@@ -953,13 +1029,15 @@ cf_coordinator_t *cf_coordinator_new(const cf_coordinator_options_t *opts, char 
     self->redis_prefix = strdup(opts->redis_prefix ? opts->redis_prefix : "cf:");
     snprintf(self->my_id, sizeof self->my_id, "%s", cf_node_id(opts->node));
     self->sent = zhashx_new();
+    self->parked = zhashx_new();
     pthread_mutex_init(&self->lock, NULL);
     atomic_init(&self->stop, false);
-    if (!self->sent || !self->redis_prefix) {
+    if (!self->sent || !self->parked || !self->redis_prefix) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     zhashx_set_destructor(self->sent, s_free_sent);
+    zhashx_set_destructor(self->parked, s_free_sent);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
         snprintf(err, errlen, "cannot start the coordinator thread");
         goto fail;
@@ -967,6 +1045,7 @@ cf_coordinator_t *cf_coordinator_new(const cf_coordinator_options_t *opts, char 
     return self;
 fail:
     zhashx_destroy(&self->sent);
+    zhashx_destroy(&self->parked);
     free(self->redis_url);
     free(self->redis_prefix);
     pthread_mutex_destroy(&self->lock);
@@ -982,6 +1061,7 @@ void cf_coordinator_destroy(cf_coordinator_t **self_p)
     atomic_store(&self->stop, true);
     pthread_join(self->thread, NULL);
     zhashx_destroy(&self->sent);
+    zhashx_destroy(&self->parked);
     free(self->redis_url);
     free(self->redis_prefix);
     pthread_mutex_destroy(&self->lock);

@@ -549,6 +549,8 @@ cf_executor_t *cf_executor_new(const cf_executor_options_t *opts, char *err, siz
                 ex->encoder_count++;
     }
     ex->opts.encoders = NULL;
+    /* Scratch a node killed with -9 left behind. */
+    cf_task_sweep(ex->opts.work_parent);
     pthread_mutex_init(&ex->lock, NULL);
     atomic_init(&ex->stop, false);
     if (pthread_create(&ex->thread, NULL, s_thread, ex) != 0) {

@@ -106,3 +106,54 @@ cl_finish() {
         cl_fail "a sanitizer reported a problem in a node (see above)"
     fi
 }
+
+# ---------------------------------------------------------------- rendering
+# The REST API of node I (from the host, over the bridge).
+cl_api() { echo "http://$(cfnet_addr "$1"):8080"; }
+
+# cl_media NAME LAVFI_VIDEO SECONDS [AUDIO]: a generated source in the
+# cluster's media root (CL_MEDIA), H.264 + AAC unless AUDIO is "none".
+cl_media() {
+    local name=$1 video=$2 secs=$3 audio=${4:-sine=frequency=440:sample_rate=48000}
+    mkdir -p "$CL_MEDIA"
+    local args=(-v error -y -f lavfi -i "$video:duration=$secs")
+    [[ $audio != none ]] && args+=(-f lavfi -i "$audio:duration=$secs" -c:a aac -shortest)
+    ffmpeg "${args[@]}" -c:v libx264 -preset ultrafast -g 25 -pix_fmt yuv420p "$CL_MEDIA/$name" ||
+        cl_fail "ffmpeg $name"
+}
+
+# cl_submit I JSON: submits to node I, prints the id.
+cl_submit() {
+    local out
+    out=$(curl -sS -X POST -H 'Content-Type: application/json' -d "$2" "$(cl_api "$1")/api/v1/compositions") ||
+        cl_fail "submit to node $1: $out"
+    jq -er .id <<<"$out" || cl_fail "submit to node $1: $out"
+}
+
+# cl_get I ID [PATH]: GET /api/v1/compositions/ID[/PATH] from node I.
+cl_get() { curl -sS "$(cl_api "$1")/api/v1/compositions/$2${3:+/$3}"; }
+
+# cl_wait_status I ID STATUS SECONDS: waits until ID is STATUS (fails early
+# on another terminal status).
+cl_wait_status() {
+    local i=$1 id=$2 want=$3 secs=$4 t0 s
+    t0=$(cfnet_now_ms)
+    while (($(cfnet_now_ms) - t0 < secs * 1000)); do
+        s=$(cl_get "$i" "$id" | jq -r .status)
+        [[ $s == "$want" ]] && return 0
+        [[ $s == completed || $s == failed || $s == cancelled ]] &&
+            cl_fail "$id is $s, not $want: $(cl_get "$i" "$id")"
+        sleep 0.2
+    done
+    cl_fail "$id did not become $want in $secs s: $(cl_get "$i" "$id")"
+}
+
+# cl_segment_nodes I ID: the distinct nodes that encoded ID's segments.
+cl_segment_nodes() {
+    cl_get "$1" "$2" segments | jq -r '[.items[] | select(.kind == "segment" or .kind == null) | .node_id] | unique | .[]'
+}
+
+# cl_frames FILE: decoded video frames.
+cl_frames() {
+    ffprobe -v error -select_streams v:0 -count_frames -show_entries stream=nb_read_frames -of csv=p=0 "$1"
+}
