@@ -486,6 +486,14 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " AND c.wait_reason IS DISTINCT FROM $2::text AND EXISTS " S_FENCE(
              3, 4) " RETURNING c.version, c.progress, cf_state(c.status, c.stage)",
          false},
+    /* A finished piece whose node is gone: its blob went with it. */
+    [CF_DBI_W_LOST] =
+        {"work_lost",
+         "UPDATE segments s SET status = 'pending', progress = 0, blob_hash = NULL,"
+         " size_bytes = NULL, finished_at = NULL, error = $4::text"
+         " WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.node_id = $3::text"
+         " AND s.status = 'done' AND s.kind <> 'assemble' AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+         false},
     [CF_DBI_W_CLOSE_CANCELLED] =
         {"work_close_cancelled",
          "UPDATE segments s SET status = 'failed', error = 'cancelled', finished_at = now()"

@@ -430,6 +430,29 @@ int cf_dbw_takeover(cf_db_t *db, const cf_dbw_fence_t *fence, const char *const 
     return CF_DB_OK;
 }
 
+int cf_dbw_lost(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, int index,
+                const char *node, const char *reason, char *err, size_t errlen)
+{
+    if (!s_args_ok(fence, id, err, errlen))
+        return CF_DB_INVALID;
+    char idx[16], epoch[24];
+    snprintf(idx, sizeof idx, "%d", index);
+    snprintf(epoch, sizeof epoch, "%lld", (long long)fence->epoch);
+    const char *params[] = {id, idx, node, reason, epoch, fence->holder};
+    PGresult *res = NULL;
+    int rc = cf_dbi_exec(db, CF_DBI_W_LOST, 6, params, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    int rows = PQntuples(res);
+    PQclear(res);
+    if (rows != 1) {
+        snprintf(err, errlen, "task %d of %s is not done on %s, or the lease moved", index, id,
+                 node);
+        return CF_DB_STALE;
+    }
+    return CF_DB_OK;
+}
+
 int cf_dbw_comp_progress(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, double progress,
                          char *err, size_t errlen)
 {

@@ -106,6 +106,11 @@ int cf_dbw_retry(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, int i
 int cf_dbw_takeover(cf_db_t *db, const cf_dbw_fence_t *fence, const char *const *live_nodes,
                     int count, char ***requeued_p, int *requeued_count, char *err, size_t errlen);
 
+/* A done segment or audio whose node NODE is gone (its blob with it) goes
+ * back to pending, to be encoded again. CF_DB_STALE when it is not that. */
+int cf_dbw_lost(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, int index,
+                const char *node, const char *reason, char *err, size_t errlen);
+
 /* encoding -> assembling. */
 int cf_dbw_assembling(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, char *err,
                       size_t errlen);

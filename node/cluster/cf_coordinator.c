@@ -518,6 +518,17 @@ typedef struct {
     bool assemble_pending;
 } s_comp_t;
 
+/* Whether every segment and the audio of composition COMP are done (the
+ * assembly can run). */
+static bool s_pieces_done(const cf_dbw_task_t *tasks, int count, const char *comp)
+{
+    for (int k = 0; k < count; k++)
+        if (!strcmp(tasks[k].composition, comp) && tasks[k].kind != CF_TASK_ASSEMBLE &&
+            tasks[k].state != CF_SEG_DONE)
+            return false;
+    return true;
+}
+
 static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, s_view_t *view)
 {
     char err[512];
@@ -555,9 +566,8 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         cf_dbw_task_t *t = &tasks[i];
         if (t->state != CF_SEG_PENDING)
             continue;
-        if (t->kind == CF_TASK_ASSEMBLE && t->comp_state != CF_STATE_ASSEMBLING)
-            continue;
-        if (t->kind != CF_TASK_ASSEMBLE && t->comp_state != CF_STATE_ENCODING)
+        if (t->kind == CF_TASK_ASSEMBLE &&
+            (t->comp_state != CF_STATE_ASSEMBLING || !s_pieces_done(tasks, count, t->composition)))
             continue;
         cf_sched_task_t *s = &st[n];
         *s = (cf_sched_task_t){.composition = t->composition,
@@ -656,6 +666,23 @@ static void s_requeue_lost(cf_coordinator_t *self, cf_dbw_task_t *tasks, int cou
     int64_t now = s_now_ms();
     for (int i = 0; i < count; i++) {
         cf_dbw_task_t *t = &tasks[i];
+        if (t->state == CF_SEG_DONE && t->kind != CF_TASK_ASSEMBLE) {
+            /* Its blob is on a node that is gone: encode it again. */
+            s_member_t *holder = s_member(view, t->node_id);
+            if (holder && holder->alive)
+                continue;
+            char why[160];
+            snprintf(why, sizeof why, "its node %s went away with the result",
+                     t->node_id ? t->node_id : "?");
+            if (cf_dbw_lost(self->opts.db, &self->fence, t->composition, t->index, t->node_id, why,
+                            err, sizeof err) == CF_DB_OK) {
+                t->state = CF_SEG_PENDING;
+                S_COUNT(self, retried);
+                cf_log_info("coordinator", "%s/%d encoded again: %s", t->composition, t->index,
+                            why);
+            }
+            continue;
+        }
         if (t->state != CF_SEG_ASSIGNED && t->state != CF_SEG_ENCODING)
             continue;
         s_member_t *m = s_member(view, t->node_id);
