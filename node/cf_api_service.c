@@ -302,7 +302,9 @@ static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_opt
     eo.threads = opts->render_jobs;
     eo.on_load = opts->on_load;
     eo.on_load_arg = opts->on_load_arg;
-    if (!(self->executor = cf_executor_new(&eo, err, errlen)))
+    /* A node that serves the API only coordinates when elected, but
+     * encodes nothing. */
+    if (!opts->no_render && !(self->executor = cf_executor_new(&eo, err, errlen)))
         return -1;
     cf_coordinator_options_t co;
     cf_coordinator_options_default(&co);

@@ -248,7 +248,7 @@ cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count,
     self->cores = cores > 0 ? (int)cores : 1;
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
     self->memory_mb = pages > 0 && page_size > 0 ? (long)((double)pages * page_size / 1048576) : 0;
-    self->slots = slots > 0 ? slots : 1;
+    self->slots = slots > 0 ? slots : slots < 0 ? 0 : 1; /* < 0: takes no work */
     for (int i = 0; i < tag_count && self->tag_count < S_MAX_TAGS; i++) {
         if (!(self->tags[self->tag_count] = strdup(tags[i]))) {
             cf_caps_destroy(&self);

@@ -28,6 +28,7 @@ typedef struct cf_caps_t cf_caps_t;
  * (copied) and SLOTS come from the operator. When DATA_DIR (may be NULL)
  * holds a valid calibration it is used (cf_caps_calibrated() is then true).
  * Returns NULL only when out of memory. */
+/* SLOTS: tasks at once (0: 1; < 0: none, a node that only serves the API). */
 cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count, int slots);
 
 /* Measures frames/s of every usable encoder with a short synthetic encode

@@ -51,7 +51,8 @@ static void s_membership_options(s_node_cmd_t *cmd, cf_node_options_t *opts)
     opts->registry_discovery = !cmd->discovery || strcmp(cmd->discovery, "beacon") != 0;
     opts->tags = cmd->cfg.tags;
     opts->tag_count = cmd->cfg.tag_count;
-    opts->slots = cmd->cfg.slots;
+    /* A node that serves the API only takes no tasks: it says so. */
+    opts->slots = cmd->api_opts.no_render ? -1 : cmd->cfg.slots;
     opts->encoders = cmd->encoders;
     opts->static_peers = cmd->peers;
     opts->lease_ttl_ms = (int)(cmd->lease_ttl_s * 1000);

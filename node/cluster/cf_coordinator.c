@@ -551,7 +551,7 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
     }
     for (int i = 0; i < view->count; i++) {
         s_member_t *m = &view->members[i];
-        int slots = m->slots > 0 ? m->slots : 1;
+        int slots = m->slots; /* 0: unknown, or a node that takes no work */
         nodes[i] = (cf_sched_node_t){.id = m->id,
                                      .encoders = m->encoders,
                                      .fps = m->fps,

@@ -51,7 +51,7 @@ cf_node_t *cf_node_new(const cf_node_options_t *opts, char *err, size_t errlen)
         return NULL;
     }
     pthread_mutex_init(&self->mutex, NULL);
-    atomic_store(&self->free_slots, opts->slots > 0 ? opts->slots : 1);
+    atomic_store(&self->free_slots, opts->slots > 0 ? opts->slots : opts->slots < 0 ? 0 : 1);
 
     if (!(cfg = cf_node_config_new(opts, err, errlen)))
         goto fail;
