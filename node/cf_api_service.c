@@ -13,7 +13,9 @@
 #include "cf_log.h"
 #include "cf_metrics.h"
 #include "cf_s3.h"
+#include "cf_queue.h"
 #include "cf_source_policy.h"
+#include "cf_state_keeper.h"
 #include "cf_webhook.h"
 #include "cf_worker.h"
 
@@ -28,6 +30,7 @@ struct cf_api_service_t {
     cf_blob_store_t *blobs;
     cf_api_t *api;
     cf_worker_t *worker;
+    cf_state_keeper_t *keeper; /* housekeeping: on every node, rendering or not */
 };
 
 void cf_api_service_options_default(cf_api_service_options_t *opts)
@@ -60,6 +63,15 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->max_event_streams = api.max_event_streams;
     opts->max_event_streams_per_key = api.max_event_streams_per_key;
     opts->max_conns_per_addr = api.max_conns_per_addr;
+    opts->reap_interval_ms = 5000;
+    opts->reconcile_interval_ms = 30000;
+    opts->purge_interval_ms = 600000;
+    opts->keep_completed_s = CF_DB_KEEP_COMPLETED_S;
+    opts->keep_failed_s = CF_DB_KEEP_FAILED_S;
+    opts->idempotency_keep_s = CF_DB_IDEMPOTENCY_KEEP_S;
+    opts->claim_ttl_ms = CF_DB_CLAIM_TTL_MS;
+    opts->claim_max_expiries = 3;
+    opts->priority_aging_s = CF_QUEUE_AGING_MS / 1000;
 }
 
 int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, size_t capacity)
@@ -173,6 +185,21 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
          "S"},
         {"keep-failed-s", "CF_KEEP_FAILED_S", CF_OPT_INT, &o->keep_failed_s, 1, 365 * 86400,
          "how long a failed or cancelled composition is kept (default 24 h)", "S"},
+        {"idempotency-keep-s", "CF_IDEMPOTENCY_KEEP_S", CF_OPT_INT, &o->idempotency_keep_s, 0,
+         365 * 86400,
+         "an Idempotency-Key is honoured this long after its first use: retention keeps its "
+         "composition until then (default 86400)",
+         "S"},
+        {"claim-ttl-ms", "CF_CLAIM_TTL_MS", CF_OPT_INT, &o->claim_ttl_ms, 300, 3600000,
+         "a render's claim lives this long unless its node renews it (every third of it); an "
+         "expired claim is requeued by the coordinator (default 30000)",
+         "MS"},
+        {"claim-max-expiries", "CF_CLAIM_MAX_EXPIRIES", CF_OPT_INT, &o->claim_max_expiries, 0, 1000,
+         "expired claims after which a composition fails, 0 = requeue for ever (default 3)", "N"},
+        {"priority-aging-s", "CF_PRIORITY_AGING_S", CF_OPT_INT, &o->priority_aging_s, 1, 7 * 86400,
+         "waiting work rises one priority class per this many seconds, so low is never starved "
+         "(default 300; use the same on every node)",
+         "S"},
     };
     size_t used = 0;
     while (used < capacity && table[used].name)
@@ -326,20 +353,43 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.on_load_arg = opts->on_load_arg;
         wo.policy = self->policy;
         wo.s3 = self->s3;
-        wo.blob_keep_s = opts->blob_keep_s;
-        if (opts->reap_interval_ms > 0)
-            wo.reap_interval_ms = opts->reap_interval_ms;
-        if (opts->reconcile_interval_ms > 0)
-            wo.reconcile_interval_ms = opts->reconcile_interval_ms;
-        if (opts->purge_interval_ms > 0)
-            wo.purge_interval_ms = opts->purge_interval_ms;
-        if (opts->keep_completed_s > 0)
-            wo.keep_completed_s = opts->keep_completed_s;
-        if (opts->keep_failed_s > 0)
-            wo.keep_failed_s = opts->keep_failed_s;
+        if (opts->claim_ttl_ms > 0)
+            wo.claim_ttl_ms = opts->claim_ttl_ms;
+        if (opts->priority_aging_s > 0)
+            wo.priority_aging_ms = opts->priority_aging_s * 1000;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }
+    /* Housekeeping runs on every node (rendering or not: the coordinator
+     * may be an API-only node); its coordinator steps only on the one that
+     * holds the lease. */
+    cf_state_keeper_options_t ko;
+    cf_state_keeper_options_default(&ko);
+    ko.db = self->db;
+    ko.redis_url = cfg->redis_url;
+    if (opts->redis_prefix)
+        ko.redis_prefix = opts->redis_prefix;
+    ko.node_id = opts->node_id;
+    ko.data_dir = cfg->data_dir;
+    ko.blobs = self->blobs;
+    ko.blob_keep_s = opts->blob_keep_s;
+    ko.is_coordinator = opts->is_coordinator;
+    ko.coordinator_arg = opts->is_coordinator_arg;
+    ko.claim_max_expiries = opts->claim_max_expiries;
+    if (opts->reap_interval_ms > 0)
+        ko.reap_interval_ms = opts->reap_interval_ms;
+    if (opts->reconcile_interval_ms > 0)
+        ko.reconcile_interval_ms = opts->reconcile_interval_ms;
+    if (opts->purge_interval_ms > 0)
+        ko.purge_interval_ms = opts->purge_interval_ms;
+    if (opts->keep_completed_s > 0)
+        ko.keep_completed_s = opts->keep_completed_s;
+    if (opts->keep_failed_s > 0)
+        ko.keep_failed_s = opts->keep_failed_s;
+    if (opts->idempotency_keep_s >= 0)
+        ko.idempotency_keep_s = opts->idempotency_keep_s;
+    if (!(self->keeper = cf_state_keeper_new(&ko, err, errlen)))
+        goto fail;
     cf_webhook_options_t who;
     cf_webhook_options_default(&who);
     who.db = self->db;
@@ -366,6 +416,7 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
      * API, then what both borrowed. */
     cf_webhook_destroy(&self->webhooks);
     cf_worker_destroy(&self->worker);
+    cf_state_keeper_destroy(&self->keeper);
     cf_api_destroy(&self->api);
     if (self->db)
         cf_db_set_write_hook(self->db, NULL, NULL);
