@@ -42,8 +42,8 @@ typedef struct {
     int client[S_PAIRS], server[S_PAIRS];
     atomic_int drop_next_reply; /* 1: swallow the next server data, close that pair */
     atomic_int dropped;
-    atomic_int refuse_ms;          /* after a drop: refuse connections this long */
-    atomic_llong refuse_until_ms;  /* CLOCK_MONOTONIC */
+    atomic_int refuse_ms;         /* after a drop: refuse connections this long */
+    atomic_llong refuse_until_ms; /* CLOCK_MONOTONIC */
     atomic_bool stop;
     pthread_t thread;
 } s_proxy_t;
