@@ -4,10 +4,13 @@
  * without losing a composition:
  *   - producers store a composition in Postgres (queued), then push its id on
  *     the intake list of its priority (PREFIX q:high, q:default, q:low);
- *   - a consumer moves one item, high before default before low, into its own
+ *   - a consumer moves one item (by priority and age, below) into its own
  *     processing list (PREFIX q:proc:CONSUMER) atomically, applies its effect
- *     in Postgres (cf_db_composition_take: idempotent, a duplicate is
+ *     in Postgres (cf_db_composition_claim: idempotent, a duplicate is
  *     refused), and only then acks (removes it from the processing list);
+ *     a composition whose consumer dies after that is not the queue's
+ *     business any more: its claim expires and the coordinator pushes it
+ *     again (cf_db_claims_expire);
  *   - a consumer proves it is alive with a heartbeat key with a TTL; the
  *     reaper moves the processing list of a consumer whose key expired back
  *     to the head of the intake lists;
