@@ -361,8 +361,9 @@ static int s_write_retrying(s_job_t *job, s_write_fn write, void *arg, char *err
     cf_worker_t *w = job->slot->worker;
     int64_t started = s_now_ms();
     int rc;
-    while ((rc = write(job, arg, err, errlen)) == CF_DB_UNAVAILABLE &&
-           !atomic_load(&job->slot->claim_lost)) {
+    /* Not stopped by a lost claim: a write whose answer was lost ends the
+     * claim itself (complete, hand back), and only its retry can tell. */
+    while ((rc = write(job, arg, err, errlen)) == CF_DB_UNAVAILABLE) {
         int64_t limit = atomic_load(&w->stop) ? S_STOP_WRITE_MS : w->opts.claim_ttl_ms;
         if (s_now_ms() - started >= limit)
             break;
@@ -483,7 +484,7 @@ static void s_render(s_slot_t *slot, const char *id, const char *claim)
     cf_comp_errors_free(&problems);
     s_set_active(&job, 0);
     const char *outcome;
-    bool upload_failed = false;
+    bool upload_failed = false, outcome_unknown = false;
     if (rc == 0) {
         s_transition(&job, CF_STATE_ASSEMBLING);
         char hash[CF_BLOB_HEX_SIZE];
@@ -515,6 +516,8 @@ static void s_render(s_slot_t *slot, const char *id, const char *claim)
                 } else if (rc != CF_DB_OK) {
                     snprintf(err, sizeof err, "%s", why);
                     job.cancelled_by_user = rc == CF_DB_ILLEGAL || rc == CF_DB_TERMINAL;
+                    /* It may have completed: keep the output it may name. */
+                    outcome_unknown = rc == CF_DB_UNAVAILABLE;
                     rc = -1;
                 }
             }
@@ -525,13 +528,18 @@ static void s_render(s_slot_t *slot, const char *id, const char *claim)
                           result.seconds > 0 ? duration_s / result.seconds : 0);
             cf_log_info("worker", "%s: completed in %.1f s (%s, %llu bytes)", id, result.seconds,
                         result.encoder, (unsigned long long)bytes);
-        } else {
+        } else if (!outcome_unknown) {
             unlink(out_path);
         }
     }
     if (rc != 0) {
         char why[256];
-        if (job.claim_lost) {
+        if (outcome_unknown) {
+            /* Completed or not: if not, the claim expires unrenewed and the
+             * coordinator requeues it. */
+            outcome = "unknown";
+            cf_log_warn("worker", "%s: completing it: %s (outcome unknown)", id, err);
+        } else if (job.claim_lost) {
             /* Not ours any more: queued again or taken by another node. */
             outcome = "claim_lost";
         } else if (job.cancelled_by_user) {
