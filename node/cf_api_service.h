@@ -82,7 +82,7 @@ typedef struct {
     int purge_interval_ms;
     int keep_completed_s;
     int keep_failed_s;
-    int idempotency_keep_s; /* -1: the default */
+    int idempotency_keep_s; /* 0: no window (retention alone decides) */
     int claim_ttl_ms;
     int claim_max_expiries;
     int priority_aging_s;

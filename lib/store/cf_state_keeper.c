@@ -199,6 +199,9 @@ static int s_pass(cf_state_keeper_t *k, bool force, cf_state_keeper_stats_t *don
         cf_log_info("state", coordinator
                                  ? "coordinator: expiring claims and reconciling the queue here"
                                  : "not the coordinator: claims and reconcile are left to it");
+    /* A node that just became the coordinator rebuilds the queue at once:
+     * nobody reconciled while there was none. */
+    bool became = coordinator && k->coordinator != 1;
     k->coordinator = coordinator;
     if (coordinator) {
         d.coordinating++;
@@ -206,7 +209,8 @@ static int s_pass(cf_state_keeper_t *k, bool force, cf_state_keeper_stats_t *don
         bool lost = false;
         if (cf_queue_needs_reconcile(k->queue, &lost, why, sizeof why) < 0)
             S_FAIL("reconcile check: %s", why);
-        if (force || lost || now - k->last_reconcile_ms >= k->opts.reconcile_interval_ms) {
+        if (force || lost || became ||
+            now - k->last_reconcile_ms >= k->opts.reconcile_interval_ms) {
             int pushed = 0;
             if (cf_queue_reconcile(k->queue, k->opts.db, &pushed, why, sizeof why) < 0)
                 S_FAIL("%s", why);
