@@ -35,12 +35,13 @@ wait_sql() {
 
 API_KEY=$(api_key claims) || exit 1
 api_media "$API_WORK/short.mp4" 1
-# Long enough to be caught mid-render: 30 s, slow preset, one encoder thread.
-ffmpeg -v error -f lavfi -i testsrc2=size=320x180:rate=30:duration=30 \
-    -f lavfi -i sine=frequency=440:sample_rate=48000:duration=30 \
+# Long enough to be caught mid-render: 20 s, slow preset, one encoder thread
+# (about 6 s to render here; the bounds below leave room for sanitizers).
+ffmpeg -v error -f lavfi -i testsrc2=size=320x180:rate=30:duration=20 \
+    -f lavfi -i sine=frequency=440:sample_rate=48000:duration=20 \
     -c:v libx264 -preset ultrafast -c:a aac -shortest "$API_WORK/long.mp4" || fail "ffmpeg source"
 long_json() {
-    printf '{"title":"%s","clips":[{"source":"file://%s"}],"output":{"width":320,"height":180,"fps":30,"preset":"high"},"segment_seconds":3}' \
+    printf '{"title":"%s","clips":[{"source":"file://%s"}],"output":{"width":320,"height":180,"fps":30,"preset":"high"},"segment_seconds":2}' \
         "$1" "$API_WORK/long.mp4"
 }
 submit() {
@@ -50,7 +51,7 @@ submit() {
 }
 # wait_encoding ID: until ID renders (encoding, some progress).
 wait_encoding() {
-    wait_sql 60 "SELECT stage = 'encoding' AND progress > 0.05 FROM compositions WHERE id = '$1'" t
+    wait_sql 120 "SELECT stage = 'encoding' AND progress > 0.05 FROM compositions WHERE id = '$1'" t
 }
 # The planning events of ID: who took it, in order.
 takers() {
@@ -74,7 +75,7 @@ API_DB=${DIRECT_DB/:$pg_port\//:$(cat "$API_WORK/proxy.port")/}
 api_node_start lost --render-jobs 1
 API_DB=$DIRECT_DB
 id=$(submit "$API_URL" "$(api_comp_json "$API_WORK/short.mp4" lost-answer)") || exit 1
-wait_sql 90 "SELECT status FROM compositions WHERE id = '$id'" completed
+wait_sql 300 "SELECT status FROM compositions WHERE id = '$id'" completed
 grep -q "swallowed the server's answer" "$API_WORK/proxy.log" || fail "the take's answer was never lost: $(cat "$API_WORK/proxy.log")"
 grep -q "refused a connection" "$API_WORK/proxy.log" || fail "Postgres never looked away: $(cat "$API_WORK/proxy.log")"
 # Taken once: the retry recognised the lost take, it did not take it again.
@@ -86,7 +87,7 @@ kill "$proxy_pid" 2>/dev/null
 echo "1. lost take answer: completed, taken once"
 
 # ---------------------------------------------------------------- 2. node killed
-flags=(--render-jobs 1 --claim-ttl-ms 2000 --lease-ttl 2 --reap-interval-ms 200)
+flags=(--render-jobs 1 --claim-ttl-ms 2000 --lease-ttl 2 --reap-interval-ms 200 --no-calibrate)
 api_node_start a "${flags[@]}"
 A=$API_URL
 id=$(submit "$A" "$(long_json killed)") || exit 1
@@ -100,10 +101,12 @@ for ((i = 0; i < 100; i++)); do
     sleep 0.1
 done
 grep -q "not the coordinator" "$API_WORK/b/log" || fail "b never settled as a follower: $(tail "$API_WORK/b/log")"
+[[ $(sql "SELECT status FROM compositions WHERE id = '$id'") == processing ]] \
+    || fail "a finished the render before it could be killed (make the source longer)"
 kill -9 "${API_PIDS[a]}"
 wait "${API_PIDS[a]}" 2>/dev/null
 unset "API_PIDS[a]"
-wait_sql 120 "SELECT status FROM compositions WHERE id = '$id'" completed
+wait_sql 300 "SELECT status FROM compositions WHERE id = '$id'" completed
 sweeper=$(sql "SELECT payload->>'by' FROM events WHERE composition_id = '$id' AND type = 'status'
                AND payload->>'reason' = 'claim_expired' AND payload->>'owner' = '$owner'")
 [[ -n $sweeper && $sweeper != "$owner" ]] || fail "no expiry of $owner's claim by another node (sweeper '$sweeper')"
@@ -130,7 +133,7 @@ for list in $(rcli --scan --pattern "${P}q:proc:*"); do
     [[ $(rcli LLEN "$list") == 0 ]] || fail "$list still holds $(rcli LRANGE "$list" 0 -1)"
 done
 api_node_start b "${flags[@]}"
-wait_sql 120 "SELECT status FROM compositions WHERE id = '$id'" completed
+wait_sql 300 "SELECT status FROM compositions WHERE id = '$id'" completed
 [[ $(sql "SELECT attempts FROM compositions WHERE id = '$id'") == 2 ]] || fail "not exactly two attempts"
 api_node_stop b
 echo "3. graceful stop mid-render: handed back, completed on the next start"
