@@ -18,7 +18,9 @@
 #include "cf_executor.h"
 #include "cf_peer_auth.h"
 #include "cf_source_cache.h"
+#include "cf_queue.h"
 #include "cf_source_policy.h"
+#include "cf_state_keeper.h"
 #include "cf_webhook.h"
 #include "cf_worker.h"
 
@@ -42,6 +44,7 @@ struct cf_api_service_t {
     char **encoders;
     int encoder_count;
     char blob_dir[4096], work_dir[4096]; /* borrowed by the executor and coordinator */
+    cf_state_keeper_t *keeper;           /* housekeeping: on every node, rendering or not */
 };
 
 /* The source cache keeps its own counts: copied into the registry when
@@ -121,6 +124,15 @@ void cf_api_service_options_default(cf_api_service_options_t *opts)
     opts->max_event_streams = api.max_event_streams;
     opts->max_event_streams_per_key = api.max_event_streams_per_key;
     opts->max_conns_per_addr = api.max_conns_per_addr;
+    opts->reap_interval_ms = 5000;
+    opts->reconcile_interval_ms = 30000;
+    opts->purge_interval_ms = 600000;
+    opts->keep_completed_s = CF_DB_KEEP_COMPLETED_S;
+    opts->keep_failed_s = CF_DB_KEEP_FAILED_S;
+    opts->idempotency_keep_s = CF_DB_IDEMPOTENCY_KEEP_S;
+    opts->claim_ttl_ms = CF_DB_CLAIM_TTL_MS;
+    opts->claim_max_expiries = 3;
+    opts->priority_aging_s = CF_QUEUE_AGING_MS / 1000;
 }
 
 int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, size_t capacity)
@@ -239,6 +251,21 @@ int cf_api_service_add_options(cf_api_service_options_t *o, cf_option_t *table, 
          "S"},
         {"keep-failed-s", "CF_KEEP_FAILED_S", CF_OPT_INT, &o->keep_failed_s, 1, 365 * 86400,
          "how long a failed or cancelled composition is kept (default 24 h)", "S"},
+        {"idempotency-keep-s", "CF_IDEMPOTENCY_KEEP_S", CF_OPT_INT, &o->idempotency_keep_s, 0,
+         365 * 86400,
+         "an Idempotency-Key is honoured this long after its first use: retention keeps its "
+         "composition until then (default 86400)",
+         "S"},
+        {"claim-ttl-ms", "CF_CLAIM_TTL_MS", CF_OPT_INT, &o->claim_ttl_ms, 300, 3600000,
+         "a render's claim lives this long unless its node renews it (every third of it); an "
+         "expired claim is requeued by the coordinator (default 30000)",
+         "MS"},
+        {"claim-max-expiries", "CF_CLAIM_MAX_EXPIRIES", CF_OPT_INT, &o->claim_max_expiries, 0, 1000,
+         "expired claims after which a composition fails, 0 = requeue for ever (default 3)", "N"},
+        {"priority-aging-s", "CF_PRIORITY_AGING_S", CF_OPT_INT, &o->priority_aging_s, 1, 7 * 86400,
+         "waiting work rises one priority class per this many seconds, so low is never starved "
+         "(default 300; use the same on every node)",
+         "S"},
     };
     size_t used = 0;
     while (used < capacity && table[used].name)
@@ -441,7 +468,7 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         goto fail;
     if (!(self->api = cf_api_new(&ao, err, errlen)))
         goto fail;
-    if (!opts->no_render) {
+    if (!opts->no_render && !opts->node) { /* no cluster: render whole compositions here */
         cf_worker_options_t wo;
         cf_worker_options_default(&wo);
         wo.db = self->db;
@@ -463,23 +490,44 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.policy = self->policy;
         wo.s3 = self->s3;
         wo.source_cache = self->sources;
-        wo.blob_keep_s = opts->blob_keep_s;
-        if (opts->reap_interval_ms > 0)
-            wo.reap_interval_ms = opts->reap_interval_ms;
-        if (opts->reconcile_interval_ms > 0)
-            wo.reconcile_interval_ms = opts->reconcile_interval_ms;
-        if (opts->purge_interval_ms > 0)
-            wo.purge_interval_ms = opts->purge_interval_ms;
-        if (opts->keep_completed_s > 0)
-            wo.keep_completed_s = opts->keep_completed_s;
-        if (opts->keep_failed_s > 0)
-            wo.keep_failed_s = opts->keep_failed_s;
-        wo.maintenance_only = opts->node != NULL;
+        if (opts->claim_ttl_ms > 0)
+            wo.claim_ttl_ms = opts->claim_ttl_ms;
+        if (opts->priority_aging_s > 0)
+            wo.priority_aging_ms = opts->priority_aging_s * 1000;
         if (!(self->worker = cf_worker_new(&wo, err, errlen)))
             goto fail;
     }
-    if (!opts->no_render && opts->node &&
-        s_start_cluster_work(self, opts, ao.hashkey, err, errlen) < 0)
+    /* Housekeeping runs on every node (rendering or not: the coordinator
+     * may be an API-only node); its coordinator steps only on the one that
+     * holds the lease. */
+    cf_state_keeper_options_t ko;
+    cf_state_keeper_options_default(&ko);
+    ko.db = self->db;
+    ko.redis_url = cfg->redis_url;
+    if (opts->redis_prefix)
+        ko.redis_prefix = opts->redis_prefix;
+    ko.node_id = opts->node_id;
+    ko.data_dir = cfg->data_dir;
+    ko.blobs = self->blobs;
+    ko.blob_keep_s = opts->blob_keep_s;
+    ko.is_coordinator = opts->is_coordinator;
+    ko.coordinator_arg = opts->is_coordinator_arg;
+    ko.claim_max_expiries = opts->claim_max_expiries;
+    if (opts->reap_interval_ms > 0)
+        ko.reap_interval_ms = opts->reap_interval_ms;
+    if (opts->reconcile_interval_ms > 0)
+        ko.reconcile_interval_ms = opts->reconcile_interval_ms;
+    if (opts->purge_interval_ms > 0)
+        ko.purge_interval_ms = opts->purge_interval_ms;
+    if (opts->keep_completed_s > 0)
+        ko.keep_completed_s = opts->keep_completed_s;
+    if (opts->keep_failed_s > 0)
+        ko.keep_failed_s = opts->keep_failed_s;
+    if (opts->idempotency_keep_s >= 0)
+        ko.idempotency_keep_s = opts->idempotency_keep_s;
+    if (!(self->keeper = cf_state_keeper_new(&ko, err, errlen)))
+        goto fail;
+    if (opts->node && s_start_cluster_work(self, opts, ao.hashkey, err, errlen) < 0)
         goto fail;
     cf_webhook_options_t who;
     cf_webhook_options_default(&who);
@@ -512,6 +560,7 @@ void cf_api_service_destroy(cf_api_service_t **self_p)
         free(self->encoders[i]);
     free(self->encoders);
     cf_worker_destroy(&self->worker);
+    cf_state_keeper_destroy(&self->keeper);
     cf_api_destroy(&self->api);
     if (self->db)
         cf_db_set_write_hook(self->db, NULL, NULL);

@@ -1,6 +1,7 @@
 /* cf_api_service: everything a node serves to users, started and stopped in
  * one call from `clipfarm node`: the Postgres pool, the Redis cache, the blob
- * store, the Prometheus registry, the REST API and the single-node renderer.
+ * store, the Prometheus registry, the REST API, the single-node renderer and
+ * the housekeeping (cf_state_keeper).
  *
  *     cf_api_service_options_t svc;
  *     cf_api_service_options_default(&svc);
@@ -37,6 +38,11 @@ typedef struct {
     /* Called with the renderer's load after every change (may be NULL). */
     void (*on_load)(void *arg, int free_slots, int in_flight);
     void *on_load_arg;
+    /* Whether this node is the coordinator now (the election's lease
+     * holder); only the coordinator expires claims and reconciles the
+     * queue. NULL: this node is its own coordinator (no cluster). */
+    bool (*is_coordinator)(void *arg);
+    void *is_coordinator_arg;
     /* Flags of `clipfarm node` (cf_api_service_add_options). */
     int http_threads;
     int max_body_bytes;
@@ -77,12 +83,16 @@ typedef struct {
     int webhook_max_age_s;
     int webhook_retry_base_ms;
     int webhook_timeout_ms;
-    /* The renderer's maintenance loop (cf_worker.h); 0: the worker's default. */
+    /* Housekeeping (cf_state_keeper.h) and claims; 0: the default. */
     int reap_interval_ms;
     int reconcile_interval_ms;
     int purge_interval_ms;
     int keep_completed_s;
     int keep_failed_s;
+    int idempotency_keep_s; /* 0: no window (retention alone decides) */
+    int claim_ttl_ms;
+    int claim_max_expiries;
+    int priority_aging_s;
 } cf_api_service_options_t;
 
 /* Fills OPTS with the defaults of cf_api_options_default and one render

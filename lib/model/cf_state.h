@@ -4,6 +4,8 @@
  * A composition moves
  *     pending -> queued -> processing(planning -> encoding -> assembling)
  *             -> completed | failed | cancelled
+ * and from any processing stage back to queued when its claim expires or
+ * its renderer hands it back (sql/023_claims.sql).
  * Postgres stores the state as two columns, status (pending, queued,
  * processing, completed, failed, cancelled) and stage (planning, encoding,
  * assembling; NULL unless processing). cf_state_t names the eight combined

@@ -22,6 +22,8 @@
  *   - state transitions (take, transition, complete, fail, cancel) find out
  *     by themselves (an operation id in their event) and answer as if the
  *     connection had not broken, unless Postgres stays away past the timeout;
+ *     then a retry with the same caller-supplied operation id (cf_db_as_t,
+ *     cf_db_claim_t) recognises the earlier attempt;
  *   - creation with an idempotency key: repeat it, the key answers;
  *   - progress and output updates are idempotent: repeat them;
  *   - creation without a key, cf_db_segments_create (repeat answers
@@ -60,7 +62,8 @@ typedef enum {
     CF_DB_UNAVAILABLE = -6, /* Postgres unreachable, restarting, or statement timeout */
     CF_DB_INVALID = -7,     /* bad argument: malformed cursor, limit out of range, bad status
                                filter, malformed JSON */
-    CF_DB_STALE = -8,       /* fenced: a newer coordinator epoch already wrote this segment */
+    CF_DB_STALE = -8,       /* fenced: a newer coordinator epoch already wrote this segment;
+                               the caller's claim on the composition no longer holds */
 } cf_db_rc_t;
 
 /* "ok", "error", "not found", "conflict", "illegal transition", "already terminal",
@@ -73,6 +76,13 @@ const char *cf_db_rc_name(int rc);
 /* Retention defaults (the origin's result_ttl / failure_ttl for outputs). */
 #define CF_DB_KEEP_COMPLETED_S (7 * 24 * 3600)
 #define CF_DB_KEEP_FAILED_S    (24 * 3600)
+/* An Idempotency-Key is honoured at least this long after the request that
+ * first used it: retention keeps its composition (README, openapi.json). */
+#define CF_DB_IDEMPOTENCY_KEEP_S (24 * 3600)
+/* Default lifetime of a claim (the owner renews it every third of this). */
+#define CF_DB_CLAIM_TTL_MS 30000
+/* Longest operation id or claim token: 1..64 of [0-9A-Za-z_.:-]. */
+#define CF_DB_OP_MAX 64
 
 /* ------------------------------------------------------------------ pool */
 
@@ -216,32 +226,106 @@ int cf_db_composition_list_owned(cf_db_t *db, const char *owner, const char *sta
                                  char *err, size_t errlen);
 
 /* Lost answers: every transition below (take, complete, fail, cancel too)
- * records a random operation id in its event. When the connection breaks
- * after the statement was sent, the function waits for Postgres (up to the
+ * records an operation id in its event. When the connection breaks after
+ * the statement was sent, the function waits for Postgres (up to the
  * acquire timeout), looks the id up, and answers CF_DB_OK when its statement
  * had committed (*from_p is then CF_STATE_COUNT: unknown), or runs it again
- * when it had not. Only when Postgres stays away longer does it answer
- * CF_DB_UNAVAILABLE with the outcome unknown: then a retry that is refused
- * may mean the first attempt succeeded (check the state).
+ * when it had not. When Postgres stays away longer it answers
+ * CF_DB_UNAVAILABLE with the outcome unknown: call again with the SAME
+ * operation id (cf_db_as_t.op_id) and the next call recognises an earlier
+ * attempt that committed, answering CF_DB_OK instead of refusing it. Calls
+ * without an operation id get a fresh one each: there a retry that is
+ * refused may mean the first attempt succeeded (check the state).
  *
  * Moves a composition to state TO when the transition from its current state
- * is legal (the table in sql/001_schema.sql):
+ * is legal (the table in sql/001_schema.sql and sql/023_claims.sql):
  *   pending -> queued; queued -> planning; planning -> encoding;
  *   encoding -> assembling; assembling -> completed;
+ *   planning, encoding, assembling -> queued (a claim expired or was
+ *   handed back);
  *   every non-terminal state -> failed, cancelled.
- * started_at is set on entering planning, finished_at on a terminal state.
- * Returns CF_DB_ILLEGAL (nothing changed) otherwise, with the current state in
- * *from_p (may be NULL). A "status" event records each applied transition. */
+ * started_at is set on entering planning, finished_at on a terminal state;
+ * leaving processing ends the claim, and a composition back in queued has
+ * progress 0. Returns CF_DB_ILLEGAL (nothing changed) otherwise, with the
+ * current state in *from_p (may be NULL). A "status" event records each
+ * applied transition. */
 int cf_db_composition_transition(cf_db_t *db, const char *id, cf_state_t to, cf_state_t *from_p,
                                  char *err, size_t errlen);
 
+/* Who makes a transition, for the owner of a claim (cf_db_composition_claim)
+ * and for callers that retry. */
+typedef struct {
+    /* The claim token cf_db_composition_claim was given: the transition
+     * applies only while that claim holds (CF_DB_STALE when it expired,
+     * was handed back, or another take replaced it). NULL: no check (the
+     * API's cancel, tests). */
+    const char *claim;
+    /* This operation's id, the same on every retry of it (1..CF_DB_OP_MAX
+     * of [0-9A-Za-z_.:-], unique per composition). NULL: a fresh one per
+     * call. */
+    const char *op_id;
+    /* The event's "reason" (a short token, e.g. "node_stopped"); may be
+     * NULL. */
+    const char *reason;
+} cf_db_as_t;
+
+/* cf_db_composition_transition on behalf of AS (may be NULL). CF_DB_STALE
+ * when AS names a claim that no longer holds. */
+int cf_db_composition_transition_as(cf_db_t *db, const char *id, cf_state_t to,
+                                    const cf_db_as_t *as, cf_state_t *from_p, char *err,
+                                    size_t errlen);
+
+/* A claim: who takes a composition, and for how long. */
+typedef struct {
+    const char *owner; /* the node that renders it (claimed_by): renewals name it */
+    const char *taker; /* recorded as "by" in the status event (e.g. a slot's consumer
+                          name); NULL: the owner */
+    /* The take's operation id, which is also the claim's token: give the
+     * same on every retry of this take, and to every later write of the
+     * owner (cf_db_as_t.claim). 1..CF_DB_OP_MAX of [0-9A-Za-z_.:-]. */
+    const char *token;
+    int ttl_ms; /* the claim expires this long after the take (database clock) unless
+                   renewed; 0: CF_DB_CLAIM_TTL_MS */
+} cf_db_claim_t;
+
 /* The queue consumer's step: queued -> planning, attempts + 1, recording
- * TAKER (the consumer's name) in the "status" event. Idempotent: a
- * composition that is no longer queued (another consumer took it, a
- * duplicate queue item, cancelled) is refused with CF_DB_ILLEGAL: drop the
- * item. */
+ * the claim. CF_DB_OK when this call took it or an earlier call with the
+ * same token did and the claim still holds (a lost answer); CF_DB_ILLEGAL
+ * when it is not queued (another consumer took it, a duplicate queue item,
+ * cancelled): drop the item. */
+int cf_db_composition_claim(cf_db_t *db, const char *id, const cf_db_claim_t *claim, char *err,
+                            size_t errlen);
+
+/* cf_db_composition_claim by TAKER (owner and taker), with a fresh token and
+ * the default TTL: a retry after CF_DB_UNAVAILABLE cannot recognise an
+ * earlier attempt (use cf_db_composition_claim for that). */
 int cf_db_composition_take(cf_db_t *db, const char *id, const char *taker, char *err,
                            size_t errlen);
+
+/* Extends by TTL_MS (from now, database clock) the claims of OWNER whose
+ * tokens are TOKENS[0..COUNT-1], each only while it still holds (not
+ * expired, not replaced, still processing): an expired claim is never
+ * revived. held[i] (may be NULL) tells whether TOKENS[i] was renewed; one
+ * that was not is lost: stop working on it. */
+int cf_db_claims_renew(cf_db_t *db, const char *owner, const char *const *tokens, int count,
+                       int ttl_ms, bool *held, char *err, size_t errlen);
+
+typedef struct {
+    char id[CF_DB_ID_LEN];
+    cf_priority_t priority;
+    cf_state_t state; /* CF_STATE_QUEUED (push it again) or CF_STATE_FAILED */
+    char owner[64];   /* whose claim expired ("" when unknown) */
+} cf_db_expired_t;
+
+/* The claim sweep (the coordinator's housekeeping): every processing
+ * composition whose claim expired (database clock) goes back to queued, or
+ * to failed with code "claim_expired" when this makes MAX_EXPIRIES expiries
+ * of its claims (0: never), ending the claim; a "status" event records it
+ * ("by": SWEEPER, "reason": "claim_expired", "owner"). At most MAX_ROWS per
+ * call; *items_p (caller's, free()) lists what it did so the caller pushes
+ * the queued ones on the queue. */
+int cf_db_claims_expire(cf_db_t *db, const char *sweeper, int max_expiries, int max_rows,
+                        cf_db_expired_t **items_p, int *count_p, char *err, size_t errlen);
 
 /* Sets progress (0..1; never goes down) while processing; CF_DB_ILLEGAL in
  * any other state, CF_DB_INVALID outside 0..1. Appends a "progress" event. */
@@ -275,6 +359,14 @@ int cf_db_output_referenced(cf_db_t *db, const char *location, bool *used_p, cha
 int cf_db_composition_fail(cf_db_t *db, const char *id, const char *code, const char *message,
                            char *err, size_t errlen);
 
+/* cf_db_composition_complete and cf_db_composition_fail on behalf of AS
+ * (may be NULL; see cf_db_composition_transition_as): CF_DB_STALE when its
+ * claim no longer holds. */
+int cf_db_composition_complete_as(cf_db_t *db, const char *id, const cf_db_output_t *output,
+                                  const cf_db_as_t *as, char *err, size_t errlen);
+int cf_db_composition_fail_as(cf_db_t *db, const char *id, const char *code, const char *message,
+                              const cf_db_as_t *as, char *err, size_t errlen);
+
 /* Any non-terminal state -> cancelled. CF_DB_TERMINAL (nothing changed) when
  * already completed, failed or cancelled; *from_p gets the state it was in
  * (may be NULL). */
@@ -303,9 +395,13 @@ typedef struct {
 /* Deletes compositions (with their segments and events) that finished more
  * than completed_keep_s (completed) or failed_keep_s (failed, cancelled) ago,
  * at most MAX_ROWS per call, and returns what it deleted so the caller
- * removes the output files. Free with cf_db_purged_free. */
-int cf_db_purge_expired(cf_db_t *db, int completed_keep_s, int failed_keep_s, int max_rows,
-                        cf_db_purged_t **purged_p, int *count_p, char *err, size_t errlen);
+ * removes the output files. A composition made with an idempotency key is
+ * kept until idempotency_keep_s after its creation too, however short its
+ * retention: a client retrying within that window gets it back, never a
+ * second composition. Free with cf_db_purged_free. */
+int cf_db_purge_expired(cf_db_t *db, int completed_keep_s, int failed_keep_s,
+                        int idempotency_keep_s, int max_rows, cf_db_purged_t **purged_p,
+                        int *count_p, char *err, size_t errlen);
 void cf_db_purged_free(cf_db_purged_t **purged_p, int count);
 
 /* ------------------------------------------------------------------ segments */

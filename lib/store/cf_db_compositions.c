@@ -1,6 +1,7 @@
 /* cf_db_compositions: the compositions table: create, get, list, state
- * transitions (with their lost-answer check), cancel, progress, output,
- * counts, the queued list and the retention purge. */
+ * transitions (with their lost-answer check, claims and the caller's
+ * operation ids), cancel, progress, output, counts, the queued list and the
+ * retention purge. */
 #define _GNU_SOURCE
 #include "cf_db.h"
 #include "cf_db_internal.h"
@@ -287,10 +288,47 @@ typedef struct {
     const char *error_code;
     const char *error_message;
     const cf_db_output_t *output;
+    const cf_db_as_t *as;       /* claim, caller's op id, reason (may be NULL) */
+    const cf_db_claim_t *claim; /* a take's claim (may be NULL) */
 } s_transition_extra_t;
 
-/* Runs CF_DBI_TRANSITION. Returns CF_DB_OK, CF_DB_NOT_FOUND, or CF_DB_ILLEGAL
- * with *from_p set. */
+static bool s_valid_op(const char *op)
+{
+    size_t n = op ? strlen(op) : 0;
+    if (n < 1 || n > CF_DB_OP_MAX)
+        return false;
+    for (const char *p = op; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              *p == '_' || *p == '.' || *p == ':' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* Asks whether operation OP committed on composition ID. Returns 1 (yes:
+ * *version_p, *progress_p, *now_p and CLAIM_OP (the claim it holds now, ""
+ * for none) are set), 0 (no), or -1 (could not tell). */
+static int s_op_applied(cf_db_t *db, const char *id, const char *op, int64_t *version_p,
+                        double *progress_p, cf_state_t *now_p, char claim_op[CF_DB_OP_MAX + 1])
+{
+    const char *lookup[] = {id, op};
+    PGresult *found = NULL;
+    char why[256];
+    if (cf_dbi_exec(db, CF_DBI_OP_APPLIED, 2, lookup, NULL, NULL, &found, why, sizeof why) < 0)
+        return -1;
+    if (PQntuples(found) != 1) {
+        PQclear(found);
+        return 0;
+    }
+    *version_p = cf_dbi_int64(found, 0, 0);
+    *progress_p = cf_dbi_double(found, 0, 1);
+    cf_state_parse(PQgetvalue(found, 0, 2), now_p);
+    snprintf(claim_op, CF_DB_OP_MAX + 1, "%s", PQgetvalue(found, 0, 3));
+    PQclear(found);
+    return 1;
+}
+
+/* Runs CF_DBI_TRANSITION. Returns CF_DB_OK, CF_DB_NOT_FOUND, CF_DB_STALE (the
+ * caller's claim does not hold), or CF_DB_ILLEGAL with *from_p set. */
 static int s_transition(cf_db_t *db, const char *id, cf_state_t to,
                         const s_transition_extra_t *extra, cf_state_t *from_p, char *err,
                         size_t errlen)
@@ -301,13 +339,26 @@ static int s_transition(cf_db_t *db, const char *id, cf_state_t to,
         snprintf(err, errlen, "invalid target state");
         return CF_DB_INVALID;
     }
-    char size[24] = "", duration[32] = "";
+    const cf_db_as_t *as = extra ? extra->as : NULL;
+    const cf_db_claim_t *claim = extra ? extra->claim : NULL;
+    const char *caller_op = claim ? claim->token : as ? as->op_id : NULL;
+    if ((caller_op && !s_valid_op(caller_op)) || (as && as->claim && !s_valid_op(as->claim))) {
+        snprintf(err, errlen, "an operation id or claim is 1 to %d of [0-9A-Za-z_.:-]",
+                 CF_DB_OP_MAX);
+        return CF_DB_INVALID;
+    }
+    char size[24] = "", duration[32] = "", ttl[16] = "";
     const cf_db_output_t *out = extra ? extra->output : NULL;
     if (out) {
         snprintf(size, sizeof size, "%" PRId64, out->size_bytes);
         snprintf(duration, sizeof duration, "%.6f", out->duration_s);
     }
-    const char *params[12] = {
+    /* Nothing is processing without an expiry: a plain transition to
+     * planning gets an ownerless claim of the default lifetime. */
+    if (to == CF_STATE_PLANNING)
+        snprintf(ttl, sizeof ttl, "%d",
+                 claim && claim->ttl_ms > 0 ? claim->ttl_ms : CF_DB_CLAIM_TTL_MS);
+    const char *params[16] = {
         id,
         cf_state_name(to),
         cf_state_status(to),
@@ -319,40 +370,47 @@ static int s_transition(cf_db_t *db, const char *id, cf_state_t to,
         out ? size : NULL,
         out ? duration : NULL,
         out ? out->hash : NULL,
+        NULL,
+        as ? as->claim : NULL,
+        claim ? claim->owner : NULL,
+        ttl[0] ? ttl : NULL,
+        as ? as->reason : NULL,
     };
-    /* A fresh id per call: a repeated delivery of the same queue item is a
-     * new call and is refused, while this call can tell its own commit. */
-    unsigned char raw[8];
-    char op[17];
-    randombytes_buf(raw, sizeof raw);
-    sodium_bin2hex(op, sizeof op, raw, sizeof raw);
+    /* Without the caller's id, a fresh one per call: a repeated delivery of
+     * the same queue item is a new call and is refused, while this call can
+     * tell its own commit. With it, a retry of the caller's operation is
+     * recognised below. */
+    char op[CF_DB_OP_MAX + 1];
+    if (caller_op) {
+        snprintf(op, sizeof op, "%s", caller_op);
+    } else {
+        unsigned char raw[8];
+        randombytes_buf(raw, sizeof raw);
+        sodium_bin2hex(op, sizeof op, raw, sizeof raw);
+    }
     params[11] = op;
     PGresult *res = NULL;
     bool maybe_applied = false;
-    int rc = cf_dbi_exec_ex(db, CF_DBI_TRANSITION, 12, params, NULL, NULL, &res, &maybe_applied,
+    int64_t version = 0;
+    double progress = 0;
+    cf_state_t now = to;
+    char held[CF_DB_OP_MAX + 1];
+    int rc = cf_dbi_exec_ex(db, CF_DBI_TRANSITION, 16, params, NULL, NULL, &res, &maybe_applied,
                             err, errlen);
     /* The connection broke after the statement was sent: did it commit?
      * Ask (cf_dbi_exec waits for Postgres to come back, up to the acquire
      * timeout); if not, it can run again, still as this call. */
     for (int tries = 0; rc == CF_DB_UNAVAILABLE && maybe_applied && tries < 3; tries++) {
-        const char *lookup[] = {id, op};
-        PGresult *found = NULL;
-        char why[256];
-        if (cf_dbi_exec(db, CF_DBI_OP_APPLIED, 2, lookup, NULL, NULL, &found, why, sizeof why) < 0)
+        int applied = s_op_applied(db, id, op, &version, &progress, &now, held);
+        if (applied < 0)
             break; /* still unknown: CF_DB_UNAVAILABLE */
-        if (PQntuples(found) == 1) {
-            int64_t version = cf_dbi_int64(found, 0, 0);
-            double progress = cf_dbi_double(found, 0, 1);
-            cf_state_t now = to;
-            cf_state_parse(PQgetvalue(found, 0, 2), &now);
-            PQclear(found);
+        if (applied) {
             if (from_p)
                 *from_p = CF_STATE_COUNT; /* unknown: the answer was lost */
             cf_dbi_notify(db, id, version, now, progress, "status");
             return CF_DB_OK;
         }
-        PQclear(found);
-        rc = cf_dbi_exec_ex(db, CF_DBI_TRANSITION, 12, params, NULL, NULL, &res, &maybe_applied,
+        rc = cf_dbi_exec_ex(db, CF_DBI_TRANSITION, 16, params, NULL, NULL, &res, &maybe_applied,
                             err, errlen);
     }
     if (rc == CF_DB_ILLEGAL) {
@@ -371,13 +429,29 @@ static int s_transition(cf_db_t *db, const char *id, cf_state_t to,
     if (from_p)
         *from_p = from;
     if (PQgetisnull(res, 0, 1)) {
+        bool claim_lost = as && as->claim && strcmp(PQgetvalue(res, 0, 3), as->claim);
         PQclear(res);
+        /* Refused: was it the caller's own earlier attempt, whose answer
+         * was lost? Then that is this call's outcome. A take counts only
+         * while the claim it made still holds. */
+        if (caller_op) {
+            int applied = s_op_applied(db, id, op, &version, &progress, &now, held);
+            if (applied > 0 && (!claim || !strcmp(held, op))) {
+                cf_dbi_notify(db, id, version, now, progress, "status");
+                return CF_DB_OK;
+            }
+        }
+        if (claim_lost) {
+            snprintf(err, errlen, "claim lost: composition %s is %s and no longer claimed as %s",
+                     id, cf_state_name(from), as->claim);
+            return CF_DB_STALE;
+        }
         snprintf(err, errlen, "illegal transition: composition %s is %s, cannot become %s", id,
                  cf_state_name(from), cf_state_name(to));
         return CF_DB_ILLEGAL;
     }
-    int64_t version = cf_dbi_int64(res, 0, 1);
-    double progress = cf_dbi_double(res, 0, 2);
+    version = cf_dbi_int64(res, 0, 1);
+    progress = cf_dbi_double(res, 0, 2);
     PQclear(res);
     cf_dbi_notify(db, id, version, to, progress, "status");
     return CF_DB_OK;
@@ -389,31 +463,72 @@ int cf_db_composition_transition(cf_db_t *db, const char *id, cf_state_t to, cf_
     return s_transition(db, id, to, NULL, from_p, err, errlen);
 }
 
+int cf_db_composition_transition_as(cf_db_t *db, const char *id, cf_state_t to,
+                                    const cf_db_as_t *as, cf_state_t *from_p, char *err,
+                                    size_t errlen)
+{
+    if (to == CF_STATE_PLANNING) {
+        snprintf(err, errlen, "taking a composition is cf_db_composition_claim");
+        return CF_DB_INVALID;
+    }
+    s_transition_extra_t extra = {.as = as};
+    return s_transition(db, id, to, &extra, from_p, err, errlen);
+}
+
+int cf_db_composition_claim(cf_db_t *db, const char *id, const cf_db_claim_t *claim, char *err,
+                            size_t errlen)
+{
+    if (!claim || !claim->owner || !*claim->owner || !claim->token || claim->ttl_ms < 0) {
+        snprintf(err, errlen, "a claim needs an owner, a token and a lifetime >= 0");
+        return CF_DB_INVALID;
+    }
+    s_transition_extra_t extra = {
+        .taker = claim->taker && *claim->taker ? claim->taker : claim->owner, .claim = claim};
+    return s_transition(db, id, CF_STATE_PLANNING, &extra, NULL, err, errlen);
+}
+
 int cf_db_composition_take(cf_db_t *db, const char *id, const char *taker, char *err, size_t errlen)
 {
     if (!taker || !*taker) {
         snprintf(err, errlen, "a take needs the taker's name");
         return CF_DB_INVALID;
     }
-    s_transition_extra_t extra = {.taker = taker};
-    return s_transition(db, id, CF_STATE_PLANNING, &extra, NULL, err, errlen);
+    unsigned char raw[8];
+    char token[17];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(token, sizeof token, raw, sizeof raw);
+    cf_db_claim_t claim = {.owner = taker, .taker = taker, .token = token};
+    return cf_db_composition_claim(db, id, &claim, err, errlen);
 }
 
 int cf_db_composition_complete(cf_db_t *db, const char *id, const cf_db_output_t *output, char *err,
                                size_t errlen)
 {
-    s_transition_extra_t extra = {.output = output};
+    return cf_db_composition_complete_as(db, id, output, NULL, err, errlen);
+}
+
+int cf_db_composition_complete_as(cf_db_t *db, const char *id, const cf_db_output_t *output,
+                                  const cf_db_as_t *as, char *err, size_t errlen)
+{
+    s_transition_extra_t extra = {.output = output, .as = as};
     return s_transition(db, id, CF_STATE_COMPLETED, &extra, NULL, err, errlen);
 }
 
 int cf_db_composition_fail(cf_db_t *db, const char *id, const char *code, const char *message,
                            char *err, size_t errlen)
 {
+    return cf_db_composition_fail_as(db, id, code, message, NULL, err, errlen);
+}
+
+int cf_db_composition_fail_as(cf_db_t *db, const char *id, const char *code, const char *message,
+                              const cf_db_as_t *as, char *err, size_t errlen)
+{
     if (!code || !*code) {
         snprintf(err, errlen, "an error code is required");
         return CF_DB_INVALID;
     }
-    s_transition_extra_t extra = {.error_code = code, .error_message = message ? message : ""};
+    s_transition_extra_t extra = {
+        .error_code = code, .error_message = message ? message : "", .as = as};
     cf_state_t from;
     int rc = s_transition(db, id, CF_STATE_FAILED, &extra, &from, err, errlen);
     if (rc == CF_DB_ILLEGAL && cf_state_is_terminal(from))
@@ -545,12 +660,13 @@ int cf_db_composition_queued(cf_db_t *db, int max, cf_db_queued_t **items_p, int
     return CF_DB_OK;
 }
 
-int cf_db_purge_expired(cf_db_t *db, int completed_keep_s, int failed_keep_s, int max_rows,
-                        cf_db_purged_t **purged_p, int *count_p, char *err, size_t errlen)
+int cf_db_purge_expired(cf_db_t *db, int completed_keep_s, int failed_keep_s,
+                        int idempotency_keep_s, int max_rows, cf_db_purged_t **purged_p,
+                        int *count_p, char *err, size_t errlen)
 {
     *purged_p = NULL;
     *count_p = 0;
-    if (completed_keep_s < 0 || failed_keep_s < 0 || max_rows < 1) {
+    if (completed_keep_s < 0 || failed_keep_s < 0 || idempotency_keep_s < 0 || max_rows < 1) {
         snprintf(err, errlen, "retention times must be >= 0 and max_rows positive");
         return CF_DB_INVALID;
     }
@@ -558,9 +674,11 @@ int cf_db_purge_expired(cf_db_t *db, int completed_keep_s, int failed_keep_s, in
     snprintf(keep_completed, sizeof keep_completed, "%d", completed_keep_s);
     snprintf(keep_failed, sizeof keep_failed, "%d", failed_keep_s);
     snprintf(limit, sizeof limit, "%d", max_rows);
-    const char *params[] = {keep_completed, keep_failed, limit};
+    char keep_keys[16];
+    snprintf(keep_keys, sizeof keep_keys, "%d", idempotency_keep_s);
+    const char *params[] = {keep_completed, keep_failed, limit, keep_keys};
     PGresult *res = NULL;
-    int rc = cf_dbi_exec(db, CF_DBI_PURGE, 3, params, NULL, NULL, &res, err, errlen);
+    int rc = cf_dbi_exec(db, CF_DBI_PURGE, 4, params, NULL, NULL, &res, err, errlen);
     if (rc < 0)
         return rc;
     int rows = PQntuples(res);

@@ -9,6 +9,7 @@
  *   cf_db_statements.c   the statement table (all of the module's SQL);
  *   cf_db_compositions.c create, get, list, transitions, progress, output,
  *                        counts, queued, purge;
+ *   cf_db_claims.c       claim renewal and the expiry sweep;
  *   cf_db_segments.c     segments and events;
  *   cf_db_tenancy.c      API keys, composition owners, blob uploads;
  *   cf_db_delivery.c     S3 output location and webhook deliveries.
@@ -87,6 +88,8 @@ typedef enum {
     CF_DBI_W_LOST,
     CF_DBI_W_CLOSE_CANCELLED,
     CF_DBI_OUTPUT_REFERENCED,
+    CF_DBI_CLAIMS_RENEW,
+    CF_DBI_CLAIMS_EXPIRE,
     CF_DBI_STMT_COUNT
 } cf_dbi_stmt_t;
 

@@ -42,12 +42,17 @@
 /* One statement for every transition: $1 id, $2 target state, $3 its status,
  * $4 its stage, $5 who (event payload), $6/$7 error code/message,
  * $8..$11 output, $12 this call's operation id (event payload: tells after
- * a lost answer whether the statement committed). The EXISTS is re-evaluated on the newest row
- * version when a concurrent update got there first, so a transition is only ever applied from a
- * state the table allows. prev reports the state before. */
+ * a lost answer whether the statement committed; a take's is also its claim
+ * token), $13 the claim the caller holds (NULL: no check), $14/$15 a take's
+ * owner and claim lifetime in ms, $16 the event's reason. The EXISTS and
+ * the claim check are re-evaluated on the newest row version when a
+ * concurrent update got there first, so a transition is only ever applied
+ * from a state the table allows. prev reports the state (and claim) before;
+ * the trigger of sql/023_claims.sql ends the claim when the composition
+ * leaves processing. */
 #define S_TRANSITION_SQL                                                                           \
-    "WITH prev AS (SELECT cf_state(status, stage) AS state FROM compositions WHERE id = "          \
-    "$1::uuid),"                                                                                   \
+    "WITH prev AS (SELECT cf_state(status, stage) AS state, claim_op FROM compositions"            \
+    " WHERE id = $1::uuid),"                                                                       \
     " upd AS (UPDATE compositions c SET status = $3::text, stage = $4::text,"                      \
     "  attempts = c.attempts + CASE WHEN $2::text = 'planning' THEN 1 ELSE 0 END,"                 \
     "  started_at = CASE WHEN $2::text = 'planning' THEN now() ELSE c.started_at END,"             \
@@ -59,14 +64,20 @@
     "  output_location = coalesce($8::text, c.output_location),"                                   \
     "  output_size_bytes = coalesce($9::bigint, c.output_size_bytes),"                             \
     "  output_duration_s = coalesce($10::float8, c.output_duration_s),"                            \
-    "  output_hash = coalesce($11::text, c.output_hash)"                                           \
+    "  output_hash = coalesce($11::text, c.output_hash),"                                          \
+    "  claimed_by = CASE WHEN $2::text = 'planning' THEN $14::text ELSE c.claimed_by END,"         \
+    "  claim_op = CASE WHEN $2::text = 'planning' THEN $12::text ELSE c.claim_op END,"             \
+    "  claim_expires_at = CASE WHEN $2::text = 'planning'"                                         \
+    "   THEN now() + $15::int * interval '1 millisecond' ELSE c.claim_expires_at END"              \
     "  WHERE c.id = $1::uuid AND EXISTS (SELECT 1 FROM composition_transitions t"                  \
     "   WHERE t.from_state = cf_state(c.status, c.stage) AND t.to_state = $2::text)"               \
+    "  AND ($13::text IS NULL OR c.claim_op = $13::text)"                                          \
     "  RETURNING c.id, c.version, c.progress),"                                                    \
     " ev AS (INSERT INTO events (composition_id, type, payload)"                                   \
     "  SELECT upd.id, 'status', jsonb_strip_nulls(jsonb_build_object('from', (SELECT state FROM "  \
-    "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text, 'op', $12::text)) FROM upd)"        \
-    " SELECT (SELECT state FROM prev), upd.version, upd.progress"                                  \
+    "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text, 'op', $12::text,"                   \
+    " 'reason', $16::text)) FROM upd)"                                                             \
+    " SELECT (SELECT state FROM prev), upd.version, upd.progress, (SELECT claim_op FROM prev)"     \
     " FROM (SELECT 1) one LEFT JOIN upd ON true"
 
 /* The coordinator's fence, in the statement itself: the lease row holds
@@ -190,6 +201,8 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
           * are one blob) comes back NULL: its file must stay. */
          "WITH gone AS (DELETE FROM compositions c WHERE c.id IN (SELECT id FROM compositions"
          " WHERE finished_at < now() - least($1::bigint, $2::bigint) * interval '1 second'"
+         " AND (idempotency_key IS NULL"
+         "  OR created_at < now() - $4::bigint * interval '1 second')"
          " AND ("
          " (status = 'completed'"
          "  AND finished_at < now() - $1::bigint * interval '1 second')"
@@ -275,7 +288,7 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                              "revoked_at") ", admin FROM api_keys ORDER BY created_at, id",
                          true},
     [CF_DBI_OP_APPLIED] = {"composition_op_applied",
-                           "SELECT c.version, c.progress, cf_state(c.status, c.stage)"
+                           "SELECT c.version, c.progress, cf_state(c.status, c.stage), c.claim_op"
                            " FROM events e JOIN compositions c ON c.id = e.composition_id"
                            " WHERE e.composition_id = $1::uuid AND e.type = 'status'"
                            " AND e.payload->>'op' = $2::text LIMIT 1",
@@ -507,6 +520,44 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                                   "SELECT EXISTS (SELECT 1 FROM compositions"
                                   " WHERE output_location = $1::text)",
                                   true},
+    /* Owner $1 renews the claims whose tokens are in $2 by $3 ms, each
+     * only while it holds. */
+    [CF_DBI_CLAIMS_RENEW] = {"claims_renew",
+                             "UPDATE compositions SET"
+                             " claim_expires_at = now() + $3::int * interval '1 millisecond'"
+                             " WHERE status = 'processing' AND claimed_by = $1::text"
+                             " AND claim_op = ANY($2::text[]) AND claim_expires_at > now()"
+                             " RETURNING claim_op",
+                             false},
+    /* The sweep: $1 who sweeps, $2 expiries after which it fails (0:
+     * never), $3 rows at most. The rows are locked by due, so what it read
+     * (the stage, the owner) is what the update changes. */
+    [CF_DBI_CLAIMS_EXPIRE] =
+        {"claims_expire",
+         "WITH due AS (SELECT id, cf_state(status, stage) AS from_state, claimed_by"
+         "  FROM compositions WHERE status = 'processing' AND claim_expires_at < now()"
+         "  ORDER BY claim_expires_at LIMIT $3::int FOR UPDATE SKIP LOCKED),"
+         " upd AS (UPDATE compositions c SET"
+         "  status = CASE WHEN $2::int > 0 AND c.claim_expiries + 1 >= $2::int"
+         "   THEN 'failed' ELSE 'queued' END,"
+         "  stage = NULL,"
+         "  claim_expiries = c.claim_expiries + 1,"
+         "  finished_at = CASE WHEN $2::int > 0 AND c.claim_expiries + 1 >= $2::int"
+         "   THEN now() ELSE c.finished_at END,"
+         "  error_code = CASE WHEN $2::int > 0 AND c.claim_expiries + 1 >= $2::int"
+         "   THEN 'claim_expired' ELSE c.error_code END,"
+         "  error_message = CASE WHEN $2::int > 0 AND c.claim_expiries + 1 >= $2::int"
+         "   THEN 'its claim expired ' || (c.claim_expiries + 1) || ' times: the nodes rendering"
+         " it stopped, or lost the database, before finishing' ELSE c.error_message END"
+         "  FROM due WHERE c.id = due.id"
+         "  RETURNING c.id, c.priority, cf_state(c.status, c.stage) AS state, c.version,"
+         "  c.progress, due.from_state, due.claimed_by),"
+         " ev AS (INSERT INTO events (composition_id, type, payload)"
+         "  SELECT id, 'status', jsonb_strip_nulls(jsonb_build_object('from', from_state,"
+         "  'to', state, 'by', $1::text, 'reason', 'claim_expired', 'owner', claimed_by))"
+         "  FROM upd)"
+         " SELECT id, priority, state, version, progress, coalesce(claimed_by, '') FROM upd",
+         false},
 };
 
 /* SQL of statements whose text needs parameter numbers filled in. Built once

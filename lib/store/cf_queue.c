@@ -12,20 +12,61 @@
  * more would only cause empty wake-ups. */
 #define S_WAKE_CAP 256
 
-/* An item in a Redis list is "<p>:<id>" with p = h, d or l: the priority
- * travels with the id, so the reaper puts an item back where it came from. */
-#define S_ITEM_LEN (2 + CF_DB_ID_LEN)
+/* An item in a Redis list is "<p>:<id>:<ms>" with p = h, d or l and ms the
+ * push time (Redis' clock, ms since the epoch): the priority travels with
+ * the id, so the reaper puts an item back where it came from, and the time
+ * with both, so an item keeps its age. "<p>:<id>" (no time) is read too. */
+#define S_ITEM_MIN (2 + CF_DB_ID_LEN - 1)
+#define S_ITEM_MAX 64
 
 static const char s_priority_letter[CF_PRIORITY_COUNT] = {'h', 'd', 'l'};
 
-/* Takes the first item of high, default, low (in that order) into the
- * processing list, atomically: KEYS = high, default, low, processing. */
+/* Takes the item due first into the processing list, atomically: of the
+ * oldest item of high, default and low (the consuming end of each list),
+ * the one whose push time + class x aging is smallest (ties: the higher
+ * class). KEYS = high, default, low, processing; ARGV[1] = aging in ms. */
 static const char s_take_script[] =
+    "local aging = tonumber(ARGV[1])\n"
+    "local best, due = nil, nil\n"
     "for i = 1, 3 do\n"
-    "  local item = redis.call('LMOVE', KEYS[i], KEYS[4], 'RIGHT', 'LEFT')\n"
-    "  if item then return item end\n"
+    "  local item = redis.call('LINDEX', KEYS[i], -1)\n"
+    "  if item then\n"
+    "    local ms = tonumber(string.match(item, '^%a:[%x%-]+:(%d+)$')) or 0\n"
+    "    local key = ms + (i - 1) * aging\n"
+    "    if best == nil or key < due then best, due = i, key end\n"
+    "  end\n"
     "end\n"
-    "return false\n";
+    "if best == nil then return false end\n"
+    "return redis.call('LMOVE', KEYS[best], KEYS[4], 'RIGHT', 'LEFT')\n";
+
+/* Pushes the items of ARGV ("<p>:<id>") on their intake lists, stamped with
+ * the Redis clock, and one wake token per item (at most ARGV[1] kept).
+ * KEYS = high, default, low, wake; ARGV[1] = wake cap, ARGV[2..] = items. */
+static const char s_push_script[] =
+    "local t = redis.call('TIME')\n"
+    "local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
+    "local lists = {h = KEYS[1], d = KEYS[2], l = KEYS[3]}\n"
+    "for i = 2, #ARGV do\n"
+    "  local item = ARGV[i]\n"
+    "  redis.call('LPUSH', lists[string.sub(item, 1, 1)] or KEYS[2], item .. ':' .. ms)\n"
+    "end\n"
+    "local cap = tonumber(ARGV[1])\n"
+    "for i = 1, math.min(#ARGV - 1, cap) do redis.call('LPUSH', KEYS[4], '1') end\n"
+    "redis.call('LTRIM', KEYS[4], 0, cap - 1)\n"
+    "return #ARGV - 1\n";
+
+/* Moves a processing list (KEYS[1]) back to the consuming end of the
+ * intake lists. ARGV[1] = key prefix. Returns the number of items moved. */
+static const char s_recover_script[] =
+    "local lists = {h = ARGV[1] .. 'q:high', d = ARGV[1] .. 'q:default', l = ARGV[1] .. 'q:low'}\n"
+    "local moved = 0\n"
+    "while true do\n"
+    "  local item = redis.call('RPOP', KEYS[1])\n"
+    "  if not item then break end\n"
+    "  redis.call('RPUSH', lists[string.sub(item, 1, 1)] or lists.d, item)\n"
+    "  moved = moved + 1\n"
+    "end\n"
+    "return moved\n";
 
 /* Returns the processing lists of consumers whose heartbeat expired to the
  * consuming end of their intake lists. KEYS[1] = consumer registry;
@@ -66,6 +107,7 @@ struct cf_queue {
     int timeout_ms;
     int ttl_ms;
     int backoff_max_ms;
+    int aging_ms;
     redisContext *ctx;
     int backoff_ms;
     int64_t next_attempt_ms;
@@ -94,6 +136,7 @@ void cf_queue_options_default(cf_queue_options_t *opts)
         .timeout_ms = 5000,
         .heartbeat_ttl_ms = 10000,
         .backoff_max_ms = 2000,
+        .aging_ms = CF_QUEUE_AGING_MS,
     };
 }
 
@@ -118,8 +161,9 @@ cf_queue_t *cf_queue_new(const cf_queue_options_t *opts, char *err, size_t errle
         snprintf(err, errlen, "key prefix too long or invalid consumer name");
         return NULL;
     }
-    if (opts->timeout_ms < 1 || opts->heartbeat_ttl_ms < 300 || opts->backoff_max_ms < 1) {
-        snprintf(err, errlen, "timeouts must be positive (heartbeat TTL >= 300 ms)");
+    if (opts->timeout_ms < 1 || opts->heartbeat_ttl_ms < 300 || opts->backoff_max_ms < 1 ||
+        opts->aging_ms < 1) {
+        snprintf(err, errlen, "timeouts and aging must be positive (heartbeat TTL >= 300 ms)");
         return NULL;
     }
     cf_queue_t *q = calloc(1, sizeof *q);
@@ -138,6 +182,7 @@ cf_queue_t *cf_queue_new(const cf_queue_options_t *opts, char *err, size_t errle
     q->timeout_ms = opts->timeout_ms;
     q->ttl_ms = opts->heartbeat_ttl_ms;
     q->backoff_max_ms = opts->backoff_max_ms;
+    q->aging_ms = opts->aging_ms;
     q->backoff_ms = 50;
     for (int p = 0; p < CF_PRIORITY_COUNT; p++)
         snprintf(q->key_list[p], sizeof q->key_list[p], "%sq:%s", prefix,
@@ -242,14 +287,19 @@ static int s_pipeline_replies(cf_queue_t *q, int count, char *err, size_t errlen
     return rc;
 }
 
-static void s_item_text(const cf_queue_item_t *item, char out[S_ITEM_LEN])
+/* The item's text as the lists hold it (with its push time, if it has one). */
+static void s_item_text(const cf_queue_item_t *item, char out[S_ITEM_MAX])
 {
-    snprintf(out, S_ITEM_LEN, "%c:%s", s_priority_letter[item->priority], item->id);
+    if (item->pushed_ms > 0)
+        snprintf(out, S_ITEM_MAX, "%c:%s:%lld", s_priority_letter[item->priority], item->id,
+                 (long long)item->pushed_ms);
+    else
+        snprintf(out, S_ITEM_MAX, "%c:%s", s_priority_letter[item->priority], item->id);
 }
 
 static int s_item_parse(const char *text, size_t len, cf_queue_item_t *item)
 {
-    if (len != S_ITEM_LEN - 1 || text[1] != ':')
+    if (len < S_ITEM_MIN || len >= S_ITEM_MAX || text[1] != ':')
         return -1;
     int p;
     for (p = 0; p < CF_PRIORITY_COUNT; p++)
@@ -257,7 +307,18 @@ static int s_item_parse(const char *text, size_t len, cf_queue_item_t *item)
             break;
     if (p == CF_PRIORITY_COUNT)
         return -1;
+    int64_t ms = 0;
+    if (len > S_ITEM_MIN) {
+        if (text[S_ITEM_MIN] != ':' || len == S_ITEM_MIN + 1 || len > S_ITEM_MIN + 19)
+            return -1;
+        for (size_t i = S_ITEM_MIN + 1; i < len; i++) {
+            if (text[i] < '0' || text[i] > '9')
+                return -1;
+            ms = ms * 10 + (text[i] - '0');
+        }
+    }
     item->priority = (cf_priority_t)p;
+    item->pushed_ms = ms;
     memcpy(item->id, text + 2, CF_DB_ID_LEN - 1);
     item->id[CF_DB_ID_LEN - 1] = '\0';
     return 0;
@@ -275,29 +336,44 @@ int cf_queue_push_many(cf_queue_t *q, const cf_queue_item_t *items, int count, c
             return -1;
         }
     }
-    if (s_connected(q, err, errlen) < 0)
+    /* Batches keep one script's arguments bounded. */
+    enum { S_BATCH = 1000 };
+    const char **argv = calloc(S_BATCH + 9, sizeof *argv);
+    char(*texts)[S_ITEM_MAX] = calloc(S_BATCH, sizeof *texts);
+    if (!argv || !texts) {
+        free(argv);
+        free(texts);
+        snprintf(err, errlen, "out of memory");
         return -1;
-    /* Batches keep one pipeline's buffers bounded. */
-    for (int start = 0; start < count; start += 1000) {
-        int n = count - start < 1000 ? count - start : 1000;
-        for (int i = start; i < start + n; i++) {
-            char text[S_ITEM_LEN];
-            s_item_text(&items[i], text);
-            redisAppendCommand(q->ctx, "LPUSH %s %s", q->key_list[items[i].priority], text);
-        }
-        /* One wake token per item (bounded): each wakes one idle consumer. */
-        int tokens = n < S_WAKE_CAP ? n : S_WAKE_CAP;
-        const char *argv[2 + S_WAKE_CAP];
-        argv[0] = "LPUSH";
-        argv[1] = q->key_wake;
-        for (int i = 0; i < tokens; i++)
-            argv[2 + i] = "1";
-        redisAppendCommandArgv(q->ctx, 2 + tokens, argv, NULL);
-        redisAppendCommand(q->ctx, "LTRIM %s 0 %d", q->key_wake, S_WAKE_CAP - 1);
-        if (s_pipeline_replies(q, n + 2, err, errlen) < 0)
-            return -1;
     }
-    return 0;
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", S_WAKE_CAP);
+    int rc = 0;
+    for (int start = 0; start < count && rc == 0; start += S_BATCH) {
+        int n = count - start < S_BATCH ? count - start : S_BATCH;
+        int argc = 0;
+        argv[argc++] = "EVAL";
+        argv[argc++] = s_push_script;
+        argv[argc++] = "4";
+        argv[argc++] = q->key_list[0];
+        argv[argc++] = q->key_list[1];
+        argv[argc++] = q->key_list[2];
+        argv[argc++] = q->key_wake;
+        argv[argc++] = cap;
+        for (int i = 0; i < n; i++) {
+            cf_queue_item_t plain = items[start + i];
+            plain.pushed_ms = 0; /* the script stamps it */
+            s_item_text(&plain, texts[i]);
+            argv[argc++] = texts[i];
+        }
+        redisReply *reply = s_command(q, argc, argv, err, errlen);
+        if (!reply)
+            rc = -1;
+        freeReplyObject(reply);
+    }
+    free(argv);
+    free(texts);
+    return rc;
 }
 
 int cf_queue_push(cf_queue_t *q, const char *id, cf_priority_t priority, char *err, size_t errlen)
@@ -335,9 +411,11 @@ int cf_queue_take(cf_queue_t *q, int timeout_ms, cf_queue_item_t *item, char *er
         if (s_now_ms() - q->last_heartbeat_ms > q->ttl_ms / 3 &&
             cf_queue_heartbeat(q, err, errlen) < 0)
             return -1;
-        const char *argv[] = {"EVAL",         s_take_script,  "4",        q->key_list[0],
-                              q->key_list[1], q->key_list[2], q->key_proc};
-        redisReply *reply = s_command(q, 7, argv, err, errlen);
+        char aging[16];
+        snprintf(aging, sizeof aging, "%d", q->aging_ms);
+        const char *argv[] = {"EVAL",         s_take_script,  "4",         q->key_list[0],
+                              q->key_list[1], q->key_list[2], q->key_proc, aging};
+        redisReply *reply = s_command(q, 8, argv, err, errlen);
         if (!reply)
             return -1;
         if (reply->type == REDIS_REPLY_STRING) {
@@ -383,13 +461,38 @@ int cf_queue_ack(cf_queue_t *q, const cf_queue_item_t *item, char *err, size_t e
         snprintf(err, errlen, "not a consumer");
         return -1;
     }
-    char text[S_ITEM_LEN];
+    char text[S_ITEM_MAX];
     s_item_text(item, text);
     const char *argv[] = {"LREM", q->key_proc, "1", text};
     redisReply *reply = s_command(q, 4, argv, err, errlen);
     if (!reply)
         return -1;
     freeReplyObject(reply);
+    return 0;
+}
+
+int cf_queue_recover(cf_queue_t *q, int *returned_p, char *err, size_t errlen)
+{
+    if (returned_p)
+        *returned_p = 0;
+    if (!q->consumer) {
+        snprintf(err, errlen, "not a consumer");
+        return -1;
+    }
+    const char *argv[] = {"EVAL", s_recover_script, "1", q->key_proc, q->prefix};
+    redisReply *reply = s_command(q, 5, argv, err, errlen);
+    if (!reply)
+        return -1;
+    int moved = reply->type == REDIS_REPLY_INTEGER ? (int)reply->integer : 0;
+    freeReplyObject(reply);
+    if (moved > 0) {
+        const char *wake[] = {"LPUSH", q->key_wake, "1"};
+        freeReplyObject(s_command(q, 3, wake, err, errlen));
+        cf_log_info("queue", "%s: returned %d item(s) its previous process held", q->consumer,
+                    moved);
+    }
+    if (returned_p)
+        *returned_p = moved;
     return 0;
 }
 
@@ -449,9 +552,11 @@ int cf_queue_reconcile(cf_queue_t *q, cf_db_t *db, int *pushed_p, char *err, siz
     /* Ids Redis holds, sorted for lookups. */
     size_t held_count = reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0;
     char **held = calloc(held_count + 1, sizeof *held);
+    char(*ids)[CF_DB_ID_LEN] = calloc(held_count + 1, sizeof *ids);
     cf_queue_item_t *missing = calloc((size_t)count + 1, sizeof *missing);
-    if (!held || !missing) {
+    if (!held || !ids || !missing) {
         free(held);
+        free(ids);
         free(missing);
         free(queued);
         freeReplyObject(reply);
@@ -461,8 +566,12 @@ int cf_queue_reconcile(cf_queue_t *q, cf_db_t *db, int *pushed_p, char *err, siz
     size_t n = 0;
     for (size_t i = 0; i < held_count; i++) {
         redisReply *e = reply->element[i];
-        if (e->type == REDIS_REPLY_STRING && e->len == S_ITEM_LEN - 1)
-            held[n++] = e->str + 2;
+        cf_queue_item_t parsed;
+        if (e->type == REDIS_REPLY_STRING && s_item_parse(e->str, e->len, &parsed) == 0) {
+            memcpy(ids[n], parsed.id, CF_DB_ID_LEN);
+            held[n] = ids[n];
+            n++;
+        }
     }
     qsort(held, n, sizeof *held, s_compare_ids);
     int pushes = 0;
@@ -475,6 +584,7 @@ int cf_queue_reconcile(cf_queue_t *q, cf_db_t *db, int *pushed_p, char *err, siz
         }
     }
     free(held);
+    free(ids);
     freeReplyObject(reply);
     free(queued);
     int rc = cf_queue_push_many(q, missing, pushes, err, errlen);

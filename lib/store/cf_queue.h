@@ -4,10 +4,13 @@
  * without losing a composition:
  *   - producers store a composition in Postgres (queued), then push its id on
  *     the intake list of its priority (PREFIX q:high, q:default, q:low);
- *   - a consumer moves one item, high before default before low, into its own
+ *   - a consumer moves one item (by priority and age, below) into its own
  *     processing list (PREFIX q:proc:CONSUMER) atomically, applies its effect
- *     in Postgres (cf_db_composition_take: idempotent, a duplicate is
+ *     in Postgres (cf_db_composition_claim: idempotent, a duplicate is
  *     refused), and only then acks (removes it from the processing list);
+ *     a composition whose consumer dies after that is not the queue's
+ *     business any more: its claim expires and the coordinator pushes it
+ *     again (cf_db_claims_expire);
  *   - a consumer proves it is alive with a heartbeat key with a TTL; the
  *     reaper moves the processing list of a consumer whose key expired back
  *     to the head of the intake lists;
@@ -15,11 +18,19 @@
  *     queued but no Redis list holds (after FLUSHALL or a Redis restart).
  *     Duplicates are harmless because taking is idempotent in Postgres.
  *
- * Taking in priority order: BLMOVE blocks on one list only, so a consumer
- * moves with one Lua script that tries LMOVE on high, default, low in turn
- * (atomic, one round trip), and when all are empty blocks on a wake list
- * (BLPOP PREFIX q:wake) that every push also feeds, so an idle consumer wakes
- * at once whatever the priority of the new item.
+ * Taking in priority order, with aging: every item carries the time it was
+ * pushed (Redis' clock, one clock for every node). An item of class c
+ * (high 0, default 1, low 2) pushed at time t is served as if it were a
+ * high item pushed at t + c x aging_ms: its priority rises by one class per
+ * aging_ms it waits (default 300 s). So high goes before default before low
+ * while they arrive within aging_ms of each other, and a low item waits at
+ * most 2 x aging_ms (plus the high work that arrived before that) under
+ * any steady load of high work: nothing starves. Within a class it is FIFO.
+ * BLMOVE blocks on one list only, so a consumer moves with one Lua script
+ * that compares the oldest item of high, default and low and LMOVEs the one
+ * due first (atomic, one round trip), and when all are empty blocks on a
+ * wake list (BLPOP PREFIX q:wake) that every push also feeds, so an idle
+ * consumer wakes at once whatever the priority of the new item.
  *
  * A cf_queue_t owns one Redis connection: use it from one thread. It
  * reconnects by itself (with backoff) after Redis went away; a call made
@@ -43,7 +54,11 @@ typedef struct {
     int timeout_ms;       /* connect and command timeout (default 5000: origin socket_timeout) */
     int heartbeat_ttl_ms; /* a consumer silent this long is dead (default 10000) */
     int backoff_max_ms;   /* reconnect delays double up to this (default 2000) */
+    int aging_ms;         /* a waiting item rises one priority class per this (default
+                             CF_QUEUE_AGING_MS); every consumer of a queue should use the same */
 } cf_queue_options_t;
+
+#define CF_QUEUE_AGING_MS (300 * 1000)
 
 /* Fills OPTS with the defaults above. */
 void cf_queue_options_default(cf_queue_options_t *opts);
@@ -62,6 +77,8 @@ void cf_queue_destroy(cf_queue_t **self_p);
 typedef struct {
     char id[CF_DB_ID_LEN];
     cf_priority_t priority;
+    int64_t pushed_ms; /* when it was pushed (Redis clock, ms since the epoch); set by take,
+                          0 for an item that carries no time (served as the oldest) */
 } cf_queue_item_t;
 
 /* Pushes a composition id on its priority's intake list. Returns 0 or -1. */
@@ -71,7 +88,7 @@ int cf_queue_push(cf_queue_t *q, const char *id, cf_priority_t priority, char *e
 int cf_queue_push_many(cf_queue_t *q, const cf_queue_item_t *items, int count, char *err,
                        size_t errlen);
 
-/* Consumer: moves the next item (high before default before low) into this
+/* Consumer: moves the next item (by priority and age, see above) into this
  * consumer's processing list, waiting up to timeout_ms for one. Refreshes the
  * heartbeat as it waits. Returns 1 with the item, 0 when none came in time,
  * -1 on error. A consumer holds at most one item: ack it before taking the
@@ -86,6 +103,14 @@ int cf_queue_ack(cf_queue_t *q, const cf_queue_item_t *item, char *err, size_t e
  * and its entry in the consumer registry. take() does this itself; call it
  * while working longer than a third of the TTL on one item. Returns 0 or -1. */
 int cf_queue_heartbeat(cf_queue_t *q, char *err, size_t errlen);
+
+/* Consumer: moves what this consumer's processing list still holds back to
+ * the consuming end of the intake lists: run it when a consumer starts, as
+ * its name's previous process may have died holding items (a restarted
+ * node's consumers keep their names and heartbeat at once, so the reaper
+ * never sees them dead). *returned_p (may be NULL) gets the number of
+ * items. Returns 0 or -1. */
+int cf_queue_recover(cf_queue_t *q, int *returned_p, char *err, size_t errlen);
 
 /* Reaper: for every registered consumer whose heartbeat expired, moves its
  * processing list back to the head of the intake lists (atomically, in a

@@ -32,6 +32,7 @@ struct cf_state_keeper {
     bool stop;
     int64_t last_reconcile_ms;
     int64_t last_purge_ms;
+    int coordinator; /* -1 unknown, 0 no, 1 yes: at the last pass (for the log) */
     cf_state_keeper_stats_t stats;
 };
 
@@ -56,6 +57,8 @@ void cf_state_keeper_options_default(cf_state_keeper_options_t *opts)
         .output_root = NULL,
         .blob_keep_s = 7 * 86400,
         .start_thread = true,
+        .idempotency_keep_s = CF_DB_IDEMPOTENCY_KEEP_S,
+        .claim_max_expiries = 3,
     };
 }
 
@@ -102,6 +105,9 @@ static void s_add(cf_state_keeper_t *k, const cf_state_keeper_stats_t *d,
     t->files_kept += d->files_kept;
     t->errors += d->errors;
     t->blobs_removed += d->blobs_removed;
+    t->requeued += d->requeued;
+    t->abandoned += d->abandoned;
+    t->coordinating += d->coordinating;
     pthread_mutex_unlock(&k->lock);
     if (done) {
         done->passes += d->passes;
@@ -112,6 +118,58 @@ static void s_add(cf_state_keeper_t *k, const cf_state_keeper_stats_t *d,
         done->files_kept += d->files_kept;
         done->errors += d->errors;
         done->blobs_removed += d->blobs_removed;
+        done->requeued += d->requeued;
+        done->abandoned += d->abandoned;
+        done->coordinating += d->coordinating;
+    }
+}
+
+/* Expires the claims nobody renewed in time (cf_db_claims_expire) and
+ * pushes what went back to queued on the queue (a failed push is repaired
+ * by the reconcile: they are queued in Postgres). Adds a failure to *rc and
+ * err like S_FAIL. */
+static void s_sweep_claims(cf_state_keeper_t *k, cf_state_keeper_stats_t *d, int *rc, char *err,
+                           size_t errlen)
+{
+    char why[512];
+    const char *sweeper = k->opts.node_id ? k->opts.node_id : "state-keeper";
+    for (;;) {
+        cf_db_expired_t *items = NULL;
+        int count = 0;
+        if (cf_db_claims_expire(k->opts.db, sweeper, k->opts.claim_max_expiries, S_PURGE_BATCH,
+                                &items, &count, why, sizeof why) < 0) {
+            d->errors++;
+            if (*rc == 0)
+                snprintf(err, errlen, "claim sweep: %s", why);
+            *rc = -1;
+            return;
+        }
+        int queued = 0;
+        for (int i = 0; i < count; i++) {
+            cf_log_info("state", "%s: the claim of %s expired: %s", items[i].id,
+                        items[i].owner[0] ? items[i].owner : "its renderer",
+                        items[i].state == CF_STATE_QUEUED ? "queued again" : "failed");
+            queued += items[i].state == CF_STATE_QUEUED;
+        }
+        cf_queue_item_t *push = calloc((size_t)queued + 1, sizeof *push);
+        int n = 0;
+        for (int i = 0; push && i < count; i++)
+            if (items[i].state == CF_STATE_QUEUED) {
+                snprintf(push[n].id, sizeof push[n].id, "%s", items[i].id);
+                push[n].priority = items[i].priority;
+                n++;
+            }
+        if (push && cf_queue_push_many(k->queue, push, n, why, sizeof why) < 0)
+            cf_log_warn("state",
+                        "claim sweep: pushing %d composition(s) failed (the reconcile "
+                        "will): %s",
+                        n, why);
+        free(push);
+        free(items);
+        d->requeued += (uint64_t)queued;
+        d->abandoned += (uint64_t)(count - queued);
+        if (count < S_PURGE_BATCH)
+            return;
     }
 }
 
@@ -136,16 +194,30 @@ static int s_pass(cf_state_keeper_t *k, bool force, cf_state_keeper_stats_t *don
     d.reaped += (uint64_t)returned;
 
     int64_t now = s_now_ms();
-    bool lost = false;
-    if (cf_queue_needs_reconcile(k->queue, &lost, why, sizeof why) < 0)
-        S_FAIL("reconcile check: %s", why);
-    if (force || lost || now - k->last_reconcile_ms >= k->opts.reconcile_interval_ms) {
-        int pushed = 0;
-        if (cf_queue_reconcile(k->queue, k->opts.db, &pushed, why, sizeof why) < 0)
-            S_FAIL("%s", why);
-        else
-            k->last_reconcile_ms = now;
-        d.reconciled += (uint64_t)pushed;
+    bool coordinator = !k->opts.is_coordinator || k->opts.is_coordinator(k->opts.coordinator_arg);
+    if (k->coordinator != (int)coordinator)
+        cf_log_info("state", coordinator
+                                 ? "coordinator: expiring claims and reconciling the queue here"
+                                 : "not the coordinator: claims and reconcile are left to it");
+    /* A node that just became the coordinator rebuilds the queue at once:
+     * nobody reconciled while there was none. */
+    bool became = coordinator && k->coordinator != 1;
+    k->coordinator = coordinator;
+    if (coordinator) {
+        d.coordinating++;
+        s_sweep_claims(k, &d, &rc, err, errlen);
+        bool lost = false;
+        if (cf_queue_needs_reconcile(k->queue, &lost, why, sizeof why) < 0)
+            S_FAIL("reconcile check: %s", why);
+        if (force || lost || became ||
+            now - k->last_reconcile_ms >= k->opts.reconcile_interval_ms) {
+            int pushed = 0;
+            if (cf_queue_reconcile(k->queue, k->opts.db, &pushed, why, sizeof why) < 0)
+                S_FAIL("%s", why);
+            else
+                k->last_reconcile_ms = now;
+            d.reconciled += (uint64_t)pushed;
+        }
     }
 
     if (force || now - k->last_purge_ms >= k->opts.purge_interval_ms) {
@@ -153,7 +225,8 @@ static int s_pass(cf_state_keeper_t *k, bool force, cf_state_keeper_stats_t *don
             cf_db_purged_t *purged = NULL;
             int count = 0;
             if (cf_db_purge_expired(k->opts.db, k->opts.keep_completed_s, k->opts.keep_failed_s,
-                                    S_PURGE_BATCH, &purged, &count, why, sizeof why) < 0) {
+                                    k->opts.idempotency_keep_s, S_PURGE_BATCH, &purged, &count, why,
+                                    sizeof why) < 0) {
                 S_FAIL("retention purge: %s", why);
                 break;
             }
@@ -225,7 +298,8 @@ cf_state_keeper_t *cf_state_keeper_new(const cf_state_keeper_options_t *opts, ch
         return NULL;
     }
     if (opts->reap_interval_ms < 10 || opts->reconcile_interval_ms < 10 ||
-        opts->purge_interval_ms < 10 || opts->keep_completed_s < 0 || opts->keep_failed_s < 0) {
+        opts->purge_interval_ms < 10 || opts->keep_completed_s < 0 || opts->keep_failed_s < 0 ||
+        opts->idempotency_keep_s < 0 || opts->claim_max_expiries < 0) {
         snprintf(err, errlen, "state keeper intervals must be >= 10 ms and retention >= 0");
         return NULL;
     }
@@ -240,6 +314,7 @@ cf_state_keeper_t *cf_state_keeper_new(const cf_state_keeper_options_t *opts, ch
         return NULL;
     }
     k->opts = *opts;
+    k->coordinator = -1;
     k->redis_url = strdup(opts->redis_url);
     k->redis_prefix = strdup(opts->redis_prefix ? opts->redis_prefix : "cf:");
     k->output_root = opts->output_root ? strdup(root) : NULL;

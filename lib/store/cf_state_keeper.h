@@ -1,15 +1,23 @@
 /* cf_state_keeper: the state layer's housekeeping, one thread per node:
  *   - reaper: returns the items of dead queue consumers (cf_queue_reap);
- *   - reconcile: pushes queued compositions no Redis list holds, at once when
- *     Redis lost its data, else every reconcile_interval_ms;
  *   - retention: deletes compositions past their retention (completed after
  *     keep_completed_s, failed and cancelled after keep_failed_s: the
- *     origin's 7 days and 24 h) and removes their output files;
+ *     origin's 7 days and 24 h; never one whose idempotency key is younger
+ *     than idempotency_keep_s) and removes their output files;
  *   - uploads: removes this node's uploads no stored composition names any
- *     more, blob_keep_s after they were made (cf_db_blob_gc).
- * Any node may run one; every step is safe to run on many nodes at once
- * (the reaper is one atomic script, reconcile's duplicates are refused by
- * Postgres, purge skips rows another node is deleting). */
+ *     more, blob_keep_s after they were made (cf_db_blob_gc);
+ * and, only while this node is the coordinator (is_coordinator; a node
+ * without one is its own coordinator), so that one node in the cluster
+ * does them and they never race each other:
+ *   - claims: every processing composition whose claim expired (its
+ *     renderer died, hung, or lost the database for longer than the claim's
+ *     lifetime) goes back to queued and is pushed on the queue, or fails
+ *     with "claim_expired" after claim_max_expiries expiries
+ *     (cf_db_claims_expire);
+ *   - reconcile: pushes queued compositions no Redis list holds, at once when
+ *     Redis lost its data, else every reconcile_interval_ms.
+ * The other steps are safe on many nodes at once (the reaper is one atomic
+ * script, purge skips rows another node is deleting). */
 #ifndef CF_STATE_KEEPER_H
 #define CF_STATE_KEEPER_H
 
@@ -41,8 +49,15 @@ typedef struct {
     const char *data_dir;
     /* The node's blob store for the uploads step (NULL: no such step). */
     struct cf_blob_store_t *blobs;
-    int blob_keep_s;   /* default 7 days */
-    bool start_thread; /* false: nothing runs until cf_state_keeper_run_once */
+    int blob_keep_s;        /* default 7 days */
+    bool start_thread;      /* false: nothing runs until cf_state_keeper_run_once */
+    int idempotency_keep_s; /* default CF_DB_IDEMPOTENCY_KEEP_S (24 h) */
+    int claim_max_expiries; /* expired claims after which a composition fails (default 3;
+                               0: requeue for ever) */
+    /* Whether this node is the coordinator now (called on the keeper's
+     * thread every pass; NULL: always). */
+    bool (*is_coordinator)(void *arg);
+    void *coordinator_arg;
 } cf_state_keeper_options_t;
 
 void cf_state_keeper_options_default(cf_state_keeper_options_t *opts);
@@ -55,6 +70,9 @@ typedef struct {
     uint64_t files_removed; /* their output files removed */
     uint64_t files_kept;    /* outputs not removed (remote or outside output_root) */
     uint64_t blobs_removed; /* uploads removed from the blob store */
+    uint64_t requeued;      /* compositions whose claim expired, back in the queue */
+    uint64_t abandoned;     /* compositions failed after too many expired claims */
+    uint64_t coordinating;  /* passes that ran the coordinator's steps */
     uint64_t errors;
 } cf_state_keeper_stats_t;
 

@@ -26,7 +26,9 @@ const cf_api_route_t cf_api_routes[] = {
      "Submit a composition for rendering",
      "{\"parameters\":[{\"name\":\"Idempotency-Key\",\"in\":\"header\",\"required\":false,"
      "\"description\":\"Same key and body return the same composition; same key with another "
-     "body is 409.\",\"schema\":{\"type\":\"string\",\"maxLength\":200}}],"
+     "body is 409. A key is honoured for at least 24 hours after its first use (the node's "
+     "--idempotency-keep-s): retention never removes its composition sooner.\","
+     "\"schema\":{\"type\":\"string\",\"maxLength\":200}}],"
      "\"requestBody\":{\"required\":true," S_JSON(
          "CompositionSpec") "},"
                             "\"responses\":{\"202\":{\"description\":\"Accepted and queued; "

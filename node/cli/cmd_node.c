@@ -88,6 +88,11 @@ static void s_report_load(void *arg, int free_slots, int in_flight)
     cf_node_set_load(arg, free_slots, in_flight);
 }
 
+static bool s_is_coordinator(void *arg)
+{
+    return cf_node_is_coordinator(arg, NULL);
+}
+
 /* The REST API and the single-node renderer (node/cf_api_service.h). */
 static int s_start_api(s_node_cmd_t *cmd, char *err, size_t errlen)
 {
@@ -104,6 +109,8 @@ static int s_start_api(s_node_cmd_t *cmd, char *err, size_t errlen)
     cmd->api_opts.on_load_arg = cmd->node;
     cmd->api_opts.node = cmd->node;
     cmd->api_opts.encoders = cmd->encoders;
+    cmd->api_opts.is_coordinator = s_is_coordinator;
+    cmd->api_opts.is_coordinator_arg = cmd->node;
     cmd->api = cf_api_service_new(&cmd->api_opts, err, errlen);
     return cmd->api ? 0 : -1;
 }

@@ -23,7 +23,6 @@
 #include "cf_metrics.h"
 #include "cf_queue.h"
 #include "cf_s3.h"
-#include "cf_state_keeper.h"
 #include "cf_blob.h"
 #include "cf_comp.h"
 #include "cf_render.h"
@@ -35,6 +34,8 @@
 #define S_CANCEL_SAFETY_MS 10000
 #define S_HEARTBEAT_MS     2000 /* consumer heartbeat while rendering (TTL 10 s) */
 #define S_RENDER_REPORT_MS 200
+/* While stopping, how long a write (the hand-back) keeps trying. */
+#define S_STOP_WRITE_MS 3000
 
 typedef struct s_slot_t s_slot_t;
 
@@ -43,9 +44,13 @@ struct cf_worker_t {
     char *redis_url, *redis_prefix, *data_dir, *node_id;
     atomic_bool stop;
     atomic_int in_flight;
-    cf_state_keeper_t *keeper; /* reaper, reconcile, retention, uploads */
     s_slot_t *slots;
     int slot_count;
+    /* Claims: each slot's token (under claims_lock), renewed by the claims
+     * thread every third of claim_ttl_ms. */
+    pthread_mutex_t claims_lock;
+    pthread_t claims_thread;
+    bool claims_started;
 
     cf_metric_t *m_active_segments; /* active_segments */
     cf_metric_t *m_segments;        /* segments_total{status} */
@@ -61,14 +66,18 @@ struct s_slot_t {
     bool started;
     cf_queue_t *queue;
     char consumer[160];
+    char claim[CF_DB_OP_MAX + 1]; /* the token of the composition it renders, "" when none */
+    atomic_bool claim_lost;       /* the renewal found that claim gone: stop the render */
 };
 
 /* What the progress callback needs while one composition renders. */
 typedef struct {
     s_slot_t *slot;
     const char *id;
+    const char *claim; /* this render's claim token */
     atomic_bool cancel;
     bool cancelled_by_user;
+    bool claim_lost; /* the claim expired or was replaced: someone else may render it */
     cf_state_t stage;
     double progress_written;
     int64_t last_progress_ms, last_cancel_ms, last_heartbeat_ms;
@@ -84,12 +93,8 @@ void cf_worker_options_default(cf_worker_options_t *opts)
     memset(opts, 0, sizeof *opts);
     opts->redis_prefix = "cf:";
     opts->slots = 1;
-    opts->reap_interval_ms = 5000;
-    opts->reconcile_interval_ms = 30000;
-    opts->purge_interval_ms = 600000;
-    opts->keep_completed_s = CF_DB_KEEP_COMPLETED_S;
-    opts->keep_failed_s = CF_DB_KEEP_FAILED_S;
-    opts->blob_keep_s = 7 * 86400;
+    opts->claim_ttl_ms = CF_DB_CLAIM_TTL_MS;
+    opts->priority_aging_ms = CF_QUEUE_AGING_MS;
 }
 
 static int64_t s_now_ms(void)
@@ -116,14 +121,38 @@ static void s_report_load(cf_worker_t *w)
 
 /* ------------------------------------------------------------ one render */
 
+/* The owner's writes name its claim and an operation id made from it and
+ * the target state (OP holds it), the same on every retry: a retry after a
+ * lost answer is recognised, and nothing is written once the claim is gone. */
+static cf_db_as_t s_as(const s_job_t *job, cf_state_t to, const char *reason,
+                       char op[CF_DB_OP_MAX + 1])
+{
+    snprintf(op, CF_DB_OP_MAX + 1, "%s.%s", job->claim, cf_state_name(to));
+    return (cf_db_as_t){.claim = job->claim, .op_id = op, .reason = reason};
+}
+
+static void s_claim_lost(s_job_t *job, const char *err)
+{
+    if (!job->claim_lost)
+        cf_log_warn("worker", "%s: stopping: %s", job->id, err);
+    job->claim_lost = true;
+    atomic_store(&job->cancel, true);
+}
+
 static void s_transition(s_job_t *job, cf_state_t to)
 {
     cf_worker_t *w = job->slot->worker;
-    char err[256];
+    char err[256], op[CF_DB_OP_MAX + 1];
     cf_state_t from;
     while (job->stage < to && job->stage < CF_STATE_ASSEMBLING) {
         cf_state_t next = (cf_state_t)(job->stage + 1);
-        int rc = cf_db_composition_transition(w->opts.db, job->id, next, &from, err, sizeof err);
+        cf_db_as_t as = s_as(job, next, NULL, op);
+        int rc =
+            cf_db_composition_transition_as(w->opts.db, job->id, next, &as, &from, err, sizeof err);
+        if (rc == CF_DB_STALE) {
+            s_claim_lost(job, err);
+            return;
+        }
         if (rc == CF_DB_ILLEGAL) {
             /* Cancelled (or failed by someone) meanwhile: stop rendering. */
             job->cancelled_by_user = from == CF_STATE_CANCELLED;
@@ -167,6 +196,8 @@ static void s_on_progress(void *arg, const cf_render_progress_t *p)
     char err[256];
     if (atomic_load(&w->stop))
         atomic_store(&job->cancel, true);
+    if (atomic_load(&job->slot->claim_lost))
+        s_claim_lost(job, "its claim expired (not renewed in time)");
 
     double progress = job->progress_written;
     if (!strcmp(p->phase, "encode")) {
@@ -331,7 +362,79 @@ static void s_record_segments(s_job_t *job, const cf_render_result_t *result)
     }
 }
 
-static void s_render(s_slot_t *slot, const char *id)
+/* Runs WRITE (complete, fail or hand back the job) until it answers
+ * something else than CF_DB_UNAVAILABLE, for at most the claim's lifetime
+ * (the claims thread renews it meanwhile): its operation id is the same on
+ * every try, so an attempt whose answer was lost is recognised by the next.
+ * While stopping, S_STOP_WRITE_MS at most (the claim then expires and the
+ * coordinator requeues the composition). */
+typedef int (*s_write_fn)(s_job_t *job, void *arg, char *err, size_t errlen);
+static int s_write_retrying(s_job_t *job, s_write_fn write, void *arg, char *err, size_t errlen)
+{
+    cf_worker_t *w = job->slot->worker;
+    int64_t started = s_now_ms();
+    int rc;
+    /* Not stopped by a lost claim: a write whose answer was lost ends the
+     * claim itself (complete, hand back), and only its retry can tell. */
+    while ((rc = write(job, arg, err, errlen)) == CF_DB_UNAVAILABLE) {
+        int64_t limit = atomic_load(&w->stop) ? S_STOP_WRITE_MS : w->opts.claim_ttl_ms;
+        if (s_now_ms() - started >= limit)
+            break;
+        cf_log_warn("worker", "%s: %s (trying again)", job->id, err);
+        usleep(1000 * 1000); /* not s_nap: it returns at once while stopping */
+    }
+    return rc;
+}
+
+static int s_write_complete(s_job_t *job, void *arg, char *err, size_t errlen)
+{
+    char op[CF_DB_OP_MAX + 1];
+    cf_db_as_t as = s_as(job, CF_STATE_COMPLETED, NULL, op);
+    return cf_db_composition_complete_as(job->slot->worker->opts.db, job->id, arg, &as, err,
+                                         errlen);
+}
+
+typedef struct {
+    const char *code, *message;
+} s_failure_t;
+
+static int s_write_fail(s_job_t *job, void *arg, char *err, size_t errlen)
+{
+    const s_failure_t *f = arg;
+    char op[CF_DB_OP_MAX + 1];
+    cf_db_as_t as = s_as(job, CF_STATE_FAILED, NULL, op);
+    return cf_db_composition_fail_as(job->slot->worker->opts.db, job->id, f->code, f->message, &as,
+                                     err, errlen);
+}
+
+static int s_write_hand_back(s_job_t *job, void *arg, char *err, size_t errlen)
+{
+    (void)arg;
+    char op[CF_DB_OP_MAX + 1];
+    cf_db_as_t as = s_as(job, CF_STATE_QUEUED, "node_stopped", op);
+    return cf_db_composition_transition_as(job->slot->worker->opts.db, job->id, CF_STATE_QUEUED,
+                                           &as, NULL, err, errlen);
+}
+
+/* A graceful stop: the composition goes back to queued (its claim ends, a
+ * "status" event with reason "node_stopped" records it) and on the intake
+ * queue, so the next node to take work renders it. If Postgres cannot be
+ * told, the claim expires and the coordinator requeues it. */
+static void s_hand_back(s_job_t *job, cf_priority_t priority)
+{
+    char err[512];
+    int rc = s_write_retrying(job, s_write_hand_back, NULL, err, sizeof err);
+    if (rc != CF_DB_OK) {
+        cf_log_warn("worker", "%s: could not hand it back (%s): its claim will expire", job->id,
+                    err);
+        return;
+    }
+    if (cf_queue_push(job->slot->queue, job->id, priority, err, sizeof err) < 0)
+        cf_log_warn("worker", "%s: handed back, not pushed (the reconcile will): %s", job->id, err);
+    cf_log_info("worker", "%s: handed back to the queue (node stopping)", job->id);
+}
+
+static void s_render(s_slot_t *slot, const char *id, const char *claim)
 {
     cf_worker_t *w = slot->worker;
     char err[1024];
@@ -353,7 +456,7 @@ static void s_render(s_slot_t *slot, const char *id)
     snprintf(outputs, sizeof outputs, "%s/outputs", w->data_dir);
     mkdir(outputs, 0755);
 
-    s_job_t job = {.slot = slot, .id = id, .stage = CF_STATE_PLANNING};
+    s_job_t job = {.slot = slot, .id = id, .claim = claim, .stage = CF_STATE_PLANNING};
     atomic_init(&job.cancel, false);
     char sub_err[256];
     job.updates = cf_updates_subscribe(w->redis_url, w->redis_prefix, id, sub_err, sizeof sub_err);
@@ -395,7 +498,7 @@ static void s_render(s_slot_t *slot, const char *id)
     cf_comp_errors_free(&problems);
     s_set_active(&job, 0);
     const char *outcome;
-    bool upload_failed = false;
+    bool upload_failed = false, outcome_unknown = false;
     if (rc == 0) {
         s_transition(&job, CF_STATE_ASSEMBLING);
         char *hash = result.output_blob, blob_rel[160], why_path[256];
@@ -413,17 +516,25 @@ static void s_render(s_slot_t *slot, const char *id)
             s_record_segments(&job, &result);
             char why[512];
             rc = s_upload_destination(&job, spec, out_path, err, sizeof err);
-            if (rc == 0)
-                rc = cf_db_composition_complete(w->opts.db, id, &output, why, sizeof why);
-            else
+            if (rc != 0) {
                 upload_failed = true;
-            if (upload_failed) {
-                job.cancelled_by_user = atomic_load(&job.cancel) && !atomic_load(&w->stop);
+                job.cancelled_by_user =
+                    atomic_load(&job.cancel) && !atomic_load(&w->stop) && !job.claim_lost;
                 rc = -1;
-            } else if (rc != CF_DB_OK) {
-                snprintf(err, sizeof err, "%s", why);
-                job.cancelled_by_user = rc == CF_DB_ILLEGAL || rc == CF_DB_TERMINAL;
+            } else if (job.claim_lost) {
                 rc = -1;
+            } else {
+                rc = s_write_retrying(&job, s_write_complete, &output, why, sizeof why);
+                if (rc == CF_DB_STALE) {
+                    s_claim_lost(&job, why);
+                    rc = -1;
+                } else if (rc != CF_DB_OK) {
+                    snprintf(err, sizeof err, "%s", why);
+                    job.cancelled_by_user = rc == CF_DB_ILLEGAL || rc == CF_DB_TERMINAL;
+                    /* It may have completed: keep the output it may name. */
+                    outcome_unknown = rc == CF_DB_UNAVAILABLE;
+                    rc = -1;
+                }
             }
         }
         if (rc == 0) {
@@ -432,25 +543,32 @@ static void s_render(s_slot_t *slot, const char *id)
                           result.seconds > 0 ? duration_s / result.seconds : 0);
             cf_log_info("worker", "%s: completed in %.1f s (%s, %llu bytes)", id, result.seconds,
                         result.encoder, (unsigned long long)bytes);
-        } else if (out_path[0]) {
+        } else if (out_path[0] && !outcome_unknown) {
             s_drop_output(w, location, hash);
         }
     }
     if (rc != 0) {
         char why[256];
-        if (job.cancelled_by_user) {
+        if (outcome_unknown) {
+            /* Completed or not: if not, the claim expires unrenewed and the
+             * coordinator requeues it. */
+            outcome = "unknown";
+            cf_log_warn("worker", "%s: completing it: %s (outcome unknown)", id, err);
+        } else if (job.claim_lost) {
+            /* Not ours any more: queued again or taken by another node. */
+            outcome = "claim_lost";
+        } else if (job.cancelled_by_user) {
             outcome = "cancelled";
             cf_log_info("worker", "%s: stopped: cancelled", id);
         } else if (atomic_load(&w->stop)) {
-            outcome = "interrupted";
-            cf_db_composition_fail(w->opts.db, id, "node_stopped",
-                                   "the node rendering it was stopped", why, sizeof why);
+            outcome = "handed_back";
+            s_hand_back(&job, comp.priority);
         } else {
             outcome = "failed";
             cf_log_warn("worker", "%s: failed: %s", id, err);
-            cf_db_composition_fail(w->opts.db, id,
-                                   upload_failed ? "s3_upload_failed" : "render_failed", err, why,
-                                   sizeof why);
+            s_failure_t failure = {upload_failed ? "s3_upload_failed" : "render_failed", err};
+            if (s_write_retrying(&job, s_write_fail, &failure, why, sizeof why) != CF_DB_OK)
+                cf_log_warn("worker", "%s: recording the failure: %s", id, why);
             if (job.segments_total > job.segments_seen) {
                 const char *failed[] = {"failed"};
                 cf_metric_inc(w->m_segments, failed, job.segments_total - job.segments_seen);
@@ -471,12 +589,24 @@ static void s_render(s_slot_t *slot, const char *id)
 
 /* ------------------------------------------------------------ threads */
 
+static void s_set_claim(s_slot_t *slot, const char *token)
+{
+    pthread_mutex_lock(&slot->worker->claims_lock);
+    snprintf(slot->claim, sizeof slot->claim, "%s", token ? token : "");
+    atomic_store(&slot->claim_lost, false);
+    pthread_mutex_unlock(&slot->worker->claims_lock);
+}
+
 static void *s_slot_main(void *arg)
 {
     s_slot_t *slot = arg;
     cf_worker_t *w = slot->worker;
     char err[512];
     int64_t last_complaint = 0;
+    /* Items this consumer name held when its last process died go back
+     * first (a restarted node heartbeats at once: the reaper never would). */
+    if (cf_queue_recover(slot->queue, NULL, err, sizeof err) < 0)
+        cf_log_warn("worker", "queue: %s", err);
     while (!atomic_load(&w->stop)) {
         cf_queue_item_t item;
         int got = cf_queue_take(slot->queue, 500, &item, err, sizeof err);
@@ -490,20 +620,87 @@ static void *s_slot_main(void *arg)
         }
         if (got == 0)
             continue;
-        /* queued -> planning in Postgres first: exactly one taker wins. */
+        /* queued -> planning in Postgres first: exactly one taker wins, and
+         * the claim is recorded. The token is this item's: a take whose
+         * answer was lost is recognised by the retry. */
+        unsigned char raw[8];
+        char token[17];
+        randombytes_buf(raw, sizeof raw);
+        sodium_bin2hex(token, sizeof token, raw, sizeof raw);
+        cf_db_claim_t claim = {.owner = w->node_id,
+                               .taker = slot->consumer,
+                               .token = token,
+                               .ttl_ms = w->opts.claim_ttl_ms};
         int rc;
-        while ((rc = cf_db_composition_take(w->opts.db, item.id, slot->consumer, err,
-                                            sizeof err)) == CF_DB_UNAVAILABLE &&
+        while ((rc = cf_db_composition_claim(w->opts.db, item.id, &claim, err, sizeof err)) ==
+                   CF_DB_UNAVAILABLE &&
                !atomic_load(&w->stop))
             s_nap(w, 1000);
-        if (rc == CF_DB_OK)
-            s_render(slot, item.id);
-        else if (rc != CF_DB_UNAVAILABLE)
+        if (rc == CF_DB_OK) {
+            s_set_claim(slot, token);
+            s_render(slot, item.id, token);
+            s_set_claim(slot, NULL);
+        } else if (rc != CF_DB_UNAVAILABLE) {
             cf_log_debug("worker", "%s: not taken: %s", item.id, err);
+        }
+        /* Stopping with the take's outcome unknown: the item stays in our
+         * list for the next start (cf_queue_recover) or the reaper, and a
+         * claim the take may have made expires. */
         if (rc == CF_DB_UNAVAILABLE)
-            break; /* stopping: the item stays in our list for the reaper */
+            break;
         cf_queue_ack(slot->queue, &item, err, sizeof err);
     }
+    return NULL;
+}
+
+/* Renews the claims of the compositions the slots render, every third of
+ * their lifetime; a slot whose claim was not renewed (it expired, or the
+ * coordinator requeued it) is told to stop. */
+static void *s_claims_main(void *arg)
+{
+    cf_worker_t *w = arg;
+    int period_ms = w->opts.claim_ttl_ms / 3 > 50 ? w->opts.claim_ttl_ms / 3 : 50;
+    char(*tokens)[CF_DB_OP_MAX + 1] = calloc((size_t)w->slot_count, sizeof *tokens);
+    const char **list = calloc((size_t)w->slot_count, sizeof *list);
+    bool *held = calloc((size_t)w->slot_count, sizeof *held);
+    int *slot_of = calloc((size_t)w->slot_count, sizeof *slot_of);
+    int64_t last_complaint = 0;
+    while (tokens && list && held && slot_of && !atomic_load(&w->stop)) {
+        s_nap(w, period_ms);
+        int n = 0;
+        pthread_mutex_lock(&w->claims_lock);
+        for (int i = 0; i < w->slot_count; i++) {
+            if (!w->slots[i].claim[0])
+                continue;
+            snprintf(tokens[n], sizeof tokens[n], "%s", w->slots[i].claim);
+            list[n] = tokens[n];
+            slot_of[n++] = i;
+        }
+        pthread_mutex_unlock(&w->claims_lock);
+        if (n == 0)
+            continue;
+        char err[512];
+        if (cf_db_claims_renew(w->opts.db, w->node_id, list, n, w->opts.claim_ttl_ms, held, err,
+                               sizeof err) != CF_DB_OK) {
+            if (s_now_ms() - last_complaint > 10000) {
+                cf_log_warn("worker", "renewing claims: %s", err);
+                last_complaint = s_now_ms();
+            }
+            continue;
+        }
+        pthread_mutex_lock(&w->claims_lock);
+        for (int i = 0; i < n; i++) {
+            s_slot_t *slot = &w->slots[slot_of[i]];
+            /* Still the same render (not one that finished meanwhile). */
+            if (!held[i] && !strcmp(slot->claim, tokens[i]))
+                atomic_store(&slot->claim_lost, true);
+        }
+        pthread_mutex_unlock(&w->claims_lock);
+    }
+    free(tokens);
+    free(list);
+    free(held);
+    free(slot_of);
     return NULL;
 }
 
@@ -516,6 +713,10 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
                  "required");
         return NULL;
     }
+    if (opts->claim_ttl_ms < 300 || opts->priority_aging_ms < 1) {
+        snprintf(err, errlen, "worker: the claim lifetime must be >= 300 ms and aging positive");
+        return NULL;
+    }
     if (sodium_init() < 0) {
         snprintf(err, errlen, "libsodium cannot be initialised");
         return NULL;
@@ -525,6 +726,7 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    pthread_mutex_init(&w->claims_lock, NULL);
     w->opts = *opts;
     w->redis_url = strdup(opts->redis_url);
     w->redis_prefix = strdup(opts->redis_prefix ? opts->redis_prefix : "cf:");
@@ -567,25 +769,15 @@ cf_worker_t *cf_worker_new(const cf_worker_options_t *opts, char *err, size_t er
         qo.url = w->redis_url;
         qo.prefix = w->redis_prefix;
         qo.consumer = slot->consumer;
+        qo.aging_ms = w->opts.priority_aging_ms;
         if (!(slot->queue = cf_queue_new(&qo, err, errlen)))
             goto fail;
     }
-    cf_state_keeper_options_t ko;
-    cf_state_keeper_options_default(&ko);
-    ko.db = w->opts.db;
-    ko.redis_url = w->redis_url;
-    ko.redis_prefix = w->redis_prefix;
-    ko.reap_interval_ms = w->opts.reap_interval_ms;
-    ko.reconcile_interval_ms = w->opts.reconcile_interval_ms;
-    ko.purge_interval_ms = w->opts.purge_interval_ms;
-    ko.keep_completed_s = w->opts.keep_completed_s;
-    ko.keep_failed_s = w->opts.keep_failed_s;
-    ko.node_id = w->node_id;
-    ko.data_dir = w->data_dir;
-    ko.blobs = w->opts.blobs;
-    ko.blob_keep_s = w->opts.blob_keep_s;
-    if (!(w->keeper = cf_state_keeper_new(&ko, err, errlen)))
+    if (pthread_create(&w->claims_thread, NULL, s_claims_main, w) != 0) {
+        snprintf(err, errlen, "cannot start the claims thread");
         goto fail;
+    }
+    w->claims_started = true;
     for (int i = 0; i < w->slot_count; i++) {
         if (pthread_create(&w->slots[i].thread, NULL, s_slot_main, &w->slots[i]) != 0) {
             snprintf(err, errlen, "cannot start a render slot");
@@ -613,10 +805,12 @@ void cf_worker_destroy(cf_worker_t **self_p)
     for (int i = 0; w->slots && i < w->slot_count; i++)
         if (w->slots[i].started)
             pthread_join(w->slots[i].thread, NULL);
-    cf_state_keeper_destroy(&w->keeper);
+    if (w->claims_started)
+        pthread_join(w->claims_thread, NULL);
     for (int i = 0; w->slots && i < w->slot_count; i++)
         cf_queue_destroy(&w->slots[i].queue);
     free(w->slots);
+    pthread_mutex_destroy(&w->claims_lock);
     free(w->redis_url);
     free(w->redis_prefix);
     free(w->data_dir);

@@ -170,16 +170,20 @@ static const cf_state_t s_path[CF_STATE_COUNT][6] = {
 static const bool s_legal[CF_STATE_COUNT][CF_STATE_COUNT] = {
     [CF_STATE_PENDING] = {[CF_STATE_QUEUED] = 1, [CF_STATE_FAILED] = 1, [CF_STATE_CANCELLED] = 1},
     [CF_STATE_QUEUED] = {[CF_STATE_PLANNING] = 1, [CF_STATE_FAILED] = 1, [CF_STATE_CANCELLED] = 1},
-    /* planning -> queued: a deposed coordinator's planning goes back to the
-     * intake (sql/030_work.sql). */
+    /* Back to queued from every processing stage: a claim expired or was
+     * handed back (issue 12). */
     [CF_STATE_PLANNING] = {[CF_STATE_QUEUED] = 1,
                            [CF_STATE_ENCODING] = 1,
                            [CF_STATE_FAILED] = 1,
                            [CF_STATE_CANCELLED] = 1},
-    [CF_STATE_ENCODING] =
-        {[CF_STATE_ASSEMBLING] = 1, [CF_STATE_FAILED] = 1, [CF_STATE_CANCELLED] = 1},
-    [CF_STATE_ASSEMBLING] =
-        {[CF_STATE_COMPLETED] = 1, [CF_STATE_FAILED] = 1, [CF_STATE_CANCELLED] = 1},
+    [CF_STATE_ENCODING] = {[CF_STATE_QUEUED] = 1,
+                           [CF_STATE_ASSEMBLING] = 1,
+                           [CF_STATE_FAILED] = 1,
+                           [CF_STATE_CANCELLED] = 1},
+    [CF_STATE_ASSEMBLING] = {[CF_STATE_QUEUED] = 1,
+                             [CF_STATE_COMPLETED] = 1,
+                             [CF_STATE_FAILED] = 1,
+                             [CF_STATE_CANCELLED] = 1},
 };
 
 static void test_every_transition(void **state)
@@ -222,8 +226,8 @@ static void test_every_transition(void **state)
             free(version_after);
         }
     }
-    assert_int_equal(applied, 16);
-    assert_int_equal(refused, CF_STATE_COUNT * CF_STATE_COUNT - 16);
+    assert_int_equal(applied, 18);
+    assert_int_equal(refused, CF_STATE_COUNT * CF_STATE_COUNT - 18);
 
     /* The trigger refuses an illegal move even from SQL written elsewhere. */
     char id[CF_DB_ID_LEN];
@@ -564,8 +568,9 @@ static void test_retention_purge(void **state)
     assert_int_equal(cf_db_segments_create(db, done_old, 1, &plan, 1, err, sizeof err), CF_DB_OK);
     cf_db_purged_t *purged = NULL;
     int n = 0;
-    assert_int_equal(cf_db_purge_expired(db, CF_DB_KEEP_COMPLETED_S, CF_DB_KEEP_FAILED_S, 100,
-                                         &purged, &n, err, sizeof err),
+    assert_int_equal(cf_db_purge_expired(db, CF_DB_KEEP_COMPLETED_S, CF_DB_KEEP_FAILED_S,
+                                         CF_DB_IDEMPOTENCY_KEEP_S, 100, &purged, &n, err,
+                                         sizeof err),
                      CF_DB_OK);
     assert_int_equal(n, 2);
     bool saw_done = false, saw_failed = false;
@@ -657,8 +662,13 @@ static void test_query_plans(void **state)
     s_expect_plan(db, "events_since", 3, events, "events_composition_idx", true);
     const char *get[] = {some_id};
     s_expect_plan(db, "composition_get_json", 1, get, "compositions_pkey", true);
-    const char *purge[] = {"604800", "86400", "100"};
-    s_expect_plan(db, "composition_purge", 3, purge, "compositions_finished_idx", true);
+    const char *purge[] = {"604800", "86400", "100", "86400"};
+    s_expect_plan(db, "composition_purge", 4, purge, "compositions_finished_idx", true);
+    /* The claim sweep and a node's renewal read the processing rows only. */
+    const char *sweep[] = {"sweeper", "3", "500"};
+    s_expect_plan(db, "claims_expire", 3, sweep, "compositions_claim_expiry_idx", true);
+    const char *renew[] = {"node-1", "{a,b}", "30000"};
+    s_expect_plan(db, "claims_renew", 3, renew, "compositions_", true);
     free(some_id);
     free(cursor_us);
     s_sql("DELETE FROM compositions");

@@ -4,7 +4,12 @@
  *     the server's reply and closes the connection; the data layer must find
  *     its own operation committed and answer OK without applying it twice;
  *   - not committed: the backend is terminated while the statement waits on
- *     a row lock; the data layer must run it again and answer OK once. */
+ *     a row lock; the data layer must run it again and answer OK once;
+ *   - committed, answer lost, and Postgres away for longer than the pool
+ *     waits: the take answers "unavailable"; the caller's retry with the
+ *     same claim token, once Postgres is back, must answer OK (applied once),
+ *     where a retry with a new token is refused (the composition would be
+ *     stranded). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -15,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cf_db.h"
@@ -36,6 +42,8 @@ typedef struct {
     int client[S_PAIRS], server[S_PAIRS];
     atomic_int drop_next_reply; /* 1: swallow the next server data, close that pair */
     atomic_int dropped;
+    atomic_int refuse_ms;         /* after a drop: refuse connections this long */
+    atomic_llong refuse_until_ms; /* CLOCK_MONOTONIC */
     atomic_bool stop;
     pthread_t thread;
 } s_proxy_t;
@@ -45,6 +53,13 @@ static void s_close_pair(s_proxy_t *p, int i)
     close(p->client[i]);
     close(p->server[i]);
     p->client[i] = p->server[i] = -1;
+}
+
+static long long s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void *s_proxy_main(void *arg)
@@ -60,7 +75,9 @@ static void *s_proxy_main(void *arg)
         }
         if (poll(fds, (nfds_t)n, 50) <= 0)
             continue;
-        if (fds[0].revents & POLLIN) {
+        if ((fds[0].revents & POLLIN) && s_mono_ms() < atomic_load(&p->refuse_until_ms)) {
+            close(accept(p->listen_fd, NULL, NULL)); /* "down": refused */
+        } else if (fds[0].revents & POLLIN) {
             int c = accept(p->listen_fd, NULL, NULL);
             int s = socket(AF_INET, SOCK_STREAM, 0);
             struct sockaddr_in addr = {.sin_family = AF_INET,
@@ -97,6 +114,7 @@ static void *s_proxy_main(void *arg)
                     /* The server answered (the statement committed): the
                      * client never hears it. */
                     atomic_fetch_add(&p->dropped, 1);
+                    atomic_store(&p->refuse_until_ms, s_mono_ms() + atomic_load(&p->refuse_ms));
                     s_close_pair(p, i);
                     continue;
                 }
@@ -157,18 +175,24 @@ static int s_teardown(void **state)
     return 0;
 }
 
-static cf_db_t *s_pool(const char *url)
+static cf_db_t *s_pool_waiting(const char *url, int acquire_timeout_ms)
 {
     cf_db_options_t opts;
     cf_db_options_default(&opts);
     opts.url = url;
     opts.pool_size = 1;
     opts.max_overflow = 0;
-    opts.acquire_timeout_ms = 10000;
+    opts.acquire_timeout_ms = acquire_timeout_ms;
+    opts.connect_timeout_ms = 1000;
     char err[256];
     cf_db_t *db = cf_db_new(&opts, err, sizeof err);
     assert_non_null(db);
     return db;
+}
+
+static cf_db_t *s_pool(const char *url)
+{
+    return s_pool_waiting(url, 10000);
 }
 
 static char *s_value(const char *sql, const char *param)
@@ -297,11 +321,58 @@ static void test_not_committed_runs_again(void **state)
     cf_db_destroy(&db);
 }
 
+static void test_take_answer_lost_past_the_pool_wait(void **state)
+{
+    s_proxy_t proxy;
+    s_proxy_start(&proxy, s_db_url);
+    atomic_store(&proxy.refuse_ms, 4000); /* the pool waits 1 s */
+    char via[1024];
+    cf_url_t parsed;
+    char err[256];
+    assert_int_equal(cf_url_parse(s_db_url, &parsed, err, sizeof err), 0);
+    snprintf(via, sizeof via, "postgresql://%s@127.0.0.1:%d%s", parsed.user, proxy.port,
+             parsed.path);
+    cf_db_t *db = s_pool_waiting(via, 1000);
+    char warm[CF_DB_ID_LEN], id[CF_DB_ID_LEN];
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, warm);
+    cf_test_create_queued(db, CF_PRIORITY_DEFAULT, id);
+    assert_int_equal(cf_db_composition_take(db, warm, "w", err, sizeof err), CF_DB_OK);
+
+    cf_db_claim_t claim = {.owner = "node-x", .token = "lost-take-1", .ttl_ms = 60000};
+    atomic_store(&proxy.drop_next_reply, 1);
+    int rc = cf_db_composition_claim(db, id, &claim, err, sizeof err);
+    assert_int_equal(atomic_load(&proxy.dropped), 1);
+    /* The answer is lost and Postgres stays away past the pool's wait: the
+     * outcome is unknown to this call. */
+    assert_int_equal(rc, CF_DB_UNAVAILABLE);
+    /* Retried (as the worker does) until Postgres is back: the same token
+     * recognises the earlier, committed take. */
+    int tries = 0;
+    while ((rc = cf_db_composition_claim(db, id, &claim, err, sizeof err)) == CF_DB_UNAVAILABLE &&
+           tries++ < 30)
+        usleep(200 * 1000);
+    if (rc != CF_DB_OK)
+        fail_msg("retry of a take whose answer was lost: %d %s", rc, err);
+    char *n = s_value("SELECT attempts || ' ' || claimed_by || ' ' || claim_op || ' ' ||"
+                      " (SELECT count(*) FROM events WHERE composition_id = c.id"
+                      "  AND type = 'status') FROM compositions c WHERE id = $1",
+                      id);
+    assert_string_equal(n, "1 node-x lost-take-1 1");
+    free(n);
+    /* What a retry with a new id (the code before claims) got: refused,
+     * and the composition would have stayed processing with nobody on it. */
+    cf_db_claim_t fresh = {.owner = "node-x", .token = "lost-take-2", .ttl_ms = 60000};
+    assert_int_equal(cf_db_composition_claim(db, id, &fresh, err, sizeof err), CF_DB_ILLEGAL);
+    cf_db_destroy(&db);
+    s_proxy_stop(&proxy);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_committed_but_answer_lost),
         cmocka_unit_test(test_not_committed_runs_again),
+        cmocka_unit_test(test_take_answer_lost_past_the_pool_wait),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -1,7 +1,9 @@
 /* Integration test of lib/store/cf_state_keeper: retention purge removes expired
- * compositions and only their local output files under the output root; the
- * keeper's thread reconciles a queue Redis never saw and reaps a consumer
- * that went away holding an item. */
+ * compositions and only their local output files under the output root, but
+ * never one whose idempotency key is still inside its window; the keeper's
+ * thread reconciles a queue Redis never saw and reaps a consumer that went
+ * away holding an item; the coordinator's steps (claim sweep, reconcile) run
+ * only while the node is the coordinator. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -342,6 +344,158 @@ static void test_thread_reconciles_and_reaps(void **state)
     cf_db_destroy(&db);
 }
 
+static bool s_coordinator_flag;
+
+static bool s_is_coordinator(void *arg)
+{
+    (void)arg;
+    return s_coordinator_flag;
+}
+
+/* Not the coordinator: the expired claim stays, the queue is not rebuilt.
+ * The coordinator: the composition goes back to queued (event by this
+ * node, reason claim_expired) and is pushed; the reconcile pushes the rest. */
+static void test_coordinator_steps_only_on_the_coordinator(void **state)
+{
+    cf_db_t *db = s_pool();
+    PQclear(PQexec(s_raw, "DELETE FROM compositions"));
+    char prefix[96], ids[3][CF_DB_ID_LEN], claimed[CF_DB_ID_LEN], err[256];
+    snprintf(prefix, sizeof prefix, "%scoord:", s_prefix);
+    for (int i = 0; i < 3; i++)
+        cf_test_create_queued(db, CF_PRIORITY_DEFAULT, ids[i]);
+    cf_test_create_queued(db, CF_PRIORITY_HIGH, claimed);
+    cf_db_claim_t claim = {.owner = "node-dead", .token = "dead1", .ttl_ms = 300};
+    assert_int_equal(cf_db_composition_claim(db, claimed, &claim, err, sizeof err), CF_DB_OK);
+    for (int i = 0; i < 500 && s_count("SELECT count(*) FROM compositions WHERE"
+                                       " claim_expires_at < now()") == 0;
+         i++)
+        usleep(20000);
+    assert_int_equal(s_count("SELECT count(*) FROM compositions WHERE claim_expires_at < now()"),
+                     1);
+
+    cf_queue_options_t qo;
+    cf_queue_options_default(&qo);
+    qo.url = s_redis_url;
+    qo.prefix = prefix;
+    cf_queue_t *observer = cf_queue_new(&qo, err, sizeof err);
+    assert_non_null(observer);
+    cf_state_keeper_options_t opts;
+    cf_state_keeper_options_default(&opts);
+    opts.db = db;
+    opts.redis_url = s_redis_url;
+    opts.redis_prefix = prefix;
+    opts.node_id = "node-1";
+    opts.start_thread = false;
+    opts.is_coordinator = s_is_coordinator;
+    s_coordinator_flag = false;
+    cf_state_keeper_t *keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    assert_non_null(keeper);
+    cf_state_keeper_stats_t done = {0};
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.coordinating, 0);
+    assert_int_equal(done.reconciled, 0);
+    assert_int_equal(done.requeued, 0);
+    assert_int_equal(s_depth(observer), 0);
+    assert_int_equal(s_count("SELECT count(*) FROM compositions WHERE status = 'processing'"), 1);
+
+    s_coordinator_flag = true;
+    memset(&done, 0, sizeof done);
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.coordinating, 1);
+    assert_int_equal(done.requeued, 1);
+    assert_int_equal(done.reconciled, 3); /* the swept one was pushed by the sweep */
+    assert_int_equal(s_depth(observer), 4);
+    assert_int_equal(s_count("SELECT count(*) FROM compositions WHERE status = 'queued'"), 4);
+    assert_int_equal(s_count("SELECT count(*) FROM events WHERE type = 'status' AND"
+                             " payload->>'by' = 'node-1' AND payload->>'reason' = 'claim_expired'"
+                             " AND payload->>'owner' = 'node-dead'"),
+                     1);
+    /* The item is where its priority says. */
+    cf_queue_item_t item;
+    qo.consumer = "coord-consumer";
+    cf_queue_t *consumer = cf_queue_new(&qo, err, sizeof err);
+    assert_int_equal(cf_queue_take(consumer, 1000, &item, err, sizeof err), 1);
+    assert_string_equal(item.id, claimed);
+    assert_int_equal(item.priority, CF_PRIORITY_HIGH);
+    cf_queue_destroy(&consumer);
+    cf_state_keeper_destroy(&keeper);
+    cf_queue_destroy(&observer);
+    cf_db_destroy(&db);
+}
+
+/* Creates a composition with idempotency key KEY (NULL: none), fails it,
+ * and ages it: created CREATED ago, finished FINISHED ago. */
+static void s_failed_keyed(cf_db_t *db, const char *key, const char *created, const char *finished,
+                           char id[CF_DB_ID_LEN])
+{
+    char err[256];
+    cf_db_composition_new_t c = {.priority = CF_PRIORITY_DEFAULT,
+                                 .spec_json = "{}",
+                                 .api_key_id = "k1",
+                                 .idempotency_key = key,
+                                 .request_hash = key ? "body-hash" : NULL,
+                                 .initial_state = CF_STATE_QUEUED};
+    assert_int_equal(cf_db_composition_create(db, &c, id, NULL, err, sizeof err), CF_DB_OK);
+    assert_int_equal(cf_db_composition_fail(db, id, "x", "y", err, sizeof err), CF_DB_OK);
+    const char *params[] = {id, created, finished};
+    PGresult *res = PQexecParams(s_raw,
+                                 "UPDATE compositions SET created_at = now() - $2::interval,"
+                                 " finished_at = now() - $3::interval WHERE id = $1",
+                                 3, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+    PQclear(res);
+}
+
+/* Retention shorter than the idempotency window (24 h): a composition whose
+ * key is younger is kept, so a client retrying gets it back, never a second
+ * one; once the key is older, it goes. */
+static void test_purge_keeps_idempotency_keys_for_their_window(void **state)
+{
+    cf_db_t *db = s_pool();
+    PQclear(PQexec(s_raw, "DELETE FROM compositions"));
+    char young[CF_DB_ID_LEN], plain[CF_DB_ID_LEN], old[CF_DB_ID_LEN], err[256];
+    s_failed_keyed(db, "key-young", "2 hours", "1 hour", young);
+    s_failed_keyed(db, NULL, "2 hours", "1 hour", plain);
+    s_failed_keyed(db, "key-old", "25 hours", "24 hours", old);
+    cf_state_keeper_options_t opts;
+    cf_state_keeper_options_default(&opts);
+    opts.db = db;
+    opts.redis_url = s_redis_url;
+    opts.redis_prefix = s_prefix;
+    opts.keep_failed_s = 60; /* far below the window */
+    opts.start_thread = false;
+    cf_state_keeper_t *keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    assert_non_null(keeper);
+    cf_state_keeper_stats_t done = {0};
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.purged, 2);
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM compositions WHERE id = '%s'", young);
+    assert_int_equal(s_count(sql), 1);
+    assert_int_equal(s_count("SELECT count(*) FROM compositions"), 1);
+    /* The client retries: the same composition, not a new one. */
+    cf_db_composition_new_t again = {.priority = CF_PRIORITY_DEFAULT,
+                                     .spec_json = "{}",
+                                     .api_key_id = "k1",
+                                     .idempotency_key = "key-young",
+                                     .request_hash = "body-hash",
+                                     .initial_state = CF_STATE_QUEUED};
+    char id[CF_DB_ID_LEN];
+    bool existed = false;
+    assert_int_equal(cf_db_composition_create(db, &again, id, &existed, err, sizeof err), CF_DB_OK);
+    assert_true(existed);
+    assert_string_equal(id, young);
+    cf_state_keeper_destroy(&keeper);
+    /* The window is the option's: 0 lets retention alone decide. */
+    opts.idempotency_keep_s = 0;
+    keeper = cf_state_keeper_new(&opts, err, sizeof err);
+    memset(&done, 0, sizeof done);
+    assert_int_equal(cf_state_keeper_run_once(keeper, &done, err, sizeof err), 0);
+    assert_int_equal(done.purged, 1);
+    cf_state_keeper_destroy(&keeper);
+    cf_db_destroy(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -349,6 +503,8 @@ int main(void)
         cmocka_unit_test(test_purge_node_locations_and_uploads),
         cmocka_unit_test(test_purge_keeps_shared_output_blob),
         cmocka_unit_test(test_thread_reconciles_and_reaps),
+        cmocka_unit_test(test_coordinator_steps_only_on_the_coordinator),
+        cmocka_unit_test(test_purge_keeps_idempotency_keys_for_their_window),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -10,9 +10,11 @@
 #     loss) renders within --reconcile-interval-ms, far below the 30 s
 #     default;
 #   - renders with two slots, each composition taken and rendered once.
-# Node "api" (--no-render, another Redis prefix) creates the compositions:
-# they reach Postgres but never the renderer's queue. Postgres and Redis are
-# the judges (psql, redis-cli), not the node's API or logs.
+# The compositions of the first phases are inserted with psql: they reach
+# Postgres but never the renderer's queue. (A second node would be the
+# coordinator while the renderer restarts, and only the coordinator
+# reconciles.) Postgres and Redis are the judges (psql, redis-cli), not the
+# node's API or logs.
 source "$CF_TESTS_DIR/lib/testlib.sh"
 source "$CF_TESTS_DIR/lib/apinode.sh"
 api_setup
@@ -36,18 +38,11 @@ wait_sql() {
     fail "after $1 s, '$2' answered '$got', expected '$3'"
 }
 
-# The API-only node, on its own prefix: what it queues the renderer never
-# hears of through Redis.
-API_PREFIX="${P}api:"
-api_node_start api --no-render
-API=$API_URL
-API_PREFIX=$P
 API_KEY=$(api_key maint) || exit 1
+# A queued composition in Postgres only; prints its id.
 create() {
-    api_curl -X POST -H 'Content-Type: application/json' -d "$(api_comp_json "$API_WORK/a.mp4" "$1")" \
-        "$API/api/v1/compositions"
-    expect_status 202 "create $1"
-    jq -r .id <<<"$body"
+    sql "INSERT INTO compositions (title, spec, status) VALUES ('$1',
+         '$(api_comp_json "$API_WORK/a.mp4" "$1")'::jsonb, 'queued') RETURNING id"
 }
 
 # ---------------------------------------------------------------- reaper, loss, purge
@@ -127,5 +122,4 @@ overlaps=$(sql "WITH r AS (SELECT composition_id,
 ((overlaps > 0)) || fail "the two slots never rendered at the same time"
 echo "two slots: $overlaps overlapping pairs of renders"
 api_node_stop render
-api_node_stop api
 echo "worker_maintenance: ok"

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""A TCP relay for the tests: forwards each connection to UPSTREAM and cuts
-the first request whose request line contains MATCH, once. Logs every
-connection's first request line to LOG (with " range=VALUE" appended when
-it has a Range header), "CUT " in front of the one cut, and at each
-connection's end "RELAYED N" (bytes sent back to the client).
+"""A TCP relay on 127.0.0.1 that misbehaves once, on purpose.
+
+HTTP mode: forwards each connection to UPSTREAM and cuts the first request
+whose request line contains MATCH, once. Logs every connection's first
+request line to LOG (with " range=VALUE" appended when it has a Range
+header), "CUT " in front of the one cut, and at each connection's end
+"RELAYED N" (bytes sent back to the client).
 
   flaky_proxy.py UPSTREAM_PORT MATCH LOG PORTFILE [MODE]
 
@@ -11,11 +13,117 @@ MODE "upload" (the default) cuts while the request's body is being sent,
 after reading part of it. MODE "response:N" sends the request on and cuts
 the answer after relaying N bytes of it (status line and headers
 included): a download interrupted mid-body.
+
+TCP mode (e.g. between a node and Postgres): relays bytes both ways. The
+first client chunk that contains every --match (Python escapes allowed:
+'\\x00') arms its connection: the server's next answer on it is swallowed
+(the client never hears it), the connection is held open --hold-ms, then
+every connection is closed and new ones are refused (accepted and closed
+at once) for --down-ms. Once only. Logs what it did to LOG.
+
+  flaky_proxy.py tcp UPSTREAM_PORT LOG PORTFILE --match BYTES [--match ...]
+                 [--hold-ms 1000] [--down-ms 5000]
 """
+import codecs
 import os
 import socket
 import sys
 import threading
+import time
+
+if len(sys.argv) > 1 and sys.argv[1] == "tcp":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode")
+    ap.add_argument("upstream", type=int)
+    ap.add_argument("log")
+    ap.add_argument("portfile")
+    ap.add_argument("--match", action="append", required=True)
+    ap.add_argument("--hold-ms", type=int, default=1000)
+    ap.add_argument("--down-ms", type=int, default=5000)
+    args = ap.parse_args()
+    matches = [codecs.escape_decode(m.encode())[0] for m in args.match]
+    lock = threading.Lock()
+    conns = []  # (client, upstream) of every open connection
+    tcp = {"fired": False, "refuse_until": 0.0}
+
+    def log(line):
+        with lock, open(args.log, "a") as f:
+            f.write("%.3f %s\n" % (time.time(), line))
+
+    def close_all():
+        with lock:
+            pairs = list(conns)
+            conns.clear()
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def outage():
+        time.sleep(args.hold_ms / 1000)
+        with lock:
+            tcp["refuse_until"] = time.time() + args.down_ms / 1000
+        close_all()
+        log("closed every connection; refusing new ones for %d ms" % args.down_ms)
+
+    def relay(src, dst, armed, upward):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if upward:
+                    with lock:
+                        hit = not tcp["fired"] and all(m in data for m in matches)
+                        if hit:
+                            tcp["fired"] = True
+                            armed["on"] = True
+                    if hit:
+                        log("matched a client chunk of %d bytes: its answer will be lost" % len(data))
+                elif armed["on"]:
+                    armed["on"] = False
+                    log("swallowed the server's answer (%d bytes)" % len(data))
+                    threading.Thread(target=outage, daemon=True).start()
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    with open(args.portfile + ".tmp", "w") as f:
+        f.write(str(server.getsockname()[1]))
+    os.rename(args.portfile + ".tmp", args.portfile)
+    while True:
+        client, _ = server.accept()
+        with lock:
+            refusing = time.time() < tcp["refuse_until"]
+        if refusing:
+            client.close()
+            log("refused a connection")
+            continue
+        try:
+            upstream = socket.create_connection(("127.0.0.1", args.upstream))
+        except OSError:
+            client.close()
+            continue
+        with lock:
+            conns.append((client, upstream))
+        armed = {"on": False}
+        threading.Thread(target=relay, args=(client, upstream, armed, True), daemon=True).start()
+        threading.Thread(target=relay, args=(upstream, client, armed, False), daemon=True).start()
 
 UP, MATCH, LOG, PORTFILE = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3], sys.argv[4]
 MODE = sys.argv[5] if len(sys.argv) > 5 else "upload"
