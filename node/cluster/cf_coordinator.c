@@ -66,6 +66,8 @@ struct cf_coordinator_t {
     s_planning_t *planning;
     int64_t next_progress_ms;
     zhashx_t *parked; /* id -> int64_t* (ms): waiting for an encoder, not before then */
+    cf_queue_item_t held; /* taken off the queue, its take not known to have applied */
+    bool holding;
 };
 
 static int64_t s_now_ms(void)
@@ -343,9 +345,11 @@ static void s_intake(cf_coordinator_t *self)
         return;
     cf_queue_item_t item;
     char err[512];
-    int got = cf_queue_take(self->queue, 0, &item, err, sizeof err);
-    if (got <= 0)
+    if (self->holding) {
+        item = self->held; /* the last take's answer was lost: try it again */
+    } else if (cf_queue_take(self->queue, 0, &item, err, sizeof err) <= 0) {
         return;
+    }
     int64_t *until = zhashx_lookup(self->parked, item.id);
     cf_encoder_t encoder = CF_ENCODER_CPU;
     const char *want = NULL;
@@ -385,8 +389,25 @@ static void s_intake(cf_coordinator_t *self)
     }
     zhashx_delete(self->parked, item.id);
     int rc = cf_dbw_take(self->opts.db, &self->fence, item.id, err, sizeof err);
-    if (rc == CF_DB_UNAVAILABLE || rc == CF_DB_STALE)
-        return; /* left in our processing list: the reaper or the next try takes it */
+    if (rc == CF_DB_UNAVAILABLE || rc == CF_DB_STALE) {
+        /* It may have applied without our hearing it: keep the item and
+         * ask again (the queue keeps it in our processing list). */
+        self->held = item;
+        self->holding = rc == CF_DB_UNAVAILABLE;
+        return;
+    }
+    bool retried = self->holding;
+    self->holding = false;
+    if (rc == CF_DB_ILLEGAL && retried) {
+        /* Refused on a retry: if it is planning, the lost take was ours
+         * (only the coordinator takes compositions). */
+        cf_db_composition_t comp;
+        memset(&comp, 0, sizeof comp);
+        if (cf_db_composition_get(self->opts.db, item.id, &comp, err, sizeof err) == CF_DB_OK &&
+            comp.state == CF_STATE_PLANNING)
+            rc = CF_DB_OK;
+        cf_db_composition_clear(&comp);
+    }
     cf_queue_ack(self->queue, &item, err, sizeof err);
     if (rc != CF_DB_OK)
         return; /* cancelled or taken meanwhile */
@@ -920,6 +941,7 @@ static void s_step_down(cf_coordinator_t *self)
         return;
     cf_log_info("coordinator", "stepping down (epoch %lld)", (long long)self->epoch);
     s_planning_reap(self, true);
+    self->holding = false; /* still in our processing list: the reaper returns it */
     zhashx_purge(self->sent);
     zsock_destroy(&self->inbox);
     zsock_destroy(&self->out);
