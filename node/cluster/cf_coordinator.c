@@ -65,8 +65,9 @@ struct cf_coordinator_t {
     zhashx_t *sent; /* "COMP/IDX/ATTEMPT" -> s_sent_t */
     s_planning_t *planning;
     int64_t next_progress_ms;
-    zhashx_t *parked; /* id -> int64_t* (ms): waiting for an encoder, not before then */
-    cf_queue_item_t held; /* taken off the queue, its take not known to have applied */
+    zhashx_t *parked;      /* id -> int64_t* (ms): waiting for an encoder, not before then */
+    zhashx_t *frames_sent; /* id -> int64_t*: the last "frames" event's count */
+    cf_queue_item_t held;  /* taken off the queue, its take not known to have applied */
     bool holding;
 };
 
@@ -780,7 +781,7 @@ static void s_write_progress(cf_coordinator_t *self, cf_dbw_task_t *tasks, int c
     char err[512];
     for (int i = 0; i < count;) {
         int j = i;
-        double done = 0, total = 0;
+        double done = 0, total = 0, frames_done = 0, frames_total = 0;
         while (j < count && !strcmp(tasks[j].composition, tasks[i].composition)) {
             cf_dbw_task_t *t = &tasks[j];
             double frames = (double)(t->frame_end - t->frame_start);
@@ -802,11 +803,33 @@ static void s_write_progress(cf_coordinator_t *self, cf_dbw_task_t *tasks, int c
             }
             done += weight * progress;
             total += weight;
+            if (t->kind == CF_TASK_SEGMENT) {
+                frames_done += frames * progress;
+                frames_total += frames;
+            }
             j++;
         }
         if (total > 0)
             cf_dbw_comp_progress(self->opts.db, &self->fence, tasks[i].composition, done / total,
                                  err, sizeof err);
+        /* Frames for live progress bars (`clipfarm submit --wait`), when
+         * they moved. */
+        int64_t *last = zhashx_lookup(self->frames_sent, tasks[i].composition);
+        int64_t now_frames = (int64_t)(frames_done + 0.5);
+        if (frames_total > 0 && (!last || *last != now_frames)) {
+            char payload[96];
+            snprintf(payload, sizeof payload, "{\"done\":%lld,\"total\":%lld}",
+                     (long long)now_frames, (long long)frames_total);
+            if (cf_db_event_append(self->opts.db, tasks[i].composition, "frames", payload, NULL,
+                                   err, sizeof err) == CF_DB_OK) {
+                int64_t *v = last ? last : malloc(sizeof *v);
+                if (v) {
+                    *v = now_frames;
+                    if (!last)
+                        zhashx_update(self->frames_sent, tasks[i].composition, v);
+                }
+            }
+        }
         i = j;
     }
 }
@@ -906,6 +929,7 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
                 double duration = (double)plan->total_frames * plan->output.fps_den /
                                   (plan->output.fps_num > 0 ? plan->output.fps_num : 1);
                 cf_db_output_t out = {location, (int64_t)m->size_bytes, duration, hex};
+                zhashx_delete(self->frames_sent, m->composition);
                 if (cf_dbw_complete(db, f, m->composition, &out, err, sizeof err) == CF_DB_OK) {
                     S_COUNT(self, completed);
                     cf_log_info("coordinator", "%s: completed on %.8s (%llu bytes)", m->composition,
@@ -943,6 +967,7 @@ static void s_step_down(cf_coordinator_t *self)
     s_planning_reap(self, true);
     self->holding = false; /* still in our processing list: the reaper returns it */
     zhashx_purge(self->sent);
+    zhashx_purge(self->frames_sent);
     zsock_destroy(&self->inbox);
     zsock_destroy(&self->out);
     cf_queue_destroy(&self->queue);
@@ -998,9 +1023,29 @@ static void s_take_over(cf_coordinator_t *self, int64_t epoch)
     cf_log_info("coordinator", "active at epoch %lld", (long long)epoch);
 }
 
+/* A composition cancelled while it is being planned stops its planning
+ * (a download in progress ends within a second). */
+static void s_watch_planning(cf_coordinator_t *self)
+{
+    s_planning_t *p = self->planning;
+    if (!p || atomic_load(&p->done) || atomic_load(&p->cancel))
+        return;
+    cf_db_composition_t comp;
+    memset(&comp, 0, sizeof comp);
+    char err[256];
+    if (cf_db_composition_get(self->opts.db, p->id, &comp, err, sizeof err) == CF_DB_OK &&
+        comp.state != CF_STATE_PLANNING) {
+        cf_log_info("coordinator", "%s: %s while planning: stopping", p->id,
+                    cf_state_name(comp.state));
+        atomic_store(&p->cancel, true);
+    }
+    cf_db_composition_clear(&comp);
+}
+
 static void s_tick(cf_coordinator_t *self)
 {
     char err[512];
+    s_watch_planning(self);
     s_planning_reap(self, false);
     s_intake(self);
     cf_dbw_task_t *tasks = NULL;
@@ -1079,14 +1124,16 @@ cf_coordinator_t *cf_coordinator_new(const cf_coordinator_options_t *opts, char 
     snprintf(self->my_id, sizeof self->my_id, "%s", cf_node_id(opts->node));
     self->sent = zhashx_new();
     self->parked = zhashx_new();
+    self->frames_sent = zhashx_new();
     pthread_mutex_init(&self->lock, NULL);
     atomic_init(&self->stop, false);
-    if (!self->sent || !self->parked || !self->redis_prefix) {
+    if (!self->sent || !self->parked || !self->frames_sent || !self->redis_prefix) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     zhashx_set_destructor(self->sent, s_free_sent);
     zhashx_set_destructor(self->parked, s_free_sent);
+    zhashx_set_destructor(self->frames_sent, s_free_sent);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
         snprintf(err, errlen, "cannot start the coordinator thread");
         goto fail;
@@ -1095,6 +1142,7 @@ cf_coordinator_t *cf_coordinator_new(const cf_coordinator_options_t *opts, char 
 fail:
     zhashx_destroy(&self->sent);
     zhashx_destroy(&self->parked);
+    zhashx_destroy(&self->frames_sent);
     free(self->redis_url);
     free(self->redis_prefix);
     pthread_mutex_destroy(&self->lock);
@@ -1111,6 +1159,7 @@ void cf_coordinator_destroy(cf_coordinator_t **self_p)
     pthread_join(self->thread, NULL);
     zhashx_destroy(&self->sent);
     zhashx_destroy(&self->parked);
+    zhashx_destroy(&self->frames_sent);
     free(self->redis_url);
     free(self->redis_prefix);
     pthread_mutex_destroy(&self->lock);
