@@ -299,10 +299,12 @@ static void s_view_clear(s_view_t *view)
 
 static bool s_view_offers(const s_view_t *view, const char *encoder)
 {
-    for (int i = 0; i < view->count; i++)
-        for (int e = 0; view->members[i].alive && e < view->members[i].encoder_count; e++)
-            if (!strcmp(view->members[i].encoders[e], encoder))
+    for (int i = 0; i < view->count; i++) {
+        const s_member_t *m = &view->members[i];
+        for (int e = 0; m->alive && m->slots > 0 && e < m->encoder_count; e++)
+            if (!strcmp(m->encoders[e], encoder))
                 return true;
+    }
     return false;
 }
 
@@ -661,9 +663,14 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         }
         free(task_json);
     }
-    /* Why what could not go anywhere waits, once per composition. */
+    /* Why what could not go anywhere waits, once per composition and only
+     * when no node could ever take it (a busy cluster is not news). */
+    const char *said = NULL;
     for (int u = 0; r && u < r->unplaced_count; u++) {
         cf_dbw_task_t *t = &tasks[st_task[r->unplaced[u].task]];
+        if (strstr(r->unplaced[u].reason, "free slot") || (said && !strcmp(said, t->composition)))
+            continue;
+        said = t->composition;
         bool running = false;
         for (int k = 0; k < count; k++)
             running = running ||

@@ -93,8 +93,16 @@ api_curl "$A/api/v1/compositions/$id1"
 expect_status 200 get
 [[ $(jq -r .id <<<"$body") == "$id1" && $(jq -r .title <<<"$body") == first ]] || fail "get: $body"
 # Ids are UUIDs in any case: an upper-case id reads the same composition,
-# answered exactly as the lower-case one (node A renders nothing: it stays
-# queued between the two reads).
+# answered exactly as the lower-case one (node A renders nothing: once its
+# coordinator said so, the composition stays queued, waiting for a node that
+# can encode it, between the two reads).
+for ((i = 0; i < 100; i++)); do
+    [[ $(jq -r '.waiting // empty' <<<"$body") == "waiting for a node with libx264" ]] && break
+    sleep 0.1
+    api_curl "$A/api/v1/compositions/$id1"
+done
+[[ $(jq -r .status <<<"$body") == queued && $(jq -r .waiting <<<"$body") == "waiting for a node with libx264" ]] ||
+    fail "with no node that renders, the composition does not wait queued with its reason: $body"
 lower_body=$body
 upper1=$(tr a-f A-F <<<"$id1")
 [[ $upper1 != "$id1" ]] || fail "test id has no letters: $id1"
