@@ -3,9 +3,9 @@
 # its task's part of the plan, with the sources it uses.
 source "$CF_TESTS_DIR/cluster/lib.bash"
 
-CL_MEDIA=$(mktemp -d "${TMPDIR:-/tmp}/cf-cluster-media.XXXXXX")
-trap 'rm -rf "$CL_MEDIA"; cfnet_down' EXIT
-chmod 755 "$CL_MEDIA"
+# The network first: its directory (removed on exit) holds the media.
+CFNET_API=1 cfnet_net 2 || exit $?
+CL_MEDIA=$CFNET_DIR/media
 cl_media s.mp4 "testsrc2=size=160x90:rate=25" 2
 # 160 clips behind long paths (two 200-character directories each).
 long=$(printf 'd%.0s' {1..200})
@@ -22,7 +22,9 @@ spec=$(printf '%s\n' "${clips[@]}" | jq -Rsc 'split("\n")[:-1] | {segment_second
 bytes=${#spec}
 ((bytes > 65536)) || cl_fail "the spec is only $bytes bytes"
 
-CFNET_API=1 cfnet_up 2 "${CL_TIMING[@]}" --media-root "$CL_MEDIA" --no-calibrate --slots 2 || exit $?
+for i in 1 2; do
+    CFNET_API=1 cfnet_start "$i" "${CL_TIMING[@]}" --media-root "$CL_MEDIA" --no-calibrate --slots 2
+done
 cfnet_wait 30 all_ready 1 2 || cl_fail "nodes did not start"
 cfnet_wait 15 all_see 1 1 2 || cl_fail "the nodes did not find each other"
 cfnet_wait 10 one_coordinator 1 2 || cl_fail "no coordinator"

@@ -4,13 +4,12 @@
 # completes once a node offering it joins.
 source "$CF_TESTS_DIR/cluster/lib.bash"
 
-CL_MEDIA=$(mktemp -d "${TMPDIR:-/tmp}/cf-cluster-media.XXXXXX")
-trap 'rm -rf "$CL_MEDIA"; cfnet_down' EXIT
-chmod 755 "$CL_MEDIA"
+# The network first: its directory (removed on exit) holds the media.
+CFNET_API=1 cfnet_net 3 || exit $?
+CL_MEDIA=$CFNET_DIR/media
 cl_media a.mp4 "testsrc2=size=320x240:rate=25" 6
 
 common=("${CL_TIMING[@]}" --media-root "$CL_MEDIA" --no-calibrate --slots 2)
-CFNET_API=1 cfnet_net 3 || exit $?
 CFNET_API=1 cfnet_start 1 "${common[@]}" --encoders libx264
 CFNET_API=1 cfnet_start 2 "${common[@]}" --encoders libx264,libx265
 cfnet_wait 30 all_ready 1 2 || cl_fail "nodes did not start"

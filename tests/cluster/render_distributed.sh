@@ -8,13 +8,13 @@
 # among the clips: the cluster runs the same stages as `clipfarm render`.
 source "$CF_TESTS_DIR/cluster/lib.bash"
 
-CL_MEDIA=$(mktemp -d "${TMPDIR:-/tmp}/cf-cluster-media.XXXXXX")
-trap 'rm -rf "$CL_MEDIA"; cfnet_down' EXIT
-chmod 755 "$CL_MEDIA"
+# The network first: its directory (removed on exit) holds the media.
+CFNET_API=1 cfnet_net 3 || exit $?
+CL_MEDIA=$CFNET_DIR/media
 cl_media a.mp4 "testsrc2=size=640x360:rate=25" 8
 cl_media b.mp4 "smptebars=size=640x360:rate=30" 4 none
 # A phone clip: stored 640x360 with a 90 degree display matrix (shown 360x640).
-cl_media rot-src.mp4 "mandelbrot=size=640x360:rate=25" 3
+cl_media rot-src.mp4 "testsrc=size=640x360:rate=25" 3
 ffmpeg -v error -y -display_rotation 90 -i "$CL_MEDIA/rot-src.mp4" -c copy "$CL_MEDIA/rot.mp4" ||
     cl_fail "rotated clip"
 # 1080i-style: interlaced, top field first.
@@ -22,8 +22,9 @@ ffmpeg -v error -y -f lavfi -i "testsrc2=size=640x360:rate=50:duration=3" \
     -vf "tinterlace=interleave_top,setfield=tff" -c:v libx264 -preset ultrafast -flags +ilme+ildct \
     -x264-params tff=1 "$CL_MEDIA/inter.mp4" || cl_fail "interlaced clip"
 
-CFNET_API=1 cfnet_up 3 "${CL_TIMING[@]}" --media-root "$CL_MEDIA" --slots 2 --no-calibrate ||
-    exit $?
+for i in 1 2 3; do
+    CFNET_API=1 cfnet_start "$i" "${CL_TIMING[@]}" --media-root "$CL_MEDIA" --slots 2 --no-calibrate
+done
 cfnet_wait 30 all_ready 1 2 3 || cl_fail "nodes did not start"
 cfnet_wait 15 all_see 2 1 2 3 || cl_fail "the nodes did not find each other"
 cfnet_wait 10 one_coordinator 1 2 3 || cl_fail "no coordinator"

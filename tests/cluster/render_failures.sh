@@ -9,13 +9,13 @@
 #     before the kill are not encoded again.
 source "$CF_TESTS_DIR/cluster/lib.bash"
 
-CL_MEDIA=$(mktemp -d "${TMPDIR:-/tmp}/cf-cluster-media.XXXXXX")
-trap 'rm -rf "$CL_MEDIA"; cfnet_down' EXIT
-chmod 755 "$CL_MEDIA"
+# The network first: its directory (removed on exit) holds the media.
+CFNET_API=1 cfnet_net 3 || exit $?
+CL_MEDIA=$CFNET_DIR/media
 cl_media long.mp4 "testsrc2=size=640x360:rate=25" 24
 
 common=("${CL_TIMING[@]}" --media-root "$CL_MEDIA" --no-calibrate --slots 1)
-CFNET_API=1 cfnet_up 3 "${common[@]}" || exit $?
+for i in 1 2 3; do CFNET_API=1 cfnet_start "$i" "${common[@]}"; done
 cfnet_wait 30 all_ready 1 2 3 || cl_fail "nodes did not start"
 cfnet_wait 15 all_see 2 1 2 3 || cl_fail "the nodes did not find each other"
 cfnet_wait 10 one_coordinator 1 2 3 || cl_fail "no coordinator"
