@@ -15,7 +15,7 @@ cl_media a.mp4 "testsrc2=size=640x360:rate=25" 8
 cl_media b.mp4 "smptebars=size=640x360:rate=30" 4 none
 # A phone clip: stored 640x360 with a 90 degree display matrix (shown 360x640).
 cl_media rot-src.mp4 "testsrc=size=640x360:rate=25" 3
-ffmpeg -v error -y -display_rotation 90 -i "$CL_MEDIA/rot-src.mp4" -c copy "$CL_MEDIA/rot.mp4" ||
+ffmpeg -v error -y -i "$CL_MEDIA/rot-src.mp4" -c copy -metadata:s:v:0 rotate=90 "$CL_MEDIA/rot.mp4" ||
     cl_fail "rotated clip"
 # 1080i-style: interlaced, top field first.
 ffmpeg -v error -y -f lavfi -i "testsrc2=size=640x360:rate=50:duration=3" \
@@ -73,8 +73,8 @@ frames=$(cl_frames "$out")
 [[ $frames == "$want" ]] || cl_fail "$frames frames, planned $want"
 # A keyframe at every segment start (frame_start of each segment).
 starts=$(jq -r '[.items[] | select(.kind == "segment") | .frame_start] | join(" ")' <<<"$segs")
-keys=$(ffprobe -v error -select_streams v:0 -show_entries frame=key_frame -of csv=p=0 "$out" |
-    awk '$1 == 1 { printf "%s ", NR - 1 }')
+keys=$(ffprobe -v error -select_streams v:0 -show_entries frame=key_frame -of json "$out" |
+    jq -r '[.frames | to_entries[] | select(.value.key_frame == 1) | .key] | join(" ")')
 for s in $starts; do
     [[ " $keys " == *" $s "* ]] || cl_fail "no keyframe at segment start $s (keyframes: $keys)"
 done
