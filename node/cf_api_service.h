@@ -61,6 +61,7 @@ typedef struct {
     int max_conns_per_addr;
     bool insecure_no_auth;
     bool no_render;     /* serve the API only; never take compositions */
+    char *render_mode;  /* "cluster" (default, NULL) or "local" */
     char *redis_prefix; /* queue, cache and rate-limit keys (NULL: "cf:") */
     int render_jobs;
     /* Source policy (lib/core/cf_source_policy.h). */

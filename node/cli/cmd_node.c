@@ -107,7 +107,9 @@ static int s_start_api(s_node_cmd_t *cmd, char *err, size_t errlen)
     cmd->api_opts.cluster_arg = cmd->node;
     cmd->api_opts.on_load = s_report_load;
     cmd->api_opts.on_load_arg = cmd->node;
-    cmd->api_opts.node = cmd->node;
+    /* --render-mode local: whole compositions per node, no distribution. */
+    cmd->api_opts.node =
+        cmd->api_opts.render_mode && !strcmp(cmd->api_opts.render_mode, "local") ? NULL : cmd->node;
     cmd->api_opts.encoders = cmd->encoders;
     cmd->api_opts.is_coordinator = s_is_coordinator;
     cmd->api_opts.is_coordinator_arg = cmd->node;
@@ -208,6 +210,11 @@ int cf_cmd_node(int argc, char **argv)
     if (!cmd.cfg.cluster_secret_file) {
         cf_cli_error("node", "--cluster-secret-file (or CF_CLUSTER_SECRET_FILE) is required "
                              "(create one with: clipfarm secret generate > FILE)");
+        goto end;
+    }
+    const char *mode = cmd.api_opts.render_mode;
+    if (mode && strcmp(mode, "cluster") && strcmp(mode, "local")) {
+        cf_cli_error("node", "--render-mode: expected cluster or local, got '%s'", mode);
         goto end;
     }
     if (cmd.discovery && strcmp(cmd.discovery, "both") && strcmp(cmd.discovery, "beacon") &&

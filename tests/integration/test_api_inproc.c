@@ -192,10 +192,10 @@ static void test_submit_valid(void **state)
     inproc_expect_header(&r, "Idempotent-Replayed", NULL);
     /* The whole document: the stored spec is the body sent. */
     json_t *doc = r.json;
-    const char *keys[] = {"id",         "title",      "status",      "stage",
-                          "priority",   "progress",   "attempts",    "api_key_id",
-                          "error",      "output",     "version",     "created_at",
-                          "updated_at", "started_at", "finished_at", "spec"};
+    const char *keys[] = {"id",       "title",      "status",     "stage",      "priority",
+                          "progress", "attempts",   "api_key_id", "error",      "output",
+                          "version",  "created_at", "updated_at", "started_at", "finished_at",
+                          "spec",     "waiting"};
     assert_int_equal(json_object_size(doc), sizeof keys / sizeof keys[0]);
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (!json_object_get(doc, keys[i]))
@@ -208,6 +208,7 @@ static void test_submit_valid(void **state)
     assert_int_equal(json_integer_value(json_object_get(doc, "attempts")), 0);
     assert_true(json_is_null(json_object_get(doc, "error")));
     assert_true(json_is_null(json_object_get(doc, "output")));
+    assert_true(json_is_null(json_object_get(doc, "waiting")));
     assert_true(json_is_null(json_object_get(doc, "started_at")));
     assert_true(json_is_null(json_object_get(doc, "finished_at")));
     json_t *sent = json_loads(body, 0, NULL);

@@ -1,4 +1,6 @@
-# Claims on the compositions a node renders (issue 12), with real nodes,
+# Claims on the compositions a node renders whole (--render-mode local;
+# issue 12; the cluster's own answers are in tests/cluster/render_failures.sh),
+# with real nodes,
 # judged in Postgres and Redis (psql, redis-cli), not by the nodes' word:
 #   1. a take whose answer is lost (tests/lib/flaky_proxy.py between the
 #      node and Postgres swallows it, then refuses connections for longer
@@ -72,7 +74,7 @@ trap 'rc=$?; kill $proxy_pid 2>/dev/null; (exit $rc); api_cleanup' EXIT
 for ((i = 0; i < 100; i++)); do [[ -s $API_WORK/proxy.port ]] && break; sleep 0.05; done
 [[ -s $API_WORK/proxy.port ]] || fail "the proxy did not start"
 API_DB=${DIRECT_DB/:$pg_port\//:$(cat "$API_WORK/proxy.port")/}
-api_node_start lost --render-jobs 1
+api_node_start lost --render-mode local --render-jobs 1
 API_DB=$DIRECT_DB
 id=$(submit "$API_URL" "$(api_comp_json "$API_WORK/short.mp4" lost-answer)") || exit 1
 wait_sql 300 "SELECT status FROM compositions WHERE id = '$id'" completed
@@ -87,7 +89,7 @@ kill "$proxy_pid" 2>/dev/null
 echo "1. lost take answer: completed, taken once"
 
 # ---------------------------------------------------------------- 2. node killed
-flags=(--render-jobs 1 --claim-ttl-ms 2000 --lease-ttl 2 --reap-interval-ms 200 --no-calibrate)
+flags=(--render-mode local --render-jobs 1 --claim-ttl-ms 2000 --lease-ttl 2 --reap-interval-ms 200 --no-calibrate)
 api_node_start a "${flags[@]}"
 A=$API_URL
 id=$(submit "$A" "$(long_json killed)") || exit 1

@@ -48,7 +48,7 @@ create() {
 # ---------------------------------------------------------------- reaper, loss, purge
 # No periodic reconcile in this phase (10 min): only the reaper or a
 # detected loss can bring these compositions to the renderer.
-api_node_start render --reap-interval-ms 200 --reconcile-interval-ms 600000 \
+api_node_start render --render-mode local --reap-interval-ms 200 --reconcile-interval-ms 600000 \
     --purge-interval-ms 300 --keep-completed-s 3 --keep-failed-s 3
 # Its first reconcile (at start) has set the marker.
 for ((i = 0; i < 100; i++)); do [[ $(rcli EXISTS "${P}q:reconciled") == 1 ]] && break; sleep 0.1; done
@@ -81,7 +81,7 @@ for ((i = 0; i < 50; i++)); do [[ -e $out_c1 ]] || break; sleep 0.1; done
 api_node_stop render
 
 # ---------------------------------------------------------------- periodic reconcile
-api_node_start render --reconcile-interval-ms 500
+api_node_start render --render-mode local --reconcile-interval-ms 500
 for ((i = 0; i < 100; i++)); do [[ $(rcli EXISTS "${P}q:reconciled") == 1 ]] && break; sleep 0.1; done
 c3=$(create periodic) || exit 1
 # No loss (the marker stays), no push: only the periodic pass finds it. 20 s
@@ -93,7 +93,7 @@ api_node_stop render
 # ---------------------------------------------------------------- two slots, exactly once
 # The node's own slots (not a test consumer) take 12 compositions pushed at
 # once: each is taken once and rendered once, by both slots, at the same time.
-api_node_start render --slots 2 --render-jobs 1
+api_node_start render --render-mode local --slots 2 --render-jobs 1
 B=$API_URL
 ids=()
 for ((i = 0; i < 12; i++)); do
