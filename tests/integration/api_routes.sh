@@ -185,7 +185,10 @@ expect_error 409 already_terminal "cancel completed"
 
 api_curl "$A/api/v1/compositions/$id1/segments"
 expect_status 200 segments
-jq -e '(.items | length) == 1 and all(.items[]; .status == "done" and .node_id != null)' \
+# The work list: its one segment, the timeline's audio and the assembly,
+# each done by a node.
+jq -e '(.items | map(.kind)) == ["segment", "audio", "assemble"]
+    and all(.items[]; .status == "done" and .node_id != null and (.blob_hash | length) == 64)' \
     <<<"$body" >/dev/null || fail "segments after rendering: $body"
 
 # Output, from the node that rendered it: whole file, exact range,
