@@ -34,3 +34,6 @@ INSERT INTO composition_transitions (from_state, to_state) VALUES ('planning', '
 -- still has an output location before removing its file.
 CREATE INDEX compositions_output_location_idx ON compositions (output_location)
     WHERE output_location IS NOT NULL;
+
+-- What each node finished lately (the cluster view's recent fps).
+CREATE INDEX segments_finished_idx ON segments (finished_at) WHERE status = 'done';

@@ -473,6 +473,16 @@ int cf_db_segments_list(cf_db_t *db, const char *composition_id, cf_db_segment_t
                         int *count_p, char *err, size_t errlen);
 void cf_db_segments_free(cf_db_segment_t **segs_p, int count);
 
+typedef struct {
+    char node_id[64];
+    int64_t segments; /* finished in the last 10 minutes */
+    double fps;       /* their mean encode frames/s */
+} cf_db_node_rate_t;
+
+/* What each node encoded lately (caller frees *rates_p). */
+int cf_db_node_rates(cf_db_t *db, cf_db_node_rate_t **rates_p, int *count_p, char *err,
+                     size_t errlen);
+
 /* ------------------------------------------------------------------ events */
 
 /* Appends an event (TYPE: short token; PAYLOAD_JSON: a JSON value or NULL)

@@ -266,3 +266,30 @@ void cf_db_events_free(cf_db_event_t **events_p, int count)
     free(*events_p);
     *events_p = NULL;
 }
+
+int cf_db_node_rates(cf_db_t *db, cf_db_node_rate_t **rates_p, int *count_p, char *err,
+                     size_t errlen)
+{
+    *rates_p = NULL;
+    *count_p = 0;
+    PGresult *res = NULL;
+    int rc = cf_dbi_exec(db, CF_DBI_NODE_RATES, 0, NULL, NULL, NULL, &res, err, errlen);
+    if (rc < 0)
+        return rc;
+    int rows = PQntuples(res);
+    cf_db_node_rate_t *rates = calloc((size_t)rows + 1, sizeof *rates);
+    if (!rates) {
+        PQclear(res);
+        snprintf(err, errlen, "out of memory");
+        return CF_DB_ERROR;
+    }
+    for (int i = 0; i < rows; i++) {
+        snprintf(rates[i].node_id, sizeof rates[i].node_id, "%s", PQgetvalue(res, i, 0));
+        rates[i].segments = cf_dbi_int64(res, i, 1);
+        rates[i].fps = cf_dbi_double(res, i, 2);
+    }
+    PQclear(res);
+    *rates_p = rates;
+    *count_p = rows;
+    return CF_DB_OK;
+}

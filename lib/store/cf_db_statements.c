@@ -507,6 +507,13 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.node_id = $3::text"
          " AND s.status = 'done' AND s.kind <> 'assemble' AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
          false},
+    /* Per node, the segments it finished in the last 10 minutes and their
+     * mean frames/s (the cluster view's "recent" figures). */
+    [CF_DBI_NODE_RATES] = {"node_rates",
+                           "SELECT node_id, count(*), coalesce(avg(encode_fps), 0) FROM segments"
+                           " WHERE kind = 'segment' AND status = 'done' AND node_id IS NOT NULL"
+                           " AND finished_at > now() - interval '10 minutes' GROUP BY node_id",
+                           true},
     [CF_DBI_W_CLOSE_CANCELLED] =
         {"work_close_cancelled",
          "UPDATE segments s SET status = 'failed', error = 'cancelled', finished_at = now()"

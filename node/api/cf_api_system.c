@@ -134,6 +134,24 @@ int cf_api_h_cluster(cf_api_req_t *req)
         json_object_set_new(body, "coordinator", json_string(api->node_id));
         json_object_set_new(body, "epoch", json_integer(0));
     }
+    /* What each node encoded lately, from the work list. */
+    cf_db_node_rate_t *rates = NULL;
+    int rate_count = 0;
+    char why[256];
+    if (cf_db_node_rates(api->opts.db, &rates, &rate_count, why, sizeof why) == CF_DB_OK) {
+        size_t i;
+        json_t *n;
+        json_array_foreach(nodes, i, n)
+        {
+            const char *id = json_string_value(json_object_get(n, "id"));
+            for (int r = 0; id && r < rate_count; r++)
+                if (!strcmp(rates[r].node_id, id)) {
+                    json_object_set_new(n, "recent_segments", json_integer(rates[r].segments));
+                    json_object_set_new(n, "recent_fps", json_real(rates[r].fps));
+                }
+        }
+    }
+    free(rates);
     json_object_set_new(body, "nodes", nodes);
     json_object_set_new(body, "queue_depth", s_queue_depth(api));
     return cf_api_send_json(req, 200, body, NULL);

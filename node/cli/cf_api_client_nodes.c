@@ -31,8 +31,8 @@ static void s_encoders(json_t *node, char *names, size_t names_len, char *fps, s
 
 void cf_api_client_print_nodes(json_t *cluster)
 {
-    printf("%-36s  %-28s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %s\n", "NODE", "ADDRESS", "ROLE",
-           "STATE", "ENCODERS", "FPS", "LOAD", "IN-FLIGHT", "LAST SEEN");
+    printf("%-36s  %-28s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %-14s  %s\n", "NODE", "ADDRESS",
+           "ROLE", "STATE", "ENCODERS", "FPS", "LOAD", "IN-FLIGHT", "RECENT", "LAST SEEN");
     size_t i;
     json_t *node;
     json_array_foreach(json_object_get(cluster, "nodes"), i, node)
@@ -52,8 +52,15 @@ void cf_api_client_print_nodes(json_t *cluster)
         char flight[16] = "-";
         if (json_is_integer(in_flight))
             snprintf(flight, sizeof flight, "%lld", (long long)json_integer_value(in_flight));
-        printf("%-36s  %-28s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %s%s\n", id ? id : "-",
+        /* Segments finished in the last 10 minutes, at their mean fps. */
+        char recent[32] = "-";
+        json_t *segs = json_object_get(node, "recent_segments");
+        if (json_is_integer(segs))
+            snprintf(recent, sizeof recent, "%lld @ %.0f fps", (long long)json_integer_value(segs),
+                     json_number_value(json_object_get(node, "recent_fps")));
+        printf("%-36s  %-28s  %-11s  %-6s  %-20s  %-10s  %5s  %9s  %-14s  %s%s\n", id ? id : "-",
                addr ? addr : "-", role ? role : "-", state ? state : "-", names, fps, load, flight,
+               recent,
                cf_api_client_age(json_object_get(node, "last_seen_ms_ago"), age, sizeof age),
                json_is_true(json_object_get(node, "self")) ? " (answered)" : "");
     }
