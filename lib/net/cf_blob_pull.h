@@ -68,7 +68,7 @@ enum {
     CF_BLOB_PULL_REFUSED = -3,   /* the peer refused the credential (401/403) */
     CF_BLOB_PULL_CORRUPT = -4,   /* the bytes do not hash to the name: nothing stored */
     CF_BLOB_PULL_TOO_LARGE = -5, /* over max_bytes */
-    CF_BLOB_PULL_CANCELLED = -6,
+    CF_BLOB_PULL_CANCELLED = -7, /* -6 is CF_RC_UNAVAILABLE's everywhere (cf_rc.h) */
 };
 
 /* Fills OPTS with the defaults above (pointers NULL). */

@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cf_rc.h"
 #include "cf_state.h"
 
 /* Opens one connection to URL, waiting at most timeout_s to connect.
@@ -51,19 +52,20 @@ char *cf_db_errstr(PGconn *conn, const PGresult *res, char *err, size_t errlen);
 /* ------------------------------------------------------------------ results */
 
 typedef enum {
-    CF_DB_OK = 0,
-    CF_DB_ERROR = -1,       /* anything else (a bug, a constraint the input broke) */
-    CF_DB_NOT_FOUND = -2,   /* no such composition / key / segment (a malformed id too) */
-    CF_DB_CONFLICT = -3,    /* idempotency key reused with another body; id already exists;
-                               segments already planned */
-    CF_DB_ILLEGAL = -4,     /* status transition not allowed from the current state */
-    CF_DB_TERMINAL = -5,    /* cancel/fail of a composition already completed, failed or
-                               cancelled */
-    CF_DB_UNAVAILABLE = -6, /* Postgres unreachable, restarting, or statement timeout */
-    CF_DB_INVALID = -7,     /* bad argument: malformed cursor, limit out of range, bad status
-                               filter, malformed JSON */
-    CF_DB_STALE = -8,       /* fenced: a newer coordinator epoch already wrote this segment;
-                               the caller's claim on the composition no longer holds */
+    CF_DB_OK = CF_RC_OK,
+    CF_DB_ERROR = CF_RC_ERROR, /* anything else (a bug, a constraint the input broke) */
+    CF_DB_NOT_FOUND = -2,      /* no such composition / key / segment (a malformed id too) */
+    CF_DB_CONFLICT = -3,       /* idempotency key reused with another body; id already exists;
+                                  segments already planned */
+    CF_DB_ILLEGAL = -4,        /* status transition not allowed from the current state */
+    CF_DB_TERMINAL = -5,       /* cancel/fail of a composition already completed, failed or
+                                  cancelled */
+    CF_DB_UNAVAILABLE =
+        CF_RC_UNAVAILABLE, /* Postgres unreachable, restarting, or statement timeout */
+    CF_DB_INVALID = -7,    /* bad argument: malformed cursor, limit out of range, bad status
+                              filter, malformed JSON */
+    CF_DB_STALE = -8,      /* fenced: a newer coordinator epoch already wrote this segment;
+                              the caller's claim on the composition no longer holds */
 } cf_db_rc_t;
 
 /* "ok", "error", "not found", "conflict", "illegal transition", "already terminal",
