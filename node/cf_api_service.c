@@ -333,6 +333,7 @@ static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_opt
     eo.threads = opts->render_jobs;
     eo.on_load = opts->on_load;
     eo.on_load_arg = opts->on_load_arg;
+    eo.metrics = self->metrics;
     /* A node that serves the API only coordinates when elected, but
      * encodes nothing. */
     if (!opts->no_render && !(self->executor = cf_executor_new(&eo, err, errlen)))

@@ -17,6 +17,7 @@
 #include "cf_blob.h"
 #include "cf_blob_pull.h"
 #include "cf_log.h"
+#include "cf_metrics.h"
 #include "cf_node.h"
 #include "cf_plan.h"
 #include "cf_render_stages.h"
@@ -31,6 +32,7 @@ typedef struct s_run {
     char comp[37];
     int index, attempt;
     cf_task_kind_t kind;
+    char encoder[40];
     char *task_json;
     atomic_bool cancel;
     atomic_bool finished;
@@ -49,7 +51,21 @@ struct cf_executor_t {
     s_run_t *runs;
     int running;
     cf_executor_stats_t stats;
+    cf_metric_t *m_active, *m_segments, *m_encode_seconds, *m_renders;
 };
+
+/* A task ended (RESULT: done, failed or cancelled). */
+static void s_count_end(cf_executor_t *ex, const s_run_t *run, const char *result, double seconds)
+{
+    const char *status[] = {result};
+    const char *rendered[] = {!strcmp(result, "done") ? "completed" : result};
+    cf_metric_inc(ex->m_segments, status, 1);
+    cf_metric_inc(ex->m_renders, rendered, 1);
+    if (!strcmp(result, "done") && run->kind == CF_TASK_SEGMENT) {
+        const char *encoder[] = {run->encoder};
+        cf_metric_observe(ex->m_encode_seconds, encoder, seconds);
+    }
+}
 
 static int64_t s_now_ms(void)
 {
@@ -330,6 +346,7 @@ static void *s_run_thread(void *arg)
                 pthread_mutex_lock(&ex->lock);
                 ex->stats.done++;
                 pthread_mutex_unlock(&ex->lock);
+                s_count_end(ex, run, "done", ev.piece.seconds);
                 cf_log_info("executor", "%s/%d (%s) done: %llu bytes in %.2f s", run->comp,
                             run->index, cf_task_kind_name(run->kind),
                             (unsigned long long)ev.piece.bytes, ev.piece.seconds);
@@ -361,6 +378,7 @@ end:
         pthread_mutex_unlock(&ex->lock);
         cf_log_warn("executor", "%s/%d (%s) %s: %s", run->comp, run->index,
                     cf_task_kind_name(run->kind), cancelled ? "cancelled" : "failed", err);
+        s_count_end(ex, run, cancelled ? "cancelled" : "failed", 0);
         if (out && !cancelled)
             s_reply(out, run, CF_MSG_FAILED, err, 0, NULL);
     }
@@ -380,6 +398,7 @@ end:
 
 static void s_report_load(cf_executor_t *ex)
 {
+    cf_metric_set(ex->m_active, NULL, ex->running);
     if (ex->opts.on_load)
         ex->opts.on_load(ex->opts.on_load_arg, ex->opts.slots - ex->running, ex->running);
 }
@@ -432,6 +451,7 @@ static void s_on_assign(cf_executor_t *ex, zsock_t *out, const char *from, const
                      .task_json = run->task_json};
     snprintf(run->comp, sizeof run->comp, "%s", a->composition);
     snprintf(run->coordinator, sizeof run->coordinator, "%s", from);
+    snprintf(run->encoder, sizeof run->encoder, "%s", a->encoder);
     atomic_init(&run->cancel, false);
     atomic_init(&run->finished, false);
     s_reply(out, run, CF_MSG_ACCEPT, NULL, 0, NULL);
@@ -549,6 +569,22 @@ cf_executor_t *cf_executor_new(const cf_executor_options_t *opts, char *err, siz
                 ex->encoder_count++;
     }
     ex->opts.encoders = NULL;
+    char why[256];
+    cf_metrics_t *m = opts->metrics;
+    ex->m_active = cf_metrics_add(m, CF_METRIC_GAUGE, "active_segments",
+                                  "Tasks (segments, audio, assembly) running on this node now.",
+                                  NULL, NULL, 0, why, sizeof why);
+    ex->m_segments = cf_metrics_add(m, CF_METRIC_COUNTER, "segments_total",
+                                    "Tasks this node ran to an end, by result.", "status", NULL, 0,
+                                    why, sizeof why);
+    ex->m_encode_seconds = cf_metrics_add(
+        m, CF_METRIC_HISTOGRAM, "segment_encode_seconds",
+        "Encode time per segment this node encoded (its child process, start to stored blob).",
+        "encoder", cf_metrics_encode_buckets, cf_metrics_encode_bucket_count, why, sizeof why);
+    ex->m_renders = cf_metrics_add(m, CF_METRIC_COUNTER, "renders_total",
+                                   "Tasks of compositions this node rendered, by result "
+                                   "(completed, failed, cancelled).",
+                                   "result", NULL, 0, why, sizeof why);
     /* Scratch a node killed with -9 left behind. */
     cf_task_sweep(ex->opts.work_parent);
     pthread_mutex_init(&ex->lock, NULL);

@@ -45,6 +45,10 @@ typedef struct {
     int threads; /* encoder threads per task (0: cores / slots) */
     void (*on_load)(void *arg, int free_slots, int in_flight);
     void *on_load_arg;
+    /* Registers active_segments, segments_total{status},
+     * segment_encode_seconds{encoder} and renders_total{result} here (may
+     * be NULL). */
+    struct cf_metrics_t *metrics;
 } cf_executor_options_t;
 
 void cf_executor_options_default(cf_executor_options_t *opts);

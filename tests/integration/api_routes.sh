@@ -276,10 +276,12 @@ long=$(jq -r .id <<<"$body")
 outputs=$API_WORK/b/data/outputs
 # A render's files: its workspaces (sources, scratch; the encoded pieces)
 # and anything on its way into the blob store.
+# With the cluster rendering: the tasks' scratch (DATA/work) on every node.
 leftovers() {
     {
         find "$outputs" -mindepth 1 -maxdepth 1 \( -name 'clipfarm-render.*' -o -name 'clipfarm-pieces.*' -o -name '*.part*' \)
         find "$API_WORK/b/data/blobs/tmp" -mindepth 1 -maxdepth 1 -name 'render-*'
+        find "$API_WORK/a/data/work" "$API_WORK/b/data/work" -mindepth 1 -maxdepth 1
     } 2>/dev/null | sort
 }
 for ((i = 0; i < 300; i++)); do
@@ -288,7 +290,7 @@ for ((i = 0; i < 300; i++)); do
     sleep 0.1
 done
 [[ $(jq -r .stage <<<"$body") == encoding ]] || fail "long composition never encoding: $body"
-compgen -G "$outputs/clipfarm-render.*" >/dev/null || fail "no workspace mid-render: $(ls -la "$outputs")"
+[[ -n $(leftovers) ]] || fail "no workspace mid-render"
 api_curl -X DELETE "$A/api/v1/compositions/$long"
 cancelled_at=$(date +%s%N)
 expect_status 200 "cancel while rendering"
