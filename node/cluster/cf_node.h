@@ -118,6 +118,10 @@ typedef enum {
     CF_NODE_LEASES_LOST,
     CF_NODE_FENCED_WRITES_APPLIED,
     CF_NODE_FENCED_WRITES_REJECTED, /* coordinator writes refused for a stale epoch */
+    CF_NODE_FENCED_WRITES_DROPPED,  /* queued coordinator writes dropped (deposed, or the
+                                       lease ran out before Postgres answered) */
+    CF_NODE_ASSIGN_REFUSED,         /* ASSIGNs from a node not holding their epoch */
+    CF_NODE_LEASES_REFUSED,         /* leases won at an epoch already announced: released */
     CF_NODE_COUNTER_COUNT
 } cf_node_counter_t;
 

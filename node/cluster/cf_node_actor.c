@@ -57,10 +57,17 @@ typedef struct {
     /* Coordination. */
     bool leader;
     uint64_t my_epoch;
+    int64_t lease_deadline_ms; /* CLOCK_BOOTTIME: coordinator until then */
     uint64_t highest_epoch;
-    char coordinator[37];
+    char coordinator[37]; /* of the highest epoch, "" while unknown */
+    /* The lease row as the election last read it from Postgres: only its
+     * holder may send this node an ASSIGN of its epoch. */
+    char lease_holder[37];
+    uint64_t lease_epoch;
     int fence_pending;
     bool db_reachable;
+    bool registry_read; /* the last registry round could read the rows */
+    unsigned registry_round;
 
     /* Timers (monotonic ms). */
     int64_t next_heartbeat, next_beacon, next_tick, next_status, next_view;
@@ -191,29 +198,54 @@ static void s_set_shared_epoch(s_self_t *self)
 
 /* Records EPOCH as seen. A coordinator that sees a newer epoch than its own
  * has been replaced, whatever its lease thread believes: it stops now. */
+/* Tells the fence actor which lease the node acts under (epoch 0: none):
+ * its queued writes of any other epoch are dropped. */
+static void s_tell_fence_lease(s_self_t *self)
+{
+    zsock_send(self->fence, "s8s8", "LEASE", self->leader ? (uint64_t)self->my_epoch : 0,
+               self->my_id, self->leader ? (uint64_t)self->lease_deadline_ms : 0);
+}
+
+/* This node stops acting as coordinator now (WHY logged). */
+static void s_lose_lease(s_self_t *self, const char *why)
+{
+    if (!self->leader)
+        return;
+    cf_log_warn("node", "no longer coordinator (epoch %" PRIu64 "): %s", self->my_epoch, why);
+    self->leader = false;
+    s_count(self, CF_NODE_LEASES_LOST);
+    s_set_shared_epoch(self);
+    s_tell_fence_lease(self);
+    self->dirty = true;
+}
+
+/* Records EPOCH as seen, and tells the election (its next acquisition goes
+ * above it). A coordinator that sees a newer epoch than its own has been
+ * replaced, or its lease row was reset below what peers saw; either way it
+ * stops now, whatever its lease thread believes. */
 static void s_see_epoch(s_self_t *self, uint64_t epoch)
 {
     if (epoch <= self->highest_epoch)
         return;
     self->highest_epoch = epoch;
     self->dirty = true;
+    zstr_sendfm(self->election, "SEEN");
+    zstr_sendf(self->election, "%" PRIu64, epoch);
     if (self->leader && epoch > self->my_epoch) {
-        cf_log_warn("node", "epoch %" PRIu64 " exists: no longer coordinator (epoch %" PRIu64 ")",
-                    epoch, self->my_epoch);
-        self->leader = false;
-        s_count(self, CF_NODE_LEASES_LOST);
-        s_set_shared_epoch(self);
-        zstr_sendfm(self->election, "DEPOSED");
-        zstr_sendf(self->election, "%" PRIu64, epoch);
+        char why[64];
+        snprintf(why, sizeof why, "epoch %" PRIu64 " exists", epoch);
+        s_lose_lease(self, why);
     }
 }
 
-static void s_queue_gone(s_self_t *self, cf_peer_t *peer)
+/* The coordinator records departures judged by the database clock (every
+ * node whose registry row is older than its grace), at takeover and then
+ * with every view. */
+static void s_queue_sweep(s_self_t *self)
 {
-    if (!self->leader || !cf_peer_id(peer)[0])
+    if (!self->leader)
         return;
-    zsock_send(self->fence, "s8ss", "GONE", (uint64_t)self->my_epoch, self->my_id,
-               cf_peer_id(peer));
+    zsock_send(self->fence, "s8ss", "SWEEP", (uint64_t)self->my_epoch, self->my_id, "");
     self->fence_pending++;
     self->dirty = true;
 }
@@ -238,8 +270,9 @@ static void s_tick(s_self_t *self)
         if (cf_peer_reconnect_due(peer, now))
             cf_peer_connect(peer, &self->link);
         if (cf_peer_expire(peer, now, self->cfg->peer_grace_ms)) {
+            /* The link is silent; whether the node is gone is Postgres'
+             * call (its registry row), recorded by the coordinator's sweep. */
             s_count(self, CF_NODE_PEERS_GONE);
-            s_queue_gone(self, peer);
             self->dirty = true;
         }
     }
@@ -254,17 +287,17 @@ static json_t *s_build_snapshot(s_self_t *self)
     int free_slots, in_flight;
     cf_node_load(self->node, &free_slots, &in_flight);
     json_t *peers = cf_peer_table_to_json(self->peers, zclock_mono());
-    return json_pack("{s:s, s:s, s:I, s:s?, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:b, s:o, "
-                     "s:{s:i}, s:o}",
-                     "id", self->my_id, "role", self->leader ? "coordinator" : "worker", "epoch",
-                     (json_int_t)self->highest_epoch, "coordinator",
-                     self->coordinator[0] ? self->coordinator : NULL, "control_endpoint",
-                     self->cfg->control_endpoint, "http_endpoint", self->cfg->http_endpoint,
-                     "public_key", cf_identity_public_z85(self->identity), "capabilities",
-                     cf_caps_to_json(self->caps), "free_slots", free_slots, "in_flight", in_flight,
-                     "started_at_ms", (json_int_t)self->started_wall_ms, "database_reachable",
-                     self->db_reachable, "peers", peers, "fence", "pending", self->fence_pending,
-                     "counters", cf_node_status_counters(self->node));
+    return json_pack(
+        "{s:s, s:s, s:s, s:I, s:s?, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:b, s:o, "
+        "s:{s:i}, s:o}",
+        "id", self->my_id, "liveness", self->registry_read ? "up" : "unknown", "role",
+        self->leader ? "coordinator" : "worker", "epoch", (json_int_t)self->highest_epoch,
+        "coordinator", self->coordinator[0] ? self->coordinator : NULL, "control_endpoint",
+        self->cfg->control_endpoint, "http_endpoint", self->cfg->http_endpoint, "public_key",
+        cf_identity_public_z85(self->identity), "capabilities", cf_caps_to_json(self->caps),
+        "free_slots", free_slots, "in_flight", in_flight, "started_at_ms",
+        (json_int_t)self->started_wall_ms, "database_reachable", self->db_reachable, "peers", peers,
+        "fence", "pending", self->fence_pending, "counters", cf_node_status_counters(self->node));
 }
 
 static void s_publish(s_self_t *self)
@@ -280,23 +313,30 @@ static void s_publish(s_self_t *self)
     self->next_status = zclock_mono() + S_STATUS_MS;
 }
 
+/* The membership Postgres judges, with the state of this coordinator's
+ * links beside it. */
 static void s_publish_view(s_self_t *self)
 {
-    json_t *members = json_array();
-    json_array_append_new(members, json_pack("{s:s, s:s, s:s}", "id", self->my_id, "state", "alive",
-                                             "http_endpoint", self->cfg->http_endpoint));
+    static const char *const link_names[] = {
+        [CF_PEER_CONNECTING] = "connecting",
+        [CF_PEER_ALIVE] = "alive",
+        [CF_PEER_GONE] = "gone",
+        [CF_PEER_LEFT] = "left",
+    };
+    json_t *links = json_object();
+    json_object_set_new(links, self->my_id, json_string("self"));
     for (cf_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers))
-        if (cf_peer_id(peer)[0] && cf_peer_state(peer) == CF_PEER_ALIVE)
-            json_array_append_new(members,
-                                  json_pack("{s:s, s:s, s:s}", "id", cf_peer_id(peer), "state",
-                                            "alive", "http_endpoint", cf_peer_http_endpoint(peer)));
-    char *text = json_dumps(members, JSON_COMPACT);
-    json_decref(members);
+        if (cf_peer_id(peer)[0])
+            json_object_set_new(links, cf_peer_id(peer),
+                                json_string(link_names[cf_peer_state(peer)]));
+    char *text = json_dumps(links, JSON_COMPACT);
+    json_decref(links);
     if (!text)
         return;
     zsock_send(self->fence, "s8ss", "VIEW", (uint64_t)self->my_epoch, self->my_id, text);
     self->fence_pending++;
     free(text);
+    s_queue_sweep(self);
 }
 
 /* ------------------------------------------------------------------ handlers */
@@ -368,6 +408,20 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             }
             break;
         case CF_MSG_ASSIGN: {
+            /* Only the node that holds the epoch (by the lease row, as
+             * this node's election last read it) may assign under it. */
+            if (msg->assign.epoch != self->highest_epoch ||
+                msg->assign.epoch != self->lease_epoch ||
+                strcmp(cf_peer_id(peer), self->lease_holder)) {
+                s_count(self, CF_NODE_ASSIGN_REFUSED);
+                cf_log_warn("node",
+                            "refused an ASSIGN of epoch %" PRIu64
+                            " from %s: the lease names %s at epoch %" PRIu64,
+                            msg->assign.epoch, cf_peer_name(peer),
+                            self->lease_holder[0] ? self->lease_holder : "nobody",
+                            self->lease_epoch);
+                break;
+            }
             /* Dispatch arrives with the scheduler; until then say no, so a
              * coordinator never waits on us. */
             cf_msg_t reply;
@@ -522,30 +576,58 @@ static void s_handle_election(s_self_t *self)
         char *held_text = zmsg_popstr(msg);
         holder = zmsg_popstr(msg);
         char *epoch_text = zmsg_popstr(msg); /* czmq sends '8' as decimal text */
+        char *deadline_text = zmsg_popstr(msg);
         held = held_text && held_text[0] == '1';
         epoch = epoch_text ? strtoull(epoch_text, NULL, 10) : 0;
+        int64_t deadline = deadline_text ? strtoll(deadline_text, NULL, 10) : 0;
         free(epoch_text);
         free(held_text);
-        s_see_epoch(self, epoch);
-        if (held && !(self->leader && self->my_epoch == epoch) && epoch >= self->highest_epoch) {
+        free(deadline_text);
+        snprintf(self->lease_holder, sizeof self->lease_holder, "%s",
+                 held     ? self->my_id
+                 : holder ? holder
+                          : "");
+        self->lease_epoch = epoch;
+        /* An epoch above every one seen is ours to act on; so is the one
+         * we already act on, or one nobody else announced. Any other
+         * (another node announced it, or a higher one exists: the lease
+         * row was reset below them) is released at once, and the election
+         * acquires above it. Two coordinators never share an epoch. */
+        bool ours = self->leader && self->my_epoch == epoch;
+        bool acceptable = epoch > self->highest_epoch ||
+                          (epoch == self->highest_epoch &&
+                           (!self->coordinator[0] || !strcmp(self->coordinator, self->my_id)));
+        if (held && ours) {
+            self->lease_deadline_ms = deadline; /* a renewal */
+            s_tell_fence_lease(self);
+        } else if (held && !acceptable) {
+            s_lose_lease(self, "its epoch is no longer current");
+            s_count(self, CF_NODE_LEASES_REFUSED);
+            cf_log_warn("node",
+                        "refused the lease at epoch %" PRIu64 ": epoch %" PRIu64
+                        " is already in use (%s); released",
+                        epoch, self->highest_epoch,
+                        self->coordinator[0] ? self->coordinator : "by a peer");
+            zstr_sendfm(self->election, "REFUSE");
+            zstr_sendf(self->election, "%" PRIu64, epoch);
+        } else if (held) {
+            s_see_epoch(self, epoch);
             self->leader = true;
             self->my_epoch = epoch;
+            self->lease_deadline_ms = deadline;
             snprintf(self->coordinator, sizeof self->coordinator, "%s", self->my_id);
             s_count(self, CF_NODE_ELECTIONS_WON);
             cf_log_info("node", "this node is the coordinator, epoch %" PRIu64, epoch);
-            /* Tell everyone now, and record the departures seen so far. */
-            for (cf_peer_t *peer = zhashx_first(self->peers); peer;
-                 peer = zhashx_next(self->peers)) {
+            s_tell_fence_lease(self);
+            /* Tell everyone now; record the departures Postgres already
+             * judges, including those while there was no coordinator. */
+            for (cf_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers))
                 s_send_leader(self, peer);
-                if (cf_peer_state(peer) == CF_PEER_GONE)
-                    s_queue_gone(self, peer);
-            }
+            s_queue_sweep(self);
             self->next_view = 0;
-        } else if (!held) {
-            if (self->leader) {
-                self->leader = false;
-                s_count(self, CF_NODE_LEASES_LOST);
-            }
+        } else {
+            s_see_epoch(self, epoch);
+            s_lose_lease(self, "the lease is not ours");
             if (epoch >= self->highest_epoch && holder)
                 snprintf(self->coordinator, sizeof self->coordinator, "%s", holder);
         }
@@ -567,15 +649,28 @@ static void s_handle_registry(s_self_t *self)
         char *id = zmsg_popstr(msg), *key = zmsg_popstr(msg), *control = zmsg_popstr(msg);
         char *http = zmsg_popstr(msg), *caps = zmsg_popstr(msg);
         char *free_slots = zmsg_popstr(msg), *in_flight = zmsg_popstr(msg);
-        char *state = zmsg_popstr(msg);
+        char *liveness = zmsg_popstr(msg), *age = zmsg_popstr(msg);
         uint8_t raw[32];
-        if (id && key && control && http && caps && cf_key_from_z85(key, raw) == 0 &&
+        if (id && key && control && http && caps && liveness && cf_key_from_z85(key, raw) == 0 &&
             cf_proto_is_uuid(id, strlen(id))) {
-            cf_peer_t *peer = s_peer_learn(self, id, key, control, http, CF_PEER_FROM_REGISTRY);
-            if (peer)
-                cf_peer_take_registry(peer, caps, free_slots ? atoi(free_slots) : 0,
-                                      in_flight ? atoi(in_flight) : 0);
+            /* Every row tells a known peer's liveness; only with registry
+             * discovery does a row introduce a peer. */
+            cf_peer_t *peer =
+                self->cfg->registry_discovery
+                    ? s_peer_learn(self, id, key, control, http, CF_PEER_FROM_REGISTRY)
+                    : cf_peer_table_find_id(self->peers, id);
+            if (peer) {
+                if (self->cfg->registry_discovery)
+                    cf_peer_take_registry(peer, caps, free_slots ? atoi(free_slots) : 0,
+                                          in_flight ? atoi(in_flight) : 0);
+                if (strcmp(cf_peer_key(peer), key) == 0) {
+                    cf_peer_set_liveness(peer, liveness, age ? strtoll(age, NULL, 10) : 0,
+                                         self->registry_round);
+                    self->dirty = true;
+                }
+            }
         }
+        free(age);
         free(id);
         free(key);
         free(control);
@@ -583,7 +678,14 @@ static void s_handle_registry(s_self_t *self)
         free(caps);
         free(free_slots);
         free(in_flight);
-        free(state);
+        free(liveness);
+    } else if (command && !strcmp(command, "ROUND")) {
+        char *read = zmsg_popstr(msg);
+        self->registry_read = read && read[0] == '1';
+        free(read);
+        cf_peer_table_liveness_end(self->peers, self->registry_round, self->registry_read);
+        self->registry_round++;
+        self->dirty = true;
     } else if (command && !strcmp(command, "REJECTED")) {
         s_count(self, CF_NODE_REGISTRY_REJECTED);
     }
@@ -602,6 +704,8 @@ static void s_handle_fence(s_self_t *self)
             self->fence_pending--;
         if (!strcmp(verdict, "passed"))
             s_count(self, CF_NODE_FENCED_WRITES_APPLIED);
+        else if (!strcmp(verdict, "dropped") || !strcmp(verdict, "expired"))
+            s_count(self, CF_NODE_FENCED_WRITES_DROPPED);
         else if (!strcmp(verdict, "stale"))
             s_count(self, CF_NODE_FENCED_WRITES_REJECTED);
         self->dirty = true;
@@ -712,7 +816,11 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
         .secret = self->secret,
         .interval_ms = cfg->heartbeat_ms,
         .max_age_ms = 3 * cfg->peer_grace_ms > 15000 ? 3 * cfg->peer_grace_ms : 15000,
-        .read_peers = cfg->registry_discovery,
+        /* Rows are read in any case: they tell every peer's liveness. */
+        .read_peers = true,
+        .grace_ms = cfg->peer_grace_ms > 2 * cfg->heartbeat_ms + 1000
+                        ? cfg->peer_grace_ms
+                        : 2 * cfg->heartbeat_ms + 1000,
         .interrupt_fd = self->shutdown_fd,
     };
     self->registry = cf_discovery_new(&registry);
@@ -722,7 +830,11 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
                                    .ttl_ms = cfg->lease_ttl_ms,
                                    .interrupt_fd = self->shutdown_fd};
     self->election = cf_election_new(&election);
-    self->fence = cf_election_fence_new(cfg->database_url, self->shutdown_fd);
+    /* No state pool yet: the coordinator writes segments and compositions
+     * when distributed rendering lands (cf_election_fence.h). */
+    cf_election_fence_args_t fence = {
+        .database_url = cfg->database_url, .pool = NULL, .interrupt_fd = self->shutdown_fd};
+    self->fence = cf_election_fence_new(&fence);
     if (!self->registry || !self->election || !self->fence) {
         snprintf(err, errlen, "cannot start the cluster threads");
         return -1;
@@ -840,6 +952,11 @@ static void s_run(s_self_t *self)
             wake = self->next_beacon;
         if (self->leader && self->next_view < wake)
             wake = self->next_view;
+        if (self->leader) {
+            int64_t lease_left = self->lease_deadline_ms - cf_election_clock_ms();
+            if (now + lease_left < wake)
+                wake = now + (lease_left > 0 ? lease_left : 0);
+        }
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (zmq_poll(items, n, timeout) < 0)
             break;
@@ -896,6 +1013,10 @@ static void s_run(s_self_t *self)
             s_tick(self);
             self->next_tick = now + S_TICK_MS;
         }
+        /* The lease's deadline passed without a confirmed renewal: stop now,
+         * before the election says so (its report may be late). */
+        if (self->leader && cf_election_clock_ms() >= self->lease_deadline_ms)
+            s_lose_lease(self, "its lease deadline passed");
         if (self->leader && now >= self->next_view) {
             s_publish_view(self);
             self->next_view =

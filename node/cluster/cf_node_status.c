@@ -45,6 +45,13 @@ static const struct {
                                        "Coordinator writes that passed the epoch fence"},
     [CF_NODE_FENCED_WRITES_REJECTED] = {"fenced_writes_rejected",
                                         "Coordinator writes refused for a stale epoch"},
+    [CF_NODE_FENCED_WRITES_DROPPED] = {"fenced_writes_dropped",
+                                       "Queued coordinator writes dropped: deposed, or the "
+                                       "lease ran out first"},
+    [CF_NODE_ASSIGN_REFUSED] = {"assign_refused",
+                                "ASSIGN messages from a node that does not hold their epoch"},
+    [CF_NODE_LEASES_REFUSED] = {"leases_refused",
+                                "Leases won at an epoch another node announced, released"},
 };
 
 const char *cf_node_counter_name(cf_node_counter_t counter)
