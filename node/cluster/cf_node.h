@@ -43,7 +43,9 @@ typedef struct {
                                  undiscovered (they still admit us only when they learned
                                  our key from a beacon or the registry); NULL: none */
     int lease_ttl_ms;         /* coordinator lease (default 5000) */
-    int peer_grace_ms;        /* silence after which a peer is gone (default 5000) */
+    int peer_grace_ms;        /* silence after which a peer's link is gone, and (at least two
+                                 heartbeats + 1 s) the grace after which the registry
+                                 judges this node gone (default 5000) */
     int heartbeat_ms;         /* HEARTBEAT and registry interval (default 1000) */
     int beacon_interval_ms;   /* default 500 */
     int replay_window_ms;     /* beacons older or newer than this are dropped (default 30000) */
@@ -76,15 +78,19 @@ void cf_node_destroy(cf_node_t **self_p);
 const char *cf_node_id(cf_node_t *self);
 
 /* The node's view of the cluster, as a new JSON object (caller decrefs):
- *   {"id","role":"coordinator"|"worker","epoch","coordinator":ID|null,
+ *   {"id","liveness":"up"|"unknown","role":"coordinator"|"worker","epoch","coordinator":ID|null,
  *    "control_endpoint","http_endpoint","public_key","capabilities":{...},
  *    "free_slots","in_flight","started_at_ms","database_reachable",
- *    "peers":[{"id","state":"alive"|"gone"|"left"|"connecting","control_endpoint",
+ *    "peers":[{"id","state":"alive"|"gone"|"left"|"connecting" (the link),
+ *              "liveness":"up"|"gone"|"left"|"unknown" (the registry's judgment),
+ *              "registry_age_ms"|null,"control_endpoint",
  *              "http_endpoint","public_key","discovered_by":["beacon","registry","static"],
  *              "capabilities":{...}|null,"load","free_slots","in_flight","epoch_seen",
  *              "last_seen_ms_ago"|null}],
  *    "fence":{"pending"},"counters":{NAME: N, ...}}
- * "epoch" is the highest coordinator epoch this node has seen. Returns NULL
+ * "epoch" is the highest coordinator epoch this node has seen; "liveness"
+ * is this node's own: up while its registry rows are read and written.
+ * Returns NULL
  * only when out of memory. */
 json_t *cf_node_snapshot(cf_node_t *self);
 

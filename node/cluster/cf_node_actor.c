@@ -1,6 +1,8 @@
-/* cf_node_actor: the node actor. See cf_node_actor.h. */
+/* cf_node_actor: the node actor, its set-up, loop and peer messages (its
+ * coordination half is cf_node_lease.c). See cf_node_actor.h. */
 #define _GNU_SOURCE
 #include "cf_node_actor.h"
+#include "cf_node_actor_internal.h"
 
 #include <errno.h>
 #include <czmq.h>
@@ -28,62 +30,7 @@
 #define S_TICK_MS   100 /* liveness checks */
 #define S_STATUS_MS 1000
 
-/* ------------------------------------------------------------------ types */
-
-typedef struct {
-    zsock_t *pipe;
-    cf_node_t *node; /* what other threads see */
-    cf_node_config_t *cfg;
-    cf_identity_t *identity;
-    cf_secret_t *secret;
-    cf_caps_t *caps;
-    const char *my_id;
-    bool terminated;
-    bool started;
-
-    zsock_t *router;
-    cf_zap_t *zap;
-    zactor_t *beacon;
-    zactor_t *election;
-    zactor_t *registry;
-    zactor_t *fence;
-    zactor_t *calibration; /* while it runs */
-    int shutdown_fd;       /* eventfd, signalled to cut the database threads' calls short */
-
-    zhashx_t *peers;     /* key -> cf_peer_t */
-    cf_peer_link_t link; /* our side of every peer link */
-    cf_node_status_t *status;
-
-    /* Coordination. */
-    bool leader;
-    uint64_t my_epoch;
-    int64_t lease_deadline_ms; /* CLOCK_BOOTTIME: coordinator until then */
-    uint64_t highest_epoch;
-    char coordinator[37]; /* of the highest epoch, "" while unknown */
-    /* The lease row as the election last read it from Postgres: only its
-     * holder may send this node an ASSIGN of its epoch. */
-    char lease_holder[37];
-    uint64_t lease_epoch;
-    int fence_pending;
-    bool db_reachable;
-    bool registry_read; /* the last registry round could read the rows */
-    unsigned registry_round;
-
-    /* Timers (monotonic ms). */
-    int64_t next_heartbeat, next_beacon, next_tick, next_status, next_view;
-    int64_t started_ms;
-    int64_t started_wall_ms;
-
-    bool dirty;
-    int last_free_slots, last_in_flight;
-} s_self_t;
-
 /* ------------------------------------------------------------------ helpers */
-
-static void s_count(s_self_t *self, cf_node_counter_t counter)
-{
-    cf_node_count(self->node, counter);
-}
 
 static int64_t s_wall_ms(void)
 {
@@ -95,8 +42,8 @@ static int64_t s_wall_ms(void)
 /* A peer learned from an authenticated source (or configured): see
  * cf_peer_table_learn. From then on a beacon or registry key may connect
  * to us (cf_zap). */
-static cf_peer_t *s_peer_learn(s_self_t *self, const char *id, const char *key, const char *control,
-                               const char *http, unsigned source)
+cf_peer_t *cf_nactor_peer_learn(cf_nactor_t *self, const char *id, const char *key,
+                                const char *control, const char *http, unsigned source)
 {
     return cf_peer_table_learn(self->peers, &self->link, id, key, control, http, source,
                                &self->dirty);
@@ -104,15 +51,15 @@ static cf_peer_t *s_peer_learn(s_self_t *self, const char *id, const char *key, 
 
 /* ------------------------------------------------------------------ sending */
 
-static int s_send(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
+static int s_send(cf_nactor_t *self, cf_peer_t *peer, cf_msg_t *msg)
 {
     if (cf_peer_send(peer, msg) < 0)
         return -1;
-    s_count(self, CF_NODE_MESSAGES_SENT);
+    cf_nactor_count(self, CF_NODE_MESSAGES_SENT);
     return 0;
 }
 
-static void s_build_hello(s_self_t *self, cf_msg_t *msg, bool want_hello)
+static void s_build_hello(cf_nactor_t *self, cf_msg_t *msg, bool want_hello)
 {
     cf_msg_init(msg, CF_MSG_HELLO);
     snprintf(msg->hello.node_id, sizeof msg->hello.node_id, "%s", self->my_id);
@@ -131,7 +78,7 @@ static void s_build_hello(s_self_t *self, cf_msg_t *msg, bool want_hello)
     msg->hello.want_hello = want_hello;
 }
 
-static void s_send_hello(s_self_t *self, cf_peer_t *peer, bool want_hello)
+static void s_send_hello(cf_nactor_t *self, cf_peer_t *peer, bool want_hello)
 {
     cf_msg_t msg;
     s_build_hello(self, &msg, want_hello);
@@ -141,7 +88,7 @@ static void s_send_hello(s_self_t *self, cf_peer_t *peer, bool want_hello)
         cf_peer_hello_asked(peer, zclock_mono());
 }
 
-static void s_send_leader(s_self_t *self, cf_peer_t *peer)
+void cf_nactor_send_leader(cf_nactor_t *self, cf_peer_t *peer)
 {
     cf_msg_t msg;
     cf_msg_init(&msg, CF_MSG_LEADER);
@@ -151,7 +98,7 @@ static void s_send_leader(s_self_t *self, cf_peer_t *peer)
     cf_msg_clear(&msg);
 }
 
-static void s_heartbeat_round(s_self_t *self)
+static void s_heartbeat_round(cf_nactor_t *self)
 {
     double loads[1] = {0};
     if (getloadavg(loads, 1) < 1 || loads[0] < 0)
@@ -173,7 +120,7 @@ static void s_heartbeat_round(s_self_t *self)
             s_send_hello(self, peer, true);
         s_send(self, peer, &msg);
         if (self->leader)
-            s_send_leader(self, peer);
+            cf_nactor_send_leader(self, peer);
     }
     cf_msg_clear(&msg);
     if (free_slots != self->last_free_slots || in_flight != self->last_in_flight) {
@@ -189,78 +136,17 @@ static void s_heartbeat_round(s_self_t *self)
     }
 }
 
-/* ------------------------------------------------------------------ epochs */
-
-static void s_set_shared_epoch(s_self_t *self)
-{
-    cf_node_set_coordinator_epoch(self->node, self->leader ? (int64_t)self->my_epoch : 0);
-}
-
-/* Records EPOCH as seen. A coordinator that sees a newer epoch than its own
- * has been replaced, whatever its lease thread believes: it stops now. */
-/* Tells the fence actor which lease the node acts under (epoch 0: none):
- * its queued writes of any other epoch are dropped. */
-static void s_tell_fence_lease(s_self_t *self)
-{
-    zsock_send(self->fence, "s8s8", "LEASE", self->leader ? (uint64_t)self->my_epoch : 0,
-               self->my_id, self->leader ? (uint64_t)self->lease_deadline_ms : 0);
-}
-
-/* This node stops acting as coordinator now (WHY logged). */
-static void s_lose_lease(s_self_t *self, const char *why)
-{
-    if (!self->leader)
-        return;
-    cf_log_warn("node", "no longer coordinator (epoch %" PRIu64 "): %s", self->my_epoch, why);
-    self->leader = false;
-    s_count(self, CF_NODE_LEASES_LOST);
-    s_set_shared_epoch(self);
-    s_tell_fence_lease(self);
-    self->dirty = true;
-}
-
-/* Records EPOCH as seen, and tells the election (its next acquisition goes
- * above it). A coordinator that sees a newer epoch than its own has been
- * replaced, or its lease row was reset below what peers saw; either way it
- * stops now, whatever its lease thread believes. */
-static void s_see_epoch(s_self_t *self, uint64_t epoch)
-{
-    if (epoch <= self->highest_epoch)
-        return;
-    self->highest_epoch = epoch;
-    self->dirty = true;
-    zstr_sendfm(self->election, "SEEN");
-    zstr_sendf(self->election, "%" PRIu64, epoch);
-    if (self->leader && epoch > self->my_epoch) {
-        char why[64];
-        snprintf(why, sizeof why, "epoch %" PRIu64 " exists", epoch);
-        s_lose_lease(self, why);
-    }
-}
-
-/* The coordinator records departures judged by the database clock (every
- * node whose registry row is older than its grace), at takeover and then
- * with every view. */
-static void s_queue_sweep(s_self_t *self)
-{
-    if (!self->leader)
-        return;
-    zsock_send(self->fence, "s8ss", "SWEEP", (uint64_t)self->my_epoch, self->my_id, "");
-    self->fence_pending++;
-    self->dirty = true;
-}
-
 /* ------------------------------------------------------------------ liveness */
 
-static void s_peer_alive(s_self_t *self, cf_peer_t *peer)
+static void s_peer_alive(cf_nactor_t *self, cf_peer_t *peer)
 {
     if (cf_peer_heard(peer, zclock_mono())) {
-        s_count(self, CF_NODE_PEERS_JOINED);
+        cf_nactor_count(self, CF_NODE_PEERS_JOINED);
         self->dirty = true;
     }
 }
 
-static void s_tick(s_self_t *self)
+static void s_tick(cf_nactor_t *self)
 {
     int64_t now = zclock_mono();
     int64_t forget_after = 3 * (int64_t)self->cfg->peer_grace_ms;
@@ -272,7 +158,7 @@ static void s_tick(s_self_t *self)
         if (cf_peer_expire(peer, now, self->cfg->peer_grace_ms)) {
             /* The link is silent; whether the node is gone is Postgres'
              * call (its registry row), recorded by the coordinator's sweep. */
-            s_count(self, CF_NODE_PEERS_GONE);
+            cf_nactor_count(self, CF_NODE_PEERS_GONE);
             self->dirty = true;
         }
     }
@@ -282,7 +168,7 @@ static void s_tick(s_self_t *self)
 
 /* ------------------------------------------------------------------ snapshot */
 
-static json_t *s_build_snapshot(s_self_t *self)
+static json_t *s_build_snapshot(cf_nactor_t *self)
 {
     int free_slots, in_flight;
     cf_node_load(self->node, &free_slots, &in_flight);
@@ -300,7 +186,7 @@ static json_t *s_build_snapshot(s_self_t *self)
         "fence", "pending", self->fence_pending, "counters", cf_node_status_counters(self->node));
 }
 
-static void s_publish(s_self_t *self)
+static void s_publish(cf_nactor_t *self)
 {
     json_t *snapshot = s_build_snapshot(self);
     if (!snapshot)
@@ -313,47 +199,21 @@ static void s_publish(s_self_t *self)
     self->next_status = zclock_mono() + S_STATUS_MS;
 }
 
-/* The membership Postgres judges, with the state of this coordinator's
- * links beside it. */
-static void s_publish_view(s_self_t *self)
-{
-    static const char *const link_names[] = {
-        [CF_PEER_CONNECTING] = "connecting",
-        [CF_PEER_ALIVE] = "alive",
-        [CF_PEER_GONE] = "gone",
-        [CF_PEER_LEFT] = "left",
-    };
-    json_t *links = json_object();
-    json_object_set_new(links, self->my_id, json_string("self"));
-    for (cf_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers))
-        if (cf_peer_id(peer)[0])
-            json_object_set_new(links, cf_peer_id(peer),
-                                json_string(link_names[cf_peer_state(peer)]));
-    char *text = json_dumps(links, JSON_COMPACT);
-    json_decref(links);
-    if (!text)
-        return;
-    zsock_send(self->fence, "s8ss", "VIEW", (uint64_t)self->my_epoch, self->my_id, text);
-    self->fence_pending++;
-    free(text);
-    s_queue_sweep(self);
-}
-
 /* ------------------------------------------------------------------ handlers */
 
-static void s_handle_zap(s_self_t *self)
+static void s_handle_zap(cf_nactor_t *self)
 {
     int verdict = cf_zap_handle(self->zap);
     if (verdict >= 0)
-        s_count(self, verdict ? CF_NODE_ZAP_ALLOWED : CF_NODE_ZAP_DENIED);
+        cf_nactor_count(self, verdict ? CF_NODE_ZAP_ALLOWED : CF_NODE_ZAP_DENIED);
 }
 
-static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
+static void s_handle_message(cf_nactor_t *self, cf_peer_t *peer, cf_msg_t *msg)
 {
     /* Epoch-carrying messages older than what we have seen are ignored. */
     uint64_t epoch = cf_msg_epoch(msg);
     if (msg->type != CF_MSG_HEARTBEAT && epoch && epoch < self->highest_epoch) {
-        s_count(self, CF_NODE_MESSAGES_STALE_EPOCH);
+        cf_nactor_count(self, CF_NODE_MESSAGES_STALE_EPOCH);
         cf_log_info("node", "ignored %s of epoch %" PRIu64 " from %s: epoch %" PRIu64 " is current",
                     cf_msg_type_name(msg->type), epoch, cf_peer_name(peer), self->highest_epoch);
         s_peer_alive(self, peer);
@@ -368,7 +228,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             const cf_msg_hello_t *hello = &msg->hello;
             const char *id = cf_peer_id(peer);
             if (id[0] && strcmp(id, hello->node_id)) {
-                s_count(self, CF_NODE_MESSAGES_MALFORMED);
+                cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
                 cf_log_warn("node", "dropped a HELLO claiming node %s from the key of node %s",
                             hello->node_id, id);
                 return;
@@ -376,7 +236,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             if (!id[0]) {
                 cf_peer_t *other = cf_peer_table_find_id(self->peers, hello->node_id);
                 if (other && other != peer) {
-                    s_count(self, CF_NODE_MESSAGES_MALFORMED);
+                    cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
                     cf_log_warn("node", "dropped a HELLO claiming node %s from another key",
                                 hello->node_id);
                     return;
@@ -391,16 +251,16 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
         }
         case CF_MSG_HEARTBEAT:
             cf_peer_take_heartbeat(peer, &msg->heartbeat);
-            s_see_epoch(self, msg->heartbeat.epoch);
+            cf_nactor_see_epoch(self, msg->heartbeat.epoch);
             break;
         case CF_MSG_LEADER:
             if (strcmp(msg->leader.node_id, cf_peer_id(peer))) {
-                s_count(self, CF_NODE_MESSAGES_MALFORMED);
+                cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
                 cf_log_warn("node", "dropped a LEADER for node %s sent by node %s",
                             msg->leader.node_id, cf_peer_name(peer));
                 return;
             }
-            s_see_epoch(self, msg->leader.epoch);
+            cf_nactor_see_epoch(self, msg->leader.epoch);
             if (msg->leader.epoch == self->highest_epoch &&
                 strcmp(self->coordinator, msg->leader.node_id)) {
                 snprintf(self->coordinator, sizeof self->coordinator, "%s", msg->leader.node_id);
@@ -413,7 +273,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             if (msg->assign.epoch != self->highest_epoch ||
                 msg->assign.epoch != self->lease_epoch ||
                 strcmp(cf_peer_id(peer), self->lease_holder)) {
-                s_count(self, CF_NODE_ASSIGN_REFUSED);
+                cf_nactor_count(self, CF_NODE_ASSIGN_REFUSED);
                 cf_log_warn("node",
                             "refused an ASSIGN of epoch %" PRIu64
                             " from %s: the lease names %s at epoch %" PRIu64,
@@ -437,7 +297,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
         }
         case CF_MSG_BYE:
             cf_peer_leave(peer, msg->bye.reason);
-            s_count(self, CF_NODE_PEERS_GONE);
+            cf_nactor_count(self, CF_NODE_PEERS_GONE);
             if (!strcmp(cf_peer_id(peer), self->coordinator))
                 zstr_send(self->election, "RETRY"); /* its lease is free now */
             self->dirty = true;
@@ -449,7 +309,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
     }
 }
 
-static void s_handle_router(s_self_t *self)
+static void s_handle_router(cf_nactor_t *self)
 {
     zmsg_t *zmsg = zmsg_recv(self->router);
     if (!zmsg)
@@ -457,7 +317,7 @@ static void s_handle_router(s_self_t *self)
     zframe_t *routing = zmsg_first(zmsg);
     zframe_t *payload = zmsg_next(zmsg);
     if (zmsg_size(zmsg) != 2 || !routing || !payload) {
-        s_count(self, CF_NODE_MESSAGES_MALFORMED);
+        cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
         zmsg_destroy(&zmsg);
         return;
     }
@@ -471,27 +331,27 @@ static void s_handle_router(s_self_t *self)
     cf_msg_t msg;
     char err[256];
     if (cf_msg_decode(zframe_data(payload), zframe_size(payload), &msg, err, sizeof err) < 0) {
-        s_count(self, CF_NODE_MESSAGES_MALFORMED);
+        cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
         cf_log_warn("node", "dropped a malformed message from %s: %s", cf_peer_name(peer), err);
         zmsg_destroy(&zmsg);
         return;
     }
     zmsg_destroy(&zmsg);
-    s_count(self, CF_NODE_MESSAGES_RECEIVED);
+    cf_nactor_count(self, CF_NODE_MESSAGES_RECEIVED);
     s_handle_message(self, peer, &msg);
     cf_msg_clear(&msg);
 }
 
-static void s_handle_monitor(s_self_t *self, cf_peer_t *peer)
+static void s_handle_monitor(cf_nactor_t *self, cf_peer_t *peer)
 {
     cf_peer_event_t event = cf_peer_recv_monitor(peer);
     if (event == CF_PEER_LINKED)
         s_send_hello(self, peer, true);
     else if (event == CF_PEER_REFUSED)
-        s_count(self, CF_NODE_CONNECT_AUTH_FAILED);
+        cf_nactor_count(self, CF_NODE_CONNECT_AUTH_FAILED);
 }
 
-static void s_handle_beacon(s_self_t *self)
+static void s_handle_beacon(cf_nactor_t *self)
 {
     char *address = zstr_recv(self->beacon);
     zframe_t *frame = address ? zframe_recv(self->beacon) : NULL;
@@ -524,25 +384,26 @@ static void s_handle_beacon(s_self_t *self)
             [CF_BEACON_BAD_MAC] = CF_NODE_BEACONS_BAD_MAC,
             [CF_BEACON_REPLAYED] = CF_NODE_BEACONS_REPLAYED,
         };
-        s_count(self, CF_NODE_BEACONS_REJECTED);
-        s_count(self, which[status]);
+        cf_nactor_count(self, CF_NODE_BEACONS_REJECTED);
+        cf_nactor_count(self, which[status]);
         cf_log_debug("node", "dropped a beacon from %s: %s", address,
                      cf_beacon_status_name(status));
         free(address);
         return;
     }
-    s_count(self, CF_NODE_BEACONS_ACCEPTED);
+    cf_nactor_count(self, CF_NODE_BEACONS_ACCEPTED);
     char control[280], http[280] = "";
     snprintf(control, sizeof control, "tcp://%s:%u", address, beacon.control_port);
     if (beacon.http_port)
         snprintf(http, sizeof http, "http://%s:%u", address, beacon.http_port);
-    cf_peer_t *peer = s_peer_learn(self, beacon.node_id, key, control, http, CF_PEER_FROM_BEACON);
+    cf_peer_t *peer =
+        cf_nactor_peer_learn(self, beacon.node_id, key, control, http, CF_PEER_FROM_BEACON);
     if (peer)
         cf_peer_set_beacon_ts(peer, beacon.timestamp_ms);
     free(address);
 }
 
-static void s_send_beacon(s_self_t *self)
+static void s_send_beacon(cf_nactor_t *self)
 {
     cf_beacon_t beacon = {.control_port = (uint16_t)self->cfg->control_port,
                           .http_port = (uint16_t)self->cfg->http_port,
@@ -555,170 +416,12 @@ static void s_send_beacon(s_self_t *self)
     /* A fresh timestamp (and MAC) on every beacon; PUBLISH sends at once. */
     zsock_send(self->beacon, "sbi", "PUBLISH", frame, sizeof frame,
                self->cfg->beacon_interval_ms * 4);
-    s_count(self, CF_NODE_BEACONS_SENT);
-}
-
-static void s_handle_election(s_self_t *self)
-{
-    char *command = NULL, *holder = NULL;
-    int held = 0;
-    uint64_t epoch = 0;
-    zmsg_t *msg = zmsg_recv(self->election);
-    if (!msg)
-        return;
-    command = zmsg_popstr(msg);
-    if (command && !strcmp(command, "DB")) {
-        char *flag = zmsg_popstr(msg);
-        self->db_reachable = flag && flag[0] == '1';
-        free(flag);
-        self->dirty = true;
-    } else if (command && !strcmp(command, "LEASE")) {
-        char *held_text = zmsg_popstr(msg);
-        holder = zmsg_popstr(msg);
-        char *epoch_text = zmsg_popstr(msg); /* czmq sends '8' as decimal text */
-        char *deadline_text = zmsg_popstr(msg);
-        held = held_text && held_text[0] == '1';
-        epoch = epoch_text ? strtoull(epoch_text, NULL, 10) : 0;
-        int64_t deadline = deadline_text ? strtoll(deadline_text, NULL, 10) : 0;
-        free(epoch_text);
-        free(held_text);
-        free(deadline_text);
-        snprintf(self->lease_holder, sizeof self->lease_holder, "%s",
-                 held     ? self->my_id
-                 : holder ? holder
-                          : "");
-        self->lease_epoch = epoch;
-        /* An epoch above every one seen is ours to act on; so is the one
-         * we already act on, or one nobody else announced. Any other
-         * (another node announced it, or a higher one exists: the lease
-         * row was reset below them) is released at once, and the election
-         * acquires above it. Two coordinators never share an epoch. */
-        bool ours = self->leader && self->my_epoch == epoch;
-        bool acceptable = epoch > self->highest_epoch ||
-                          (epoch == self->highest_epoch &&
-                           (!self->coordinator[0] || !strcmp(self->coordinator, self->my_id)));
-        if (held && ours) {
-            self->lease_deadline_ms = deadline; /* a renewal */
-            s_tell_fence_lease(self);
-        } else if (held && !acceptable) {
-            s_lose_lease(self, "its epoch is no longer current");
-            s_count(self, CF_NODE_LEASES_REFUSED);
-            cf_log_warn("node",
-                        "refused the lease at epoch %" PRIu64 ": epoch %" PRIu64
-                        " is already in use (%s); released",
-                        epoch, self->highest_epoch,
-                        self->coordinator[0] ? self->coordinator : "by a peer");
-            zstr_sendfm(self->election, "REFUSE");
-            zstr_sendf(self->election, "%" PRIu64, epoch);
-        } else if (held) {
-            s_see_epoch(self, epoch);
-            self->leader = true;
-            self->my_epoch = epoch;
-            self->lease_deadline_ms = deadline;
-            snprintf(self->coordinator, sizeof self->coordinator, "%s", self->my_id);
-            s_count(self, CF_NODE_ELECTIONS_WON);
-            cf_log_info("node", "this node is the coordinator, epoch %" PRIu64, epoch);
-            s_tell_fence_lease(self);
-            /* Tell everyone now; record the departures Postgres already
-             * judges, including those while there was no coordinator. */
-            for (cf_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers))
-                s_send_leader(self, peer);
-            s_queue_sweep(self);
-            self->next_view = 0;
-        } else {
-            s_see_epoch(self, epoch);
-            s_lose_lease(self, "the lease is not ours");
-            if (epoch >= self->highest_epoch && holder)
-                snprintf(self->coordinator, sizeof self->coordinator, "%s", holder);
-        }
-        s_set_shared_epoch(self);
-        self->dirty = true;
-    }
-    free(command);
-    free(holder);
-    zmsg_destroy(&msg);
-}
-
-static void s_handle_registry(s_self_t *self)
-{
-    zmsg_t *msg = zmsg_recv(self->registry);
-    if (!msg)
-        return;
-    char *command = zmsg_popstr(msg);
-    if (command && !strcmp(command, "PEER") && zmsg_size(msg) == 9) {
-        char *id = zmsg_popstr(msg), *key = zmsg_popstr(msg), *control = zmsg_popstr(msg);
-        char *http = zmsg_popstr(msg), *caps = zmsg_popstr(msg);
-        char *free_slots = zmsg_popstr(msg), *in_flight = zmsg_popstr(msg);
-        char *liveness = zmsg_popstr(msg), *age = zmsg_popstr(msg);
-        uint8_t raw[32];
-        if (id && key && control && http && caps && liveness && cf_key_from_z85(key, raw) == 0 &&
-            cf_proto_is_uuid(id, strlen(id))) {
-            /* Every row tells a known peer's liveness; only with registry
-             * discovery does a row introduce a peer. */
-            cf_peer_t *peer =
-                self->cfg->registry_discovery
-                    ? s_peer_learn(self, id, key, control, http, CF_PEER_FROM_REGISTRY)
-                    : cf_peer_table_find_id(self->peers, id);
-            if (peer) {
-                if (self->cfg->registry_discovery)
-                    cf_peer_take_registry(peer, caps, free_slots ? atoi(free_slots) : 0,
-                                          in_flight ? atoi(in_flight) : 0);
-                if (strcmp(cf_peer_key(peer), key) == 0) {
-                    cf_peer_set_liveness(peer, liveness, age ? strtoll(age, NULL, 10) : 0,
-                                         self->registry_round);
-                    self->dirty = true;
-                }
-            }
-        }
-        free(age);
-        free(id);
-        free(key);
-        free(control);
-        free(http);
-        free(caps);
-        free(free_slots);
-        free(in_flight);
-        free(liveness);
-    } else if (command && !strcmp(command, "ROUND")) {
-        char *read = zmsg_popstr(msg);
-        self->registry_read = read && read[0] == '1';
-        free(read);
-        cf_peer_table_liveness_end(self->peers, self->registry_round, self->registry_read);
-        self->registry_round++;
-        self->dirty = true;
-    } else if (command && !strcmp(command, "REJECTED")) {
-        s_count(self, CF_NODE_REGISTRY_REJECTED);
-    }
-    free(command);
-    zmsg_destroy(&msg);
-}
-
-static void s_handle_fence(s_self_t *self)
-{
-    char *command = NULL, *kind = NULL, *verdict = NULL, *subject = NULL;
-    uint64_t epoch = 0;
-    if (zsock_recv(self->fence, "sss8s", &command, &kind, &verdict, &epoch, &subject) < 0)
-        return;
-    if (command && !strcmp(command, "FENCE") && verdict) {
-        if (self->fence_pending > 0)
-            self->fence_pending--;
-        if (!strcmp(verdict, "passed"))
-            s_count(self, CF_NODE_FENCED_WRITES_APPLIED);
-        else if (!strcmp(verdict, "dropped") || !strcmp(verdict, "expired"))
-            s_count(self, CF_NODE_FENCED_WRITES_DROPPED);
-        else if (!strcmp(verdict, "stale"))
-            s_count(self, CF_NODE_FENCED_WRITES_REJECTED);
-        self->dirty = true;
-    }
-    free(command);
-    free(kind);
-    free(verdict);
-    free(subject);
+    cf_nactor_count(self, CF_NODE_BEACONS_SENT);
 }
 
 /* The calibration actor said it is done: take the figures, tell peers and
  * the registry, and let it end. */
-static void s_handle_calibration(s_self_t *self)
+static void s_handle_calibration(cf_nactor_t *self)
 {
     char *result = zstr_recv(self->calibration);
     cf_caps_t *caps =
@@ -740,10 +443,10 @@ static void s_handle_calibration(s_self_t *self)
 
 static void s_add_static_peer(const char *key, const char *control_endpoint, void *arg)
 {
-    s_peer_learn(arg, NULL, key, control_endpoint, NULL, CF_PEER_FROM_STATIC);
+    cf_nactor_peer_learn(arg, NULL, key, control_endpoint, NULL, CF_PEER_FROM_STATIC);
 }
 
-static int s_self_start(s_self_t *self, char *err, size_t errlen)
+static int s_self_start(cf_nactor_t *self, char *err, size_t errlen)
 {
     cf_node_config_t *cfg = self->cfg;
     self->shutdown_fd = eventfd(0, EFD_CLOEXEC);
@@ -849,7 +552,7 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
 
 /* Leaves in bounded time: the lease is released and the registry row marked
  * left at the same time, each within 500 ms, while peers get a BYE. */
-static void s_self_stop(s_self_t *self)
+static void s_self_stop(cf_nactor_t *self)
 {
     /* Whatever the database threads wait for, they stop waiting now; the
      * lease release and the registry's "left" are then tried (500 ms each,
@@ -874,11 +577,11 @@ static void s_self_stop(s_self_t *self)
     zactor_destroy(&self->fence);
     zactor_destroy(&self->beacon);
     if (self->leader) {
-        s_count(self, CF_NODE_LEASES_LOST);
+        cf_nactor_count(self, CF_NODE_LEASES_LOST);
         self->coordinator[0] = '\0'; /* released */
     }
     self->leader = false;
-    s_set_shared_epoch(self);
+    cf_nactor_set_shared_epoch(self);
     if (self->started)
         s_publish(self); /* the final state: no longer coordinator */
     zhashx_destroy(&self->peers);
@@ -904,7 +607,7 @@ typedef enum {
     S_ITEM_MONITOR,
 } s_item_kind_t;
 
-static void s_handle_pipe(s_self_t *self)
+static void s_handle_pipe(cf_nactor_t *self)
 {
     char *command = zstr_recv(self->pipe);
     if (!command || !strcmp(command, "$TERM"))
@@ -912,7 +615,7 @@ static void s_handle_pipe(s_self_t *self)
     free(command);
 }
 
-static void s_run(s_self_t *self)
+static void s_run(cf_nactor_t *self)
 {
     enum { MAX_ITEMS = 8 + CF_PEER_TABLE_MAX };
     zmq_pollitem_t items[MAX_ITEMS];
@@ -977,13 +680,13 @@ static void s_run(s_self_t *self)
                     s_handle_beacon(self);
                     break;
                 case S_ITEM_ELECTION:
-                    s_handle_election(self);
+                    cf_nactor_handle_election(self);
                     break;
                 case S_ITEM_REGISTRY:
-                    s_handle_registry(self);
+                    cf_nactor_handle_registry(self);
                     break;
                 case S_ITEM_FENCE:
-                    s_handle_fence(self);
+                    cf_nactor_handle_fence(self);
                     break;
                 case S_ITEM_CALIBRATION:
                     if (self->calibration)
@@ -1016,9 +719,9 @@ static void s_run(s_self_t *self)
         /* The lease's deadline passed without a confirmed renewal: stop now,
          * before the election says so (its report may be late). */
         if (self->leader && cf_election_clock_ms() >= self->lease_deadline_ms)
-            s_lose_lease(self, "its lease deadline passed");
+            cf_nactor_lose_lease(self, "its lease deadline passed");
         if (self->leader && now >= self->next_view) {
-            s_publish_view(self);
+            cf_nactor_publish_view(self);
             self->next_view =
                 now + (self->cfg->heartbeat_ms > 1000 ? self->cfg->heartbeat_ms : 1000);
         }
@@ -1030,16 +733,16 @@ static void s_run(s_self_t *self)
 void cf_node_actor(zsock_t *pipe, void *args)
 {
     cf_node_actor_args_t *init = args;
-    s_self_t self = {.pipe = pipe,
-                     .node = init->node,
-                     .cfg = init->cfg,
-                     .identity = init->identity,
-                     .secret = init->secret,
-                     .caps = init->caps,
-                     .db_reachable = false,
-                     .last_free_slots = -1,
-                     .last_in_flight = -1,
-                     .shutdown_fd = -1};
+    cf_nactor_t self = {.pipe = pipe,
+                        .node = init->node,
+                        .cfg = init->cfg,
+                        .identity = init->identity,
+                        .secret = init->secret,
+                        .caps = init->caps,
+                        .db_reachable = false,
+                        .last_free_slots = -1,
+                        .last_in_flight = -1,
+                        .shutdown_fd = -1};
     free(init);
     self.my_id = cf_identity_node_id(self.identity);
     self.link = (cf_peer_link_t){.node_id = self.my_id,

@@ -302,22 +302,30 @@ void cf_peer_take_registry(cf_peer_t *self, const char *caps_json, int free_slot
     }
 }
 
-void cf_peer_set_liveness(cf_peer_t *self, const char *liveness, int64_t age_ms, unsigned round)
+bool cf_peer_set_liveness(cf_peer_t *self, const char *liveness, int64_t age_ms, unsigned round)
 {
+    bool changed = strcmp(self->liveness, liveness) != 0;
     snprintf(self->liveness, sizeof self->liveness, "%s", liveness);
     self->registry_age_ms = age_ms;
     self->liveness_round = round;
+    return changed;
 }
 
-void cf_peer_table_liveness_end(zhashx_t *peers, unsigned round, bool read)
+bool cf_peer_table_liveness_end(zhashx_t *peers, unsigned round, bool read)
 {
+    bool changed = false;
     for (cf_peer_t *peer = zhashx_first(peers); peer; peer = zhashx_next(peers)) {
+        const char *now = peer->liveness;
         if (!read)
-            peer->liveness[0] = '\0';
+            now = "";
         else if (peer->liveness_round != round && peer->liveness[0])
-            snprintf(peer->liveness, sizeof peer->liveness, "%s",
-                     peer->state == CF_PEER_LEFT ? "left" : "gone");
+            now = peer->state == CF_PEER_LEFT ? "left" : "gone";
+        if (strcmp(now, peer->liveness)) {
+            snprintf(peer->liveness, sizeof peer->liveness, "%s", now);
+            changed = true;
+        }
     }
+    return changed;
 }
 
 json_t *cf_peer_to_json(const cf_peer_t *self, int64_t now)
