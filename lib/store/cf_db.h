@@ -64,8 +64,10 @@ typedef enum {
         CF_RC_UNAVAILABLE, /* Postgres unreachable, restarting, or statement timeout */
     CF_DB_INVALID = -7,    /* bad argument: malformed cursor, limit out of range, bad status
                               filter, malformed JSON */
-    CF_DB_STALE = -8,      /* fenced: a newer coordinator epoch already wrote this segment;
-                              the caller's claim on the composition no longer holds */
+    CF_DB_STALE = -8,      /* fenced: the writer's epoch no longer holds the lease, a newer
+                              epoch already wrote this segment, a worker's result is for an
+                              assignment that was replaced, or the caller's claim on the
+                              composition no longer holds */
 } cf_db_rc_t;
 
 /* "ok", "error", "not found", "conflict", "illegal transition", "already terminal",
@@ -415,9 +417,11 @@ typedef struct {
     const char *sources_json; /* JSON array of source ranges (may be NULL: []) */
 } cf_db_segment_plan_t;
 
-/* Stores the plan's COUNT segments (state pending) for a composition, written
- * by coordinator EPOCH, all in one statement. CF_DB_CONFLICT when the
- * composition already has segments, CF_DB_NOT_FOUND when it does not exist. */
+/* Stores the plan's COUNT segments (state pending) for a composition, all in
+ * one statement: the local renderer's record (EPOCH must be 0; a
+ * coordinator plans with cf_db_segments_create_fenced, anything else is
+ * CF_DB_INVALID). CF_DB_CONFLICT when the composition already has segments,
+ * CF_DB_NOT_FOUND when it does not exist. */
 int cf_db_segments_create(cf_db_t *db, const char *composition_id, int64_t epoch,
                           const cf_db_segment_plan_t *plan, int count, char *err, size_t errlen);
 
@@ -443,11 +447,13 @@ typedef struct {
     int64_t encode_ms;
 } cf_db_segment_update_t;
 
-/* Updates one segment on behalf of coordinator EPOCH (which becomes the
- * segment's epoch). Fencing: CF_DB_STALE when a newer epoch already wrote it.
- * Entering assigned counts an attempt and stamps assigned_at; encoding stamps
- * started_at; done/failed stamp finished_at. A done segment is final:
- * changing its state is CF_DB_ILLEGAL. */
+/* Updates one segment as the local renderer (EPOCH must be 0; a
+ * coordinator uses cf_db_segment_update_fenced, anything else is
+ * CF_DB_INVALID). CF_DB_STALE when a coordinator's epoch wrote it.
+ * Entering assigned counts an attempt and stamps assigned_at; encoding
+ * stamps started_at; done/failed stamp finished_at. Done is write-once: a
+ * done segment changes no more (CF_DB_ILLEGAL), except that repeating its
+ * done with the same blob (or none) answers CF_DB_OK and writes nothing. */
 int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int64_t epoch,
                          const cf_db_segment_update_t *update, char *err, size_t errlen);
 
@@ -459,8 +465,9 @@ typedef struct {
     double progress;
     char *node_id; /* NULL when never assigned */
     int attempts;
-    int64_t epoch;
-    char *blob_hash; /* NULL until done */
+    int64_t epoch;          /* the coordinator epoch of the last write (0: local) */
+    int64_t assigned_epoch; /* the epoch that assigned it; 0 when never */
+    char *blob_hash;        /* NULL until done */
     int64_t size_bytes;
     double encode_fps;
     int64_t fetch_ms, encode_ms;
@@ -484,6 +491,73 @@ typedef struct {
 /* What each node encoded lately (caller frees *rates_p). */
 int cf_db_node_rates(cf_db_t *db, cf_db_node_rate_t **rates_p, int *count_p, char *err,
                      size_t errlen);
+/* ------------------------------------------------------------------ fenced writes */
+
+/* A coordinator's fence token: the epoch at which HOLDER (its node id) holds
+ * the coordinator lease (coordinator_lease, see cf_db_cluster.h). */
+typedef struct {
+    int64_t epoch;
+    char holder[CF_DB_ID_LEN];
+} cf_fence_token_t;
+
+/* The writes a coordinator makes to segments and compositions. Each is one
+ * statement that first locks the rows it changes, then checks the lease:
+ * it changes something only while the lease row carries TOKEN's epoch and
+ * holder and has not expired by the database clock, and returns
+ * CF_DB_STALE, changing nothing, otherwise. The lease row stays locked (FOR
+ * SHARE) until the statement commits, so a successor's acquire waits for it
+ * and no write of an epoch lands after the next epoch began. */
+
+/* cf_db_segments_create by a coordinator: the segments carry TOKEN's epoch. */
+int cf_db_segments_create_fenced(cf_db_t *db, const cf_fence_token_t *token,
+                                 const char *composition_id, const cf_db_segment_plan_t *plan,
+                                 int count, char *err, size_t errlen);
+
+/* cf_db_segment_update by a coordinator (TOKEN's epoch becomes the
+ * segment's; CF_DB_STALE also when a newer epoch wrote it). */
+int cf_db_segment_update_fenced(cf_db_t *db, const cf_fence_token_t *token,
+                                const char *composition_id, int index,
+                                const cf_db_segment_update_t *update, char *err, size_t errlen);
+
+/* An assignment token: which assignment of a segment a worker works on. */
+typedef struct {
+    int64_t epoch; /* the coordinator epoch that assigned it */
+    int attempt;   /* the segment's attempt number (attempts after assigning) */
+    char node[64]; /* the worker's node id */
+} cf_db_assignment_t;
+
+/* Assigns segment INDEX (not done) to NODE as its next attempt (state
+ * assigned, attempts + 1, progress and blob cleared), under TOKEN; the
+ * assignment token the worker's result must carry goes to *assignment.
+ * CF_DB_ILLEGAL when the segment is done. */
+int cf_db_segment_assign_fenced(cf_db_t *db, const cf_fence_token_t *token,
+                                const char *composition_id, int index, const char *node,
+                                cf_db_assignment_t *assignment, char *err, size_t errlen);
+
+/* A worker's result for ASSIGNMENT: UPDATE's state (encoding, done or failed
+ * only; CF_DB_INVALID otherwise), progress, blob, fps and timings (its
+ * node field is not used). Applied only while ASSIGNMENT is the segment's
+ * current assignment and it is assigned or encoding: the result of an
+ * assignment replaced since (reassigned, requeued, another epoch) is
+ * CF_DB_STALE. Done is write-once: a done segment changes no more
+ * (CF_DB_ILLEGAL), except that its own assignment repeating done with the
+ * same blob answers CF_DB_OK (a lost answer). TOKEN: the coordinator that
+ * relays the result (its lease is checked too), or NULL when the worker
+ * writes it itself. */
+int cf_db_segment_report(cf_db_t *db, const cf_fence_token_t *token,
+                         const cf_db_assignment_t *assignment, const char *composition_id,
+                         int index, const cf_db_segment_update_t *update, char *err, size_t errlen);
+
+/* cf_db_composition_transition by a coordinator (its "status" event records
+ * the token's epoch and holder). OUTPUT (completion; may be NULL), CODE and
+ * MESSAGE (failure; may be NULL) as in cf_db_composition_complete / _fail.
+ * CF_DB_STALE when the fence refused; CF_DB_ILLEGAL, with the current state
+ * in *from_p (may be NULL), when the transition is not legal. A lost answer
+ * is resolved as in cf_db_composition_transition. */
+int cf_db_composition_transition_fenced(cf_db_t *db, const cf_fence_token_t *token, const char *id,
+                                        cf_state_t to, const cf_db_output_t *output,
+                                        const char *code, const char *message, cf_state_t *from_p,
+                                        char *err, size_t errlen);
 
 /* ------------------------------------------------------------------ events */
 

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,20 +14,34 @@
 
 #include "cf_db.h"
 
-/* Server-side bound on any statement here, in case a lock waits. */
-#define S_STATEMENT_TIMEOUT_MS 5000
-
 struct cf_db_cluster_t {
     char *url;
     PGconn *conn;
-    int interrupt_fd; /* -1: none */
+    int interrupt_fd;         /* -1: none */
+    int statement_timeout_ms; /* what the open connection has set (0: unknown) */
+    char token[33];           /* hex, names this handle in the lease row */
 };
 
+/* Deadlines: CLOCK_BOOTTIME counts the time a host spends suspended, which
+ * CLOCK_MONOTONIC does not, so a deadline never stretches over a suspend. */
 static int64_t s_now_ms(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_BOOTTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int cf_db_cluster_statement_timeout_ms(int timeout_ms)
+{
+    /* A quarter of the time (at least 20 ms) is left for the round trip and
+     * for the SET that may precede the statement; rounded down to 50 ms
+     * steps above 200 ms, so a caller whose deadline varies a little does
+     * not change the setting on every call. */
+    int margin = timeout_ms / 4 > 20 ? timeout_ms / 4 : 20;
+    int wanted = timeout_ms - margin;
+    if (wanted > 200)
+        wanted -= wanted % 50;
+    return wanted < 10 ? 10 : wanted;
 }
 
 static int s_fail(int rc, char *err, size_t errlen, const char *fmt, ...)
@@ -47,6 +62,7 @@ static void s_drop(cf_db_cluster_t *self)
         PQfinish(self->conn);
         self->conn = NULL;
     }
+    self->statement_timeout_ms = 0;
 }
 
 /* Waits until CONN's socket is ready for EVENTS or DEADLINE passes, or
@@ -75,10 +91,11 @@ static int s_wait(PGconn *conn, short events, int64_t deadline, int interrupt_fd
     }
 }
 
-static int s_connect(cf_db_cluster_t *self, int64_t deadline, char *err, size_t errlen)
+static int s_connect(cf_db_cluster_t *self, int64_t deadline, int statement_timeout_ms, char *err,
+                     size_t errlen)
 {
     char options[64];
-    snprintf(options, sizeof options, "-c statement_timeout=%d", S_STATEMENT_TIMEOUT_MS);
+    snprintf(options, sizeof options, "-c statement_timeout=%d", statement_timeout_ms);
     const char *keys[] = {"dbname", "application_name", "options", NULL};
     const char *values[] = {self->url, "clipfarm-cluster", options, NULL};
     PGconn *conn = PQconnectStartParams(keys, values, 1);
@@ -110,6 +127,7 @@ static int s_connect(cf_db_cluster_t *self, int64_t deadline, char *err, size_t 
         return s_fail(CF_DBC_UNAVAILABLE, err, errlen, "cannot make the connection non-blocking");
     }
     self->conn = conn;
+    self->statement_timeout_ms = statement_timeout_ms;
     return CF_DBC_OK;
 }
 
@@ -119,20 +137,13 @@ static bool s_result_ok(const PGresult *res)
     return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
 }
 
-/* Runs SQL with PARAMS before TIMEOUT_MS runs out. On CF_DBC_OK *res_p holds
- * the result (PGRES_TUPLES_OK or PGRES_COMMAND_OK; caller clears). */
-static int s_exec(cf_db_cluster_t *self, const char *sql, int nparams, const char *const *params,
-                  int timeout_ms, PGresult **res_p, char *err, size_t errlen)
+/* Sends SQL with PARAMS on the open connection and waits for its result
+ * until DEADLINE. On CF_DBC_OK *res_p holds the result (PGRES_TUPLES_OK or
+ * PGRES_COMMAND_OK; caller clears). */
+static int s_roundtrip(cf_db_cluster_t *self, const char *sql, int nparams,
+                       const char *const *params, int64_t deadline, int timeout_ms,
+                       PGresult **res_p, char *err, size_t errlen)
 {
-    *res_p = NULL;
-    int64_t deadline = s_now_ms() + (timeout_ms > 0 ? timeout_ms : 1);
-    if (self->conn && PQstatus(self->conn) != CONNECTION_OK)
-        s_drop(self);
-    if (!self->conn) {
-        int rc = s_connect(self, deadline, err, errlen);
-        if (rc != CF_DBC_OK)
-            return rc;
-    }
     PGconn *conn = self->conn;
     if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)) {
         cf_db_errstr(conn, NULL, err, errlen);
@@ -171,8 +182,13 @@ static int s_exec(cf_db_cluster_t *self, const char *sql, int nparams, const cha
     if (!keep)
         return s_fail(CF_DBC_ERROR, err, errlen, "no result");
     if (!s_result_ok(keep)) {
+        const char *state = PQresultErrorField(keep, PG_DIAG_SQLSTATE);
         cf_db_errstr(conn, keep, err, errlen);
         PQclear(keep);
+        /* Cancelled by statement_timeout: the server gave up in time, as
+         * the caller would have. */
+        if (state && !strcmp(state, "57014"))
+            return CF_DBC_UNAVAILABLE;
         return PQstatus(conn) == CONNECTION_OK ? CF_DBC_ERROR : CF_DBC_UNAVAILABLE;
     }
     *res_p = keep;
@@ -189,15 +205,58 @@ unavailable:
     return CF_DBC_UNAVAILABLE;
 }
 
+/* Runs SQL with PARAMS before TIMEOUT_MS runs out, with the server's
+ * statement_timeout below that (cf_db_cluster_statement_timeout_ms). On
+ * CF_DBC_OK *res_p holds the result (caller clears). */
+static int s_exec(cf_db_cluster_t *self, const char *sql, int nparams, const char *const *params,
+                  int timeout_ms, PGresult **res_p, char *err, size_t errlen)
+{
+    *res_p = NULL;
+    if (timeout_ms < 1)
+        timeout_ms = 1;
+    int64_t deadline = s_now_ms() + timeout_ms;
+    int wanted = cf_db_cluster_statement_timeout_ms(timeout_ms);
+    if (self->conn && PQstatus(self->conn) != CONNECTION_OK)
+        s_drop(self);
+    if (!self->conn) {
+        int rc = s_connect(self, deadline, wanted, err, errlen);
+        if (rc != CF_DBC_OK)
+            return rc;
+    }
+    if (self->statement_timeout_ms != wanted) {
+        /* Session-wide, so it is set again only when a caller's deadline
+         * changes; a plain SET commits nothing a lost answer could hide. */
+        char set[64];
+        snprintf(set, sizeof set, "SET statement_timeout = %d", wanted);
+        PGresult *res = NULL;
+        int rc = s_roundtrip(self, set, 0, NULL, deadline, timeout_ms, &res, err, errlen);
+        PQclear(res);
+        if (rc != CF_DBC_OK)
+            return rc;
+        self->statement_timeout_ms = wanted;
+    }
+    return s_roundtrip(self, sql, nparams, params, deadline, timeout_ms, res_p, err, errlen);
+}
+
 cf_db_cluster_t *cf_db_cluster_new(const char *url)
 {
+    if (sodium_init() < 0)
+        return NULL;
     cf_db_cluster_t *self = calloc(1, sizeof *self);
     if (!self || !(self->url = strdup(url))) {
         free(self);
         return NULL;
     }
     self->interrupt_fd = -1;
+    unsigned char raw[16];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2hex(self->token, sizeof self->token, raw, sizeof raw);
     return self;
+}
+
+const char *cf_db_cluster_token(const cf_db_cluster_t *self)
+{
+    return self->token;
 }
 
 void cf_db_cluster_destroy(cf_db_cluster_t **self_p)
@@ -226,18 +285,23 @@ bool cf_db_cluster_connected(const cf_db_cluster_t *self)
 int cf_db_cluster_node_upsert(cf_db_cluster_t *self, const cf_db_node_t *node, bool first,
                               int timeout_ms, char *err, size_t errlen)
 {
+    /* The state is the node's own word only: up when (re)started, left at
+     * a clean shutdown. Liveness is computed from last_seen (sql/022). */
     static const char sql[] =
         "INSERT INTO nodes (id, control_endpoint, http_endpoint, public_key, mac, capabilities,"
-        " free_slots, in_flight, state, started_at, last_seen)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, 'up', now(), now())"
+        " free_slots, in_flight, grace_ms, state, started_at, last_seen)"
+        " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $10, 'up', now(), now())"
         " ON CONFLICT (id) DO UPDATE SET control_endpoint = EXCLUDED.control_endpoint,"
         " http_endpoint = EXCLUDED.http_endpoint, public_key = EXCLUDED.public_key,"
         " mac = EXCLUDED.mac, capabilities = EXCLUDED.capabilities,"
-        " free_slots = EXCLUDED.free_slots, in_flight = EXCLUDED.in_flight, state = 'up',"
+        " free_slots = EXCLUDED.free_slots, in_flight = EXCLUDED.in_flight,"
+        " grace_ms = EXCLUDED.grace_ms,"
+        " state = CASE WHEN $9 THEN 'up' ELSE nodes.state END,"
         " started_at = CASE WHEN $9 THEN now() ELSE nodes.started_at END, last_seen = now()";
-    char free_slots[16], in_flight[16];
+    char free_slots[16], in_flight[16], grace[16];
     snprintf(free_slots, sizeof free_slots, "%d", node->free_slots);
     snprintf(in_flight, sizeof in_flight, "%d", node->in_flight);
+    snprintf(grace, sizeof grace, "%d", node->grace_ms > 0 ? node->grace_ms : 5000);
     const char *params[] = {node->id,
                             node->control_endpoint,
                             node->http_endpoint ? node->http_endpoint : "",
@@ -246,9 +310,10 @@ int cf_db_cluster_node_upsert(cf_db_cluster_t *self, const cf_db_node_t *node, b
                             node->capabilities ? node->capabilities : "{}",
                             free_slots,
                             in_flight,
-                            first ? "true" : "false"};
+                            first ? "true" : "false",
+                            grace};
     PGresult *res;
-    int rc = s_exec(self, sql, 9, params, timeout_ms, &res, err, errlen);
+    int rc = s_exec(self, sql, 10, params, timeout_ms, &res, err, errlen);
     PQclear(res);
     return rc;
 }
@@ -266,7 +331,8 @@ int cf_db_cluster_node_leave(cf_db_cluster_t *self, const char *node_id, int tim
 
 #define S_NODE_COLUMNS                                                                             \
     "id, control_endpoint, http_endpoint, public_key, mac, capabilities::text, free_slots,"        \
-    " in_flight, state, (extract(epoch FROM (now() - last_seen)) * 1000)::bigint, gone_epoch"
+    " in_flight, cf_node_liveness(state, last_seen, grace_ms),"                                    \
+    " (extract(epoch FROM (now() - last_seen)) * 1000)::bigint, gone_epoch"
 
 static int s_read_node(PGresult *res, int row, cf_db_node_t *node)
 {
@@ -387,35 +453,41 @@ static void s_read_lease(PGresult *res, cf_db_lease_t *lease)
     lease->held = PQnfields(res) > 3 && !strcmp(PQgetvalue(res, 0, 3), "t");
 }
 
-int cf_db_cluster_lease_acquire(cf_db_cluster_t *self, const char *node_id, int64_t my_epoch,
+int cf_db_cluster_lease_acquire(cf_db_cluster_t *self, const char *node_id, int64_t seen_epoch,
                                 int ttl_ms, cf_db_lease_t *lease, int timeout_ms, char *err,
                                 size_t errlen)
 {
     /* Every SET expression sees the row as it was, so "renewing" is decided
-     * on the old holder, epoch and expiry. A concurrent acquirer waits for the
-     * row lock and then re-checks the WHERE against the new row. */
+     * on the old holder, token, epoch and expiry. A concurrent acquirer
+     * waits for the row lock and then re-checks the WHERE against the new
+     * row. $1 node, $2 TTL, $3 the highest epoch seen, $4 this handle's
+     * token. A fresh epoch is above every one known to have been used: the
+     * row's, the caller's, the last published view's (a row reset below
+     * them by a restore or a lossy failover cannot make an epoch repeat). */
     static const char sql[] =
         "WITH attempt AS ("
         " UPDATE coordinator_lease SET"
-        "  epoch = CASE WHEN holder = $1 AND epoch = $3 AND expires_at > now()"
-        "               THEN epoch ELSE epoch + 1 END,"
-        "  acquired_at = CASE WHEN holder = $1 AND epoch = $3 AND expires_at > now()"
-        "                     THEN acquired_at ELSE now() END,"
-        "  holder = $1, renewed_at = now(),"
+        "  epoch = CASE WHEN holder = $1 AND holder_token = $4 AND expires_at > now()"
+        "               AND epoch >= $3 THEN epoch"
+        "          ELSE greatest(epoch, $3,"
+        "                        (SELECT v.epoch FROM cluster_view v WHERE v.id = 1)) + 1 END,"
+        "  acquired_at = CASE WHEN holder = $1 AND holder_token = $4 AND expires_at > now()"
+        "                     AND epoch >= $3 THEN acquired_at ELSE now() END,"
+        "  holder = $1, holder_token = $4, renewed_at = now(),"
         "  expires_at = now() + $2 * interval '1 millisecond'"
-        " WHERE id = 1 AND ((holder = $1 AND epoch = $3 AND expires_at > now())"
+        " WHERE id = 1 AND ((holder = $1 AND holder_token = $4 AND expires_at > now())"
         "                   OR holder IS NULL OR expires_at <= now())"
         " RETURNING holder, epoch, expires_at)"
         " SELECT holder::text, epoch, " S_REMAINING_MS ", true FROM attempt"
         " UNION ALL"
         " SELECT coalesce(holder::text, ''), epoch, " S_REMAINING_MS ", false"
         " FROM coordinator_lease WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM attempt)";
-    char ttl[16], epoch[24];
+    char ttl[16], seen[24];
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
-    snprintf(epoch, sizeof epoch, "%" PRId64, my_epoch);
-    const char *params[] = {node_id, ttl, epoch};
+    snprintf(seen, sizeof seen, "%" PRId64, seen_epoch > 0 ? seen_epoch : 0);
+    const char *params[] = {node_id, ttl, seen, self->token};
     PGresult *res;
-    int rc = s_exec(self, sql, 3, params, timeout_ms, &res, err, errlen);
+    int rc = s_exec(self, sql, 4, params, timeout_ms, &res, err, errlen);
     if (rc != CF_DBC_OK)
         return rc;
     if (PQntuples(res) != 1) {
@@ -430,13 +502,14 @@ int cf_db_cluster_lease_acquire(cf_db_cluster_t *self, const char *node_id, int6
 int cf_db_cluster_lease_release(cf_db_cluster_t *self, const char *node_id, int64_t epoch,
                                 bool *released, int timeout_ms, char *err, size_t errlen)
 {
-    static const char sql[] = "UPDATE coordinator_lease SET holder = NULL, expires_at = now()"
-                              " WHERE id = 1 AND holder = $1 AND epoch = $2";
+    static const char sql[] =
+        "UPDATE coordinator_lease SET holder = NULL, holder_token = NULL, expires_at = now()"
+        " WHERE id = 1 AND holder = $1 AND epoch = $2 AND holder_token = $3";
     char epoch_text[24];
     snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
-    const char *params[] = {node_id, epoch_text};
+    const char *params[] = {node_id, epoch_text, self->token};
     PGresult *res;
-    int rc = s_exec(self, sql, 2, params, timeout_ms, &res, err, errlen);
+    int rc = s_exec(self, sql, 3, params, timeout_ms, &res, err, errlen);
     if (released)
         *released = rc == CF_DBC_OK && !strcmp(PQcmdTuples(res), "1");
     PQclear(res);
@@ -460,48 +533,77 @@ int cf_db_cluster_lease_get(cf_db_cluster_t *self, cf_db_lease_t *lease, int tim
 
 /* ------------------------------------------------------------------ fenced writes */
 
-int cf_db_cluster_mark_gone(cf_db_cluster_t *self, int64_t epoch, const char *coordinator,
-                            const char *node_id, cf_dbc_fence_t *fence, bool *changed,
-                            int timeout_ms, char *err, size_t errlen)
+/* The fence (see cf_db_cluster.h and S_FENCE in cf_db_statements.c): the
+ * lease row, locked FOR SHARE, carries our epoch and names us, and has not
+ * expired when it is locked. If another node acquired in the meantime, the
+ * lock waits for it and the re-check fails; nothing is written. */
+#define S_FENCE_CTE                                                                                \
+    "fence AS (SELECT epoch FROM coordinator_lease WHERE id = 1 AND epoch = $1::bigint"            \
+    " AND holder = $2::uuid AND expires_at > clock_timestamp() FOR SHARE)"
+
+static bool s_token_ok(const cf_fence_token_t *token, char *err, size_t errlen)
 {
-    /* The fence: the lease row, locked FOR SHARE, must still carry our epoch
-     * and name us. If another node acquired in the meantime the lock waits
-     * for it and the re-check fails; nothing is written. */
+    if (token && token->epoch >= 1 && token->holder[0])
+        return true;
+    s_fail(0, err, errlen, "a fence token needs an epoch >= 1 and the holder's node id");
+    return false;
+}
+
+int cf_db_cluster_sweep_gone(cf_db_cluster_t *self, const cf_fence_token_t *token,
+                             cf_dbc_fence_t *fence, char **gone_p, int timeout_ms, char *err,
+                             size_t errlen)
+{
+    /* One record per absence: a node that came back since the last record
+     * (last_seen after gone_at) and is gone again gets a new one. */
     static const char sql[] =
-        "WITH fence AS (SELECT epoch FROM coordinator_lease"
-        "               WHERE id = 1 AND epoch = $1 AND holder = $2 FOR SHARE),"
-        " changed AS (UPDATE nodes SET state = 'gone', gone_at = now(), gone_epoch = $1,"
-        "             gone_by = $2"
-        "             WHERE id = $3 AND state = 'up' AND EXISTS (SELECT 1 FROM fence)"
-        "             RETURNING id)"
-        " SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM changed)";
+        "WITH " S_FENCE_CTE ","
+        " marked AS (UPDATE nodes SET gone_at = now(), gone_epoch = $1::bigint, gone_by = $2::uuid"
+        "  WHERE cf_node_liveness(state, last_seen, grace_ms) = 'gone'"
+        "  AND (gone_at IS NULL OR gone_at < last_seen) AND EXISTS (SELECT 1 FROM fence)"
+        "  RETURNING id::text)"
+        " SELECT (SELECT count(*) FROM fence), (SELECT string_agg(id, ',' ORDER BY id) FROM "
+        "marked)";
+    *fence = CF_DBC_FENCE_STALE;
+    if (gone_p)
+        *gone_p = NULL;
+    if (!s_token_ok(token, err, errlen))
+        return CF_DBC_ERROR;
     char epoch_text[24];
-    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
-    const char *params[] = {epoch_text, coordinator, node_id};
+    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, token->epoch);
+    const char *params[] = {epoch_text, token->holder};
     PGresult *res;
-    int rc = s_exec(self, sql, 3, params, timeout_ms, &res, err, errlen);
+    int rc = s_exec(self, sql, 2, params, timeout_ms, &res, err, errlen);
     if (rc != CF_DBC_OK)
         return rc;
     *fence = strcmp(PQgetvalue(res, 0, 0), "1") ? CF_DBC_FENCE_STALE : CF_DBC_FENCE_PASSED;
-    *changed = !strcmp(PQgetvalue(res, 0, 1), "1");
+    if (gone_p && !PQgetisnull(res, 0, 1))
+        *gone_p = strdup(PQgetvalue(res, 0, 1));
     PQclear(res);
     return CF_DBC_OK;
 }
 
-int cf_db_cluster_publish_view(cf_db_cluster_t *self, int64_t epoch, const char *coordinator,
-                               const char *members_json, cf_dbc_fence_t *fence, int timeout_ms,
+int cf_db_cluster_publish_view(cf_db_cluster_t *self, const cf_fence_token_t *token,
+                               const char *links_json, cf_dbc_fence_t *fence, int timeout_ms,
                                char *err, size_t errlen)
 {
+    /* The members are the registry's: liveness has one judge, Postgres'
+     * clock; the coordinator adds only what its links say. */
     static const char sql[] =
-        "WITH fence AS (SELECT epoch FROM coordinator_lease"
-        "               WHERE id = 1 AND epoch = $1 AND holder = $2 FOR SHARE),"
-        " changed AS (UPDATE cluster_view SET coordinator = $2, epoch = $1,"
-        "             members = $3::jsonb, updated_at = now()"
+        "WITH " S_FENCE_CTE ","
+        " members AS (SELECT coalesce(jsonb_agg(jsonb_build_object('id', n.id, 'state', 'up',"
+        "   'http_endpoint', n.http_endpoint, 'link', $3::jsonb -> (n.id::text)) ORDER BY n.id),"
+        "   '[]') AS list FROM nodes n"
+        "  WHERE cf_node_liveness(n.state, n.last_seen, n.grace_ms) = 'up'),"
+        " changed AS (UPDATE cluster_view SET coordinator = $2::uuid, epoch = $1::bigint,"
+        "             members = (SELECT list FROM members), updated_at = now()"
         "             WHERE id = 1 AND EXISTS (SELECT 1 FROM fence) RETURNING id)"
         " SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM changed)";
+    *fence = CF_DBC_FENCE_STALE;
+    if (!s_token_ok(token, err, errlen))
+        return CF_DBC_ERROR;
     char epoch_text[24];
-    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
-    const char *params[] = {epoch_text, coordinator, members_json};
+    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, token->epoch);
+    const char *params[] = {epoch_text, token->holder, links_json ? links_json : "{}"};
     PGresult *res;
     int rc = s_exec(self, sql, 3, params, timeout_ms, &res, err, errlen);
     if (rc != CF_DBC_OK)

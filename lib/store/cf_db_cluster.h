@@ -1,20 +1,29 @@
-/* cf_db_cluster: the cluster's tables in Postgres (sql/010_cluster.sql): the
- * node registry and the coordinator lease, and the coordinator's fenced
- * writes. All their SQL lives here, as parameterised statements.
+/* cf_db_cluster: the cluster's tables in Postgres (sql/010_cluster.sql,
+ * sql/022_fencing_liveness.sql): the node registry and the coordinator lease,
+ * and the coordinator's fenced writes to them. All their SQL lives here, as
+ * parameterised statements. (The coordinator's fenced writes to compositions
+ * and segments are in cf_db.h, on the state pool, next to the rest of that
+ * state.)
  *
  * A cf_db_cluster_t is one connection used by one thread. Unlike the state
  * pool (cf_db), every call is bounded by a deadline in milliseconds that
  * covers connecting too: the election must know within its lease whether a
  * renewal went through, even when the network to Postgres is cut and TCP
- * would wait for minutes. A call that runs out of time drops the connection
- * (its statement may or may not have run) and returns CF_DBC_UNAVAILABLE; the
- * next call reconnects. */
+ * would wait for minutes. The server's statement_timeout is set below that
+ * deadline on every call, so a statement stuck on a lock is cancelled by the
+ * server before its caller gives up on it, instead of committing later
+ * unseen. A call that runs out of time drops the connection (its statement
+ * may or may not have run) and returns CF_DBC_UNAVAILABLE; the next call
+ * reconnects. Deadlines are measured on CLOCK_BOOTTIME, which keeps counting
+ * while the host is suspended. */
 #ifndef CF_DB_CLUSTER_H
 #define CF_DB_CLUSTER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "cf_db.h"
 
 typedef enum {
     CF_DBC_OK = 0,
@@ -24,9 +33,19 @@ typedef enum {
 
 typedef struct cf_db_cluster_t cf_db_cluster_t;
 
-/* Creates the handle for URL (copied); connects on first use. Returns NULL
- * when out of memory. */
+/* Creates the handle for URL (copied); connects on first use. Each handle
+ * draws a random token (cf_db_cluster_token) that names it in the lease row.
+ * Returns NULL when out of memory. */
 cf_db_cluster_t *cf_db_cluster_new(const char *url);
+
+/* The handle's token (32 hex digits): the lease row records it beside the
+ * holder, so the handle that won a lease recognises it as its own even when
+ * the answer to its acquire was lost. */
+const char *cf_db_cluster_token(const cf_db_cluster_t *self);
+
+/* The statement_timeout a call with TIMEOUT_MS gets on the server: below
+ * the caller's deadline by a margin for the round trip (exposed for tests). */
+int cf_db_cluster_statement_timeout_ms(int timeout_ms);
 
 /* Closes the connection. Safe on NULL; NULLs *self_p. */
 void cf_db_cluster_destroy(cf_db_cluster_t **self_p);
@@ -51,12 +70,18 @@ typedef struct {
     char *capabilities;  /* JSON text */
     int free_slots;
     int in_flight;
-    char state[8];  /* "up", "gone" or "left" */
+    int grace_ms;   /* upsert: how long after its last upsert the node counts as gone */
+    char state[8];  /* read: its liveness, "up", "gone" or "left" (cf_node_liveness
+                       in sql/022: computed from last_seen by the database clock) */
     int64_t age_ms; /* since last_seen, by the database clock */
 } cf_db_node_t;
 
-/* Inserts or refreshes this node's row (state up, last_seen now). FIRST marks
- * the first upsert of this process (started_at = now). */
+/* Inserts or refreshes this node's row (last_seen = now(), by the database
+ * clock, and grace_ms). FIRST marks the first upsert of this process
+ * (started_at = now, and a row left by an earlier run is up again); later
+ * upserts change no state: a node's liveness is computed from last_seen,
+ * never stored, so nothing a node writes undoes what a coordinator
+ * recorded. */
 int cf_db_cluster_node_upsert(cf_db_cluster_t *self, const cf_db_node_t *node, bool first,
                               int timeout_ms, char *err, size_t errlen);
 
@@ -64,7 +89,8 @@ int cf_db_cluster_node_upsert(cf_db_cluster_t *self, const cf_db_node_t *node, b
 int cf_db_cluster_node_leave(cf_db_cluster_t *self, const char *node_id, int timeout_ms, char *err,
                              size_t errlen);
 
-/* The rows of other nodes seen within max_age_ms, not left, in id order.
+/* The rows of other nodes seen within max_age_ms, not left, in id order,
+ * each with its liveness in state.
  * *nodes_p is the caller's (cf_db_cluster_nodes_free). Rows are returned as
  * stored: the caller checks each MAC. */
 int cf_db_cluster_peers(cf_db_cluster_t *self, const char *self_id, int max_age_ms,
@@ -75,7 +101,9 @@ void cf_db_cluster_nodes_free(cf_db_node_t **nodes_p, int count);
 /* Frees what one row owns. */
 void cf_db_cluster_node_clear(cf_db_node_t *node);
 
-/* One node's row (any state); CF_DBC_ERROR with "no such node" when absent. */
+/* One node's row (any state); CF_DBC_ERROR with "no such node" when absent.
+ * *gone_epoch_p (may be NULL): the epoch of the coordinator that last
+ * recorded a departure of the node, 0 when none did. */
 int cf_db_cluster_node_get(cf_db_cluster_t *self, const char *node_id, cf_db_node_t *node,
                            int64_t *gone_epoch_p, int timeout_ms, char *err, size_t errlen);
 
@@ -88,18 +116,27 @@ typedef struct {
     int64_t remaining_ms; /* until expiry by the database clock; <= 0 when expired */
 } cf_db_lease_t;
 
-/* Acquires the lease for NODE_ID when it is free or expired (the epoch goes
- * up by one), or renews it when NODE_ID holds it with epoch MY_EPOCH and it
- * has not expired (the epoch stays). Either way it then expires ttl_ms after
- * the database's now(). Otherwise nothing changes and *lease describes the
- * current holder. One statement: two nodes can never both acquire. */
-int cf_db_cluster_lease_acquire(cf_db_cluster_t *self, const char *node_id, int64_t my_epoch,
+/* One statement; two callers can never both acquire (the row lock
+ * serialises them), and one epoch never has two holders:
+ *   - renews when the row names NODE_ID and this handle's token, has not
+ *     expired and its epoch is at least SEEN_EPOCH: the epoch stays. The
+ *     token, not the epoch the caller believes it holds, decides, so a
+ *     caller adopts a lease it won without hearing the answer;
+ *   - acquires when the lease is free or expired, or is this handle's but
+ *     behind SEEN_EPOCH (the row was reset below an epoch the node saw in
+ *     use): the epoch becomes greatest(row epoch, SEEN_EPOCH, the published
+ *     view's epoch) + 1, so it never repeats one in use before a reset;
+ *   - otherwise changes nothing and *lease describes the current holder.
+ * A held lease then expires ttl_ms after the database's now(). SEEN_EPOCH is
+ * the highest epoch the caller has seen anywhere (peers' heartbeats and
+ * LEADERs, the row itself); 0 when none. */
+int cf_db_cluster_lease_acquire(cf_db_cluster_t *self, const char *node_id, int64_t seen_epoch,
                                 int ttl_ms, cf_db_lease_t *lease, int timeout_ms, char *err,
                                 size_t errlen);
 
-/* Gives the lease up (expires now) if NODE_ID still holds it at EPOCH;
- * *released (may be NULL) says whether it did. The epoch is kept, so the
- * next holder's is higher. */
+/* Gives the lease up (expires now) if NODE_ID still holds it at EPOCH with
+ * this handle's token; *released (may be NULL) says whether it did. The
+ * epoch is kept, so the next holder's is higher. */
 int cf_db_cluster_lease_release(cf_db_cluster_t *self, const char *node_id, int64_t epoch,
                                 bool *released, int timeout_ms, char *err, size_t errlen);
 
@@ -110,22 +147,36 @@ int cf_db_cluster_lease_get(cf_db_cluster_t *self, cf_db_lease_t *lease, int tim
 /* ------------------------------------------------------------------ fenced writes */
 
 typedef enum {
-    CF_DBC_FENCE_PASSED = 0, /* the epoch holds the lease: the write ran */
-    CF_DBC_FENCE_STALE = 1,  /* another epoch holds the lease now: nothing changed */
+    CF_DBC_FENCE_PASSED = 0, /* the token holds the lease: the write ran */
+    CF_DBC_FENCE_STALE = 1,  /* it does not (another epoch or holder, or the lease
+                                expired): nothing changed */
 } cf_dbc_fence_t;
 
-/* The coordinator's write "node NODE_ID is gone", guarded by the lease: it
- * changes the row only while COORDINATOR holds the lease at EPOCH (the lease
- * row is locked FOR SHARE within the statement, so acquiring waits for it).
- * *fence gets the verdict; *changed whether the row went from up to gone. */
-int cf_db_cluster_mark_gone(cf_db_cluster_t *self, int64_t epoch, const char *coordinator,
-                            const char *node_id, cf_dbc_fence_t *fence, bool *changed,
-                            int timeout_ms, char *err, size_t errlen);
+/* Every write below is a coordinator's, made with its fence token
+ * (cf_fence_token_t in cf_db.h): it changes something only while the lease
+ * row carries the token's epoch and holder and has not expired by the
+ * database clock, checked in the same statement (the lease row is locked
+ * FOR SHARE until it commits, so a successor's acquire waits for it, and
+ * a write is never applied after its epoch ended). */
 
-/* The coordinator's write "the cluster is MEMBERS_JSON" (a JSON array) into
- * cluster_view, behind the same fence. */
-int cf_db_cluster_publish_view(cf_db_cluster_t *self, int64_t epoch, const char *coordinator,
-                               const char *members_json, cf_dbc_fence_t *fence, int timeout_ms,
+/* Records the departure of every node whose liveness is gone by the
+ * database clock and whose current absence nobody recorded yet (gone_at,
+ * gone_epoch = the token's epoch, gone_by = its holder): one record per
+ * absence, however many coordinators sweep. A coordinator sweeps at
+ * takeover and then periodically, so a node that died while there was no
+ * coordinator is recorded by the next one. *fence gets the verdict;
+ * *gone_p (may be NULL) the ids recorded, comma-separated (caller frees;
+ * NULL when none). */
+int cf_db_cluster_sweep_gone(cf_db_cluster_t *self, const cf_fence_token_t *token,
+                             cf_dbc_fence_t *fence, char **gone_p, int timeout_ms, char *err,
+                             size_t errlen);
+
+/* Publishes the membership into cluster_view: every node that is up by the
+ * database clock, as [{"id", "state": "up", "http_endpoint", "link"}] in id
+ * order, where "link" is what LINKS_JSON (an object: node id -> the
+ * coordinator's link state, e.g. "alive"; may be "{}") says, or null. */
+int cf_db_cluster_publish_view(cf_db_cluster_t *self, const cf_fence_token_t *token,
+                               const char *links_json, cf_dbc_fence_t *fence, int timeout_ms,
                                char *err, size_t errlen);
 
 typedef struct {

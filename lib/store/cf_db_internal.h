@@ -11,6 +11,10 @@
  *                        counts, queued, purge;
  *   cf_db_claims.c       claim renewal and the expiry sweep;
  *   cf_db_segments.c     segments and events;
+ *   cf_db_fenced.c       a coordinator's writes, fenced by its lease: segments
+ *                        (plan, assign, update), workers' results (checked
+ *                        against the assignment token), composition
+ *                        transitions;
  *   cf_db_tenancy.c      API keys, composition owners, blob uploads;
  *   cf_db_delivery.c     S3 output location and webhook deliveries.
  *
@@ -52,6 +56,10 @@ typedef enum {
     CF_DBI_SEGMENTS_CREATE,
     CF_DBI_SEGMENT_UPDATE,
     CF_DBI_SEGMENTS_LIST,
+    CF_DBI_SEGMENTS_CREATE_FENCED,
+    CF_DBI_SEGMENT_ASSIGN_FENCED,
+    CF_DBI_SEGMENT_REPORT,
+    CF_DBI_TRANSITION_FENCED,
     CF_DBI_EVENT_APPEND,
     CF_DBI_EVENTS_SINCE,
     CF_DBI_KEY_INSERT,
@@ -133,6 +141,18 @@ int cf_dbi_exec(cf_db_t *db, cf_dbi_stmt_t stmt, int nparams, const char *const 
  * committed write. */
 void cf_dbi_notify(cf_db_t *db, const char *id, int64_t version, cf_state_t state, double progress,
                    const char *event);
+
+/* ------------------------------------------------------------------ segments */
+
+/* The plan as the JSON array CF_DBI_SEGMENTS_CREATE* read (caller frees). */
+int cf_dbi_plan_json(const cf_db_segment_plan_t *plan, int count, char **json_p, char *err,
+                     size_t errlen);
+
+/* cf_db_segment_update with EPOCH written by HOLDER (NULL: the local
+ * renderer, epoch 0, unfenced; else fenced by the lease). */
+int cf_dbi_segment_update(cf_db_t *db, const char *composition_id, int index, int64_t epoch,
+                          const char *holder, const cf_db_segment_update_t *update, char *err,
+                          size_t errlen);
 
 /* ------------------------------------------------------------------ helpers (cf_db.c) */
 

@@ -19,6 +19,38 @@ int cf_db_segments_create(cf_db_t *db, const char *composition_id, int64_t epoch
 {
     if (!cf_dbi_valid_uuid(composition_id))
         return cf_dbi_not_found("composition", composition_id, err, errlen);
+    if (epoch != 0) {
+        snprintf(err, errlen,
+                 "a coordinator's plan is written fenced by its lease "
+                 "(cf_db_segments_create_fenced)");
+        return CF_DB_INVALID;
+    }
+    char *rows_json = NULL;
+    int rc = cf_dbi_plan_json(plan, count, &rows_json, err, errlen);
+    if (rc < 0)
+        return rc;
+    char epoch_text[24];
+    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
+    const char *params[] = {composition_id, epoch_text, rows_json};
+    PGresult *res = NULL;
+    rc = cf_dbi_exec(db, CF_DBI_SEGMENTS_CREATE, 3, params, NULL, NULL, &res, err, errlen);
+    free(rows_json);
+    if (rc == CF_DB_CONFLICT) {
+        snprintf(err, errlen, "composition %s already has segments (or a plan repeats an index)",
+                 composition_id);
+        return rc;
+    }
+    if (rc < 0)
+        return rc;
+    bool found = cf_dbi_int64(res, 0, 0) == 1;
+    PQclear(res);
+    return found ? CF_DB_OK : cf_dbi_not_found("composition", composition_id, err, errlen);
+}
+
+int cf_dbi_plan_json(const cf_db_segment_plan_t *plan, int count, char **json_p, char *err,
+                     size_t errlen)
+{
+    *json_p = NULL;
     if (count < 1) {
         snprintf(err, errlen, "a plan has at least one segment");
         return CF_DB_INVALID;
@@ -47,26 +79,13 @@ int cf_db_segments_create(cf_db_t *db, const char *composition_id, int64_t epoch
         snprintf(err, errlen, "out of memory");
         return CF_DB_ERROR;
     }
-    char epoch_text[24];
-    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
-    const char *params[] = {composition_id, epoch_text, rows_json};
-    PGresult *res = NULL;
-    int rc = cf_dbi_exec(db, CF_DBI_SEGMENTS_CREATE, 3, params, NULL, NULL, &res, err, errlen);
-    free(rows_json);
-    if (rc == CF_DB_CONFLICT) {
-        snprintf(err, errlen, "composition %s already has segments (or a plan repeats an index)",
-                 composition_id);
-        return rc;
-    }
-    if (rc < 0)
-        return rc;
-    bool found = cf_dbi_int64(res, 0, 0) == 1;
-    PQclear(res);
-    return found ? CF_DB_OK : cf_dbi_not_found("composition", composition_id, err, errlen);
+    *json_p = rows_json;
+    return CF_DB_OK;
 }
 
-int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int64_t epoch,
-                         const cf_db_segment_update_t *update, char *err, size_t errlen)
+int cf_dbi_segment_update(cf_db_t *db, const char *composition_id, int index, int64_t epoch,
+                          const char *holder, const cf_db_segment_update_t *update, char *err,
+                          size_t errlen)
 {
     if (!cf_dbi_valid_uuid(composition_id))
         return cf_dbi_not_found("composition", composition_id, err, errlen);
@@ -87,7 +106,7 @@ int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int
     snprintf(fps, sizeof fps, "%.3f", update->encode_fps);
     snprintf(fetch, sizeof fetch, "%" PRId64, update->fetch_ms);
     snprintf(encode, sizeof encode, "%" PRId64, update->encode_ms);
-    const char *params[11] = {
+    const char *params[12] = {
         composition_id,
         idx,
         ep,
@@ -99,9 +118,10 @@ int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int
         (f & CF_SEG_F_FPS) ? fps : NULL,
         (f & CF_SEG_F_TIMINGS) ? fetch : NULL,
         (f & CF_SEG_F_TIMINGS) ? encode : NULL,
+        holder,
     };
     PGresult *res = NULL;
-    int rc = cf_dbi_exec(db, CF_DBI_SEGMENT_UPDATE, 11, params, NULL, NULL, &res, err, errlen);
+    int rc = cf_dbi_exec(db, CF_DBI_SEGMENT_UPDATE, 12, params, NULL, NULL, &res, err, errlen);
     if (rc < 0)
         return rc;
     if (PQntuples(res) != 1) {
@@ -109,22 +129,44 @@ int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int
         snprintf(err, errlen, "no segment %d of composition %s", index, composition_id);
         return CF_DB_NOT_FOUND;
     }
-    if (cf_dbi_int64(res, 0, 2) == 1) {
-        PQclear(res);
-        return CF_DB_OK;
-    }
+    /* (segment epoch, status, updated, fence passed, same blob) */
     int64_t seg_epoch = cf_dbi_int64(res, 0, 0);
+    bool done = !strcmp(PQgetvalue(res, 0, 1), "done");
+    bool updated = cf_dbi_int64(res, 0, 2) == 1;
+    bool fenced_out = holder && cf_dbi_int64(res, 0, 3) != 1;
+    bool same_blob = !strcmp(PQgetvalue(res, 0, 4), "t");
+    PQclear(res);
+    if (updated)
+        return CF_DB_OK;
+    if (fenced_out) {
+        snprintf(err, errlen, "epoch %" PRId64 " of %s no longer holds the coordinator lease",
+                 epoch, holder);
+        return CF_DB_STALE;
+    }
     if (seg_epoch > epoch) {
         snprintf(err, errlen, "segment %d of %s belongs to epoch %" PRId64 ", not %" PRId64, index,
                  composition_id, seg_epoch, epoch);
-        rc = CF_DB_STALE;
-    } else {
-        snprintf(err, errlen, "segment %d of %s is %s: its state is final", index, composition_id,
-                 PQgetvalue(res, 0, 1));
-        rc = CF_DB_ILLEGAL;
+        return CF_DB_STALE;
     }
-    PQclear(res);
-    return rc;
+    /* Only a done segment is left: write-once. Its done repeated (a lost
+     * answer) is no error; nothing was written either way. */
+    if (done && (f & CF_SEG_F_STATE) && update->state == CF_SEG_DONE && same_blob)
+        return CF_DB_OK;
+    snprintf(err, errlen, "segment %d of %s is done: its state and result are final", index,
+             composition_id);
+    return CF_DB_ILLEGAL;
+}
+
+int cf_db_segment_update(cf_db_t *db, const char *composition_id, int index, int64_t epoch,
+                         const cf_db_segment_update_t *update, char *err, size_t errlen)
+{
+    if (epoch != 0) {
+        snprintf(err, errlen,
+                 "a coordinator's segment writes are fenced by its lease "
+                 "(cf_db_segment_update_fenced)");
+        return CF_DB_INVALID;
+    }
+    return cf_dbi_segment_update(db, composition_id, index, 0, NULL, update, err, errlen);
 }
 
 int cf_db_segments_list(cf_db_t *db, const char *composition_id, cf_db_segment_t **segs_p,
@@ -165,8 +207,9 @@ int cf_db_segments_list(cf_db_t *db, const char *composition_id, cf_db_segment_t
         s->assigned_at = cf_dbi_strdup_or_null(res, i, 14);
         s->started_at = cf_dbi_strdup_or_null(res, i, 15);
         s->finished_at = cf_dbi_strdup_or_null(res, i, 16);
-        cf_task_kind_parse(PQgetvalue(res, i, 17), &s->kind);
-        s->error = cf_dbi_strdup_or_null(res, i, 18);
+        s->assigned_epoch = cf_dbi_int64(res, i, 17);
+        cf_task_kind_parse(PQgetvalue(res, i, 18), &s->kind);
+        s->error = cf_dbi_strdup_or_null(res, i, 19);
     }
     PQclear(res);
     *segs_p = segs;

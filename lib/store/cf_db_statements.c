@@ -83,14 +83,14 @@
 /* The coordinator's fence, in the statement itself: the lease row holds
  * exactly this epoch ($E) and holder ($H) and has not expired. FOR SHARE
  * serialises with an acquirer's row lock. */
-#define S_FENCE(E, H)                                                                              \
+#define S_WFENCE(E, H)                                                                             \
     "(SELECT 1 FROM coordinator_lease l WHERE l.epoch = $" #E "::bigint"                           \
     " AND l.holder = $" #H "::text::uuid AND l.expires_at > now() FOR SHARE)"
 
 /* A fenced composition transition: S_TRANSITION_SQL's parameters $1..$12
  * plus the fence $13, $14; the 4th column says whether the fence held. */
 #define S_FENCED_TRANSITION_SQL                                                                    \
-    "WITH f AS " S_FENCE(                                                                          \
+    "WITH f AS " S_WFENCE(                                                                         \
         13, 14) ","                                                                                \
                 " prev AS (SELECT cf_state(status, stage) AS state FROM compositions WHERE id = "  \
                 "$1::uuid),"                                                                       \
@@ -127,6 +127,54 @@
 #define S_TOKEN                                                                                    \
     " s.composition_id = $1::uuid AND s.idx = $2::int AND s.node_id = $3::text"                    \
     " AND s.attempts = $4::int AND s.epoch = $5::bigint"
+/* The fence of a coordinator's write: the lease row, locked FOR SHARE until
+ * the statement commits, carries the writer's epoch (EPOCH) and holder
+ * (HOLDER) and has not expired. clock_timestamp(), not now(): the check is
+ * made when the lease row is locked, which is after the rows the write
+ * changes were locked (AFTER names the CTE that locks them), so time spent
+ * waiting for those rows counts and the lease is held only for the write
+ * itself. A successor's acquire waits for the lock, so a write that passed
+ * the fence commits before any newer epoch begins. With EPOCH or HOLDER
+ * NULL it matches nothing and locks nothing (the caller's own check). */
+#define S_FENCE(epoch, holder, after)                                                              \
+    "SELECT 1 FROM coordinator_lease WHERE id = 1 AND epoch = " epoch "::bigint"                   \
+    " AND holder = " holder "::uuid AND expires_at > clock_timestamp()"                            \
+    " AND EXISTS (SELECT 1 FROM " after ") FOR SHARE"
+/* cf_db_segment_update and cf_db_segment_update_fenced: $1 composition, $2
+ * index, $3 epoch (0: the local renderer), $4 state, $5 progress, $6 node,
+ * $7/$8 blob and size, $9 fps, $10/$11 timings, $12 the coordinator's
+ * holder id (NULL: no fence, epoch 0). The segment's row is locked first
+ * (tgt), then the lease; a done segment changes no more. */
+#define S_SEGMENT_UPDATE_SQL                                                                       \
+    "WITH tgt AS (SELECT epoch, status, blob_hash FROM segments"                                   \
+    "  WHERE composition_id = $1::uuid AND idx = $2::int FOR UPDATE),"                             \
+    " fence AS (" S_FENCE(                                                                         \
+        "$3", "$12",                                                                               \
+        "tgt") "),"                                                                                \
+               " upd AS (UPDATE segments s SET"                                                    \
+               "  status = coalesce($4::text, s.status),"                                          \
+               "  progress = coalesce($5::float8, CASE WHEN $4::text = 'done' THEN 1 ELSE "        \
+               "s.progress END),"                                                                  \
+               "  node_id = coalesce($6::text, s.node_id),"                                        \
+               "  blob_hash = coalesce($7::text, s.blob_hash),"                                    \
+               "  size_bytes = coalesce($8::bigint, s.size_bytes),"                                \
+               "  encode_fps = coalesce($9::float8, s.encode_fps),"                                \
+               "  fetch_ms = coalesce($10::bigint, s.fetch_ms),"                                   \
+               "  encode_ms = coalesce($11::bigint, s.encode_ms),"                                 \
+               "  attempts = s.attempts + CASE WHEN $4::text = 'assigned' THEN 1 ELSE 0 END,"      \
+               "  assigned_at = CASE WHEN $4::text = 'assigned' THEN now() ELSE s.assigned_at "    \
+               "END,"                                                                              \
+               "  started_at = CASE WHEN $4::text = 'encoding' THEN now() ELSE s.started_at END,"  \
+               "  finished_at = CASE WHEN $4::text IN ('done', 'failed') THEN now()"               \
+               "                WHEN $4::text IS NOT NULL THEN NULL ELSE s.finished_at END,"       \
+               "  epoch = $3::bigint"                                                              \
+               "  WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.epoch <= $3::bigint" \
+               "  AND s.status <> 'done' AND EXISTS (SELECT 1 FROM tgt)"                           \
+               "  AND ($12::uuid IS NULL OR EXISTS (SELECT 1 FROM fence))"                         \
+               "  RETURNING 1)"                                                                    \
+               " SELECT tgt.epoch, tgt.status, (SELECT count(*) FROM upd), (SELECT count(*) FROM " \
+               "fence),"                                                                           \
+               " ($7::text IS NULL OR tgt.blob_hash IS NOT DISTINCT FROM $7::text) FROM tgt"
 
 const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
     [CF_DBI_PING] = {"ping", "SELECT 1", true},
@@ -227,40 +275,128 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " RETURNING 1)"
          " SELECT (SELECT count(*) FROM comp), (SELECT count(*) FROM ins)",
          false},
-    [CF_DBI_SEGMENT_UPDATE] =
-        {"segment_update",
-         "WITH prev AS (SELECT epoch, status FROM segments"
-         "  WHERE composition_id = $1::uuid AND idx = $2::int),"
-         " upd AS (UPDATE segments s SET"
-         "  status = coalesce($4::text, s.status),"
-         "  progress = coalesce($5::float8, CASE WHEN $4::text = 'done' THEN 1 ELSE s.progress "
-         "END),"
-         "  node_id = coalesce($6::text, s.node_id),"
-         "  blob_hash = coalesce($7::text, s.blob_hash),"
-         "  size_bytes = coalesce($8::bigint, s.size_bytes),"
-         "  encode_fps = coalesce($9::float8, s.encode_fps),"
-         "  fetch_ms = coalesce($10::bigint, s.fetch_ms),"
-         "  encode_ms = coalesce($11::bigint, s.encode_ms),"
-         "  attempts = s.attempts + CASE WHEN $4::text = 'assigned' THEN 1 ELSE 0 END,"
-         "  assigned_at = CASE WHEN $4::text = 'assigned' THEN now() ELSE s.assigned_at END,"
-         "  started_at = CASE WHEN $4::text = 'encoding' THEN now() ELSE s.started_at END,"
-         "  finished_at = CASE WHEN $4::text IN ('done', 'failed') THEN now()"
-         "                WHEN $4::text IS NOT NULL THEN NULL ELSE s.finished_at END,"
-         "  epoch = $3::bigint"
-         "  WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.epoch <= $3::bigint"
-         "  AND ($4::text IS NULL OR s.status <> 'done' OR $4::text = 'done')"
-         "  RETURNING 1)"
-         " SELECT prev.epoch, prev.status, (SELECT count(*) FROM upd) FROM prev",
-         false},
+    [CF_DBI_SEGMENT_UPDATE] = {"segment_update", S_SEGMENT_UPDATE_SQL, false},
     [CF_DBI_SEGMENTS_LIST] =
         {"segments_list",
          "SELECT idx, frame_start, frame_end, sources::text, status, progress,"
          " node_id, attempts, epoch, blob_hash, size_bytes, encode_fps,"
          " fetch_ms, encode_ms, " S_TS("assigned_at") ", " S_TS("started_at") ", " S_TS(
-             "finished_at") ", kind, error FROM segments"
+             "finished_at") ", assigned_epoch, kind, error"
+                            " FROM segments"
                             " WHERE composition_id = "
                             "$1::uuid ORDER BY idx",
          true},
+    /* A coordinator's writes (cf_db_fenced.c), each checking its lease with
+     * S_FENCE. */
+    [CF_DBI_SEGMENTS_CREATE_FENCED] =
+        {"segments_create_fenced",
+         "WITH comp AS (SELECT id FROM compositions WHERE id = $1::uuid FOR KEY SHARE),"
+         " fence AS (" S_FENCE(
+             "$2", "$4",
+             "comp") "),"
+                     " ins AS (INSERT INTO segments"
+                     " (composition_id, idx, frame_start, frame_end, sources, epoch)"
+                     " SELECT comp.id, s.idx, s.frame_start, s.frame_end,"
+                     " coalesce(s.sources, '[]'), $2::bigint"
+                     " FROM comp, fence, jsonb_to_recordset($3::jsonb)"
+                     " AS s(idx int, frame_start bigint, frame_end bigint, sources jsonb)"
+                     " RETURNING 1)"
+                     " SELECT (SELECT count(*) FROM comp), (SELECT count(*) FROM fence),"
+                     " (SELECT count(*) FROM ins)",
+         false},
+    /* $1 composition, $2 index, $3 epoch, $4 holder, $5 node: the segment
+     * becomes that node's next attempt, under the coordinator's epoch. */
+    [CF_DBI_SEGMENT_ASSIGN_FENCED] =
+        {"segment_assign_fenced",
+         "WITH tgt AS (SELECT epoch, status FROM segments"
+         "  WHERE composition_id = $1::uuid AND idx = $2::int FOR UPDATE),"
+         " fence AS (" S_FENCE(
+             "$3", "$4",
+             "tgt") "),"
+                    " upd AS (UPDATE segments s SET status = 'assigned', node_id = $5::text,"
+                    "  attempts = s.attempts + 1, assigned_epoch = $3::bigint, epoch = $3::bigint,"
+                    "  progress = 0, blob_hash = NULL, size_bytes = NULL, assigned_at = now(),"
+                    "  started_at = NULL, finished_at = NULL"
+                    "  WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.status <> 'done'"
+                    "  AND s.epoch <= $3::bigint AND EXISTS (SELECT 1 FROM fence)"
+                    "  RETURNING s.attempts)"
+                    " SELECT tgt.epoch, tgt.status, (SELECT count(*) FROM fence),"
+                    " (SELECT attempts FROM upd) FROM tgt",
+         false},
+    /* A worker's result: $1 composition, $2 index, $3..$5 the assignment
+     * token (epoch, attempt, node), $6 state (encoding, done or failed; NULL
+     * keeps it), $7 progress, $8 blob, $9 size, $10 fps, $11/$12 timings,
+     * $13/$14 the relaying coordinator's fence (both NULL: none). Applied
+     * only to the current, unfinished assignment; done is write-once. */
+    [CF_DBI_SEGMENT_REPORT] =
+        {"segment_report",
+         "WITH tgt AS (SELECT status, assigned_epoch, attempts, node_id, blob_hash FROM segments"
+         "  WHERE composition_id = $1::uuid AND idx = $2::int FOR UPDATE),"
+         " fence AS (" S_FENCE(
+             "$13", "$14",
+             "tgt") "),"
+                    " upd AS (UPDATE segments s SET"
+                    "  status = coalesce($6::text, s.status),"
+                    "  progress = coalesce($7::float8, CASE WHEN $6::text = 'done' THEN 1 ELSE "
+                    "s.progress "
+                    "END),"
+                    "  blob_hash = coalesce($8::text, s.blob_hash),"
+                    "  size_bytes = coalesce($9::bigint, s.size_bytes),"
+                    "  encode_fps = coalesce($10::float8, s.encode_fps),"
+                    "  fetch_ms = coalesce($11::bigint, s.fetch_ms),"
+                    "  encode_ms = coalesce($12::bigint, s.encode_ms),"
+                    "  started_at = CASE WHEN $6::text = 'encoding' THEN now() ELSE s.started_at "
+                    "END,"
+                    "  finished_at = CASE WHEN $6::text IN ('done', 'failed') THEN now()"
+                    "                ELSE s.finished_at END"
+                    "  WHERE s.composition_id = $1::uuid AND s.idx = $2::int"
+                    "  AND s.status IN ('assigned', 'encoding') AND s.assigned_epoch = $3::bigint"
+                    "  AND s.attempts = $4::int AND s.node_id = $5::text AND EXISTS (SELECT 1 FROM "
+                    "tgt)"
+                    "  AND ($13::bigint IS NULL OR EXISTS (SELECT 1 FROM fence))"
+                    "  RETURNING 1)"
+                    " SELECT tgt.status, (tgt.assigned_epoch IS NOT DISTINCT FROM $3::bigint"
+                    "  AND tgt.attempts = $4::int AND tgt.node_id IS NOT DISTINCT FROM $5::text),"
+                    " ($8::text IS NULL OR tgt.blob_hash IS NOT DISTINCT FROM $8::text),"
+                    " (SELECT count(*) FROM fence), (SELECT count(*) FROM upd) FROM tgt",
+         false},
+    /* S_TRANSITION_SQL made by a coordinator: $1 id, $2 target state, $3 its
+     * status, $4 its stage, $5 epoch, $6 holder, $7/$8 error code/message,
+     * $9..$12 output, $13 operation id. The composition's row is locked
+     * before the lease is (the lease is held only for the write itself). */
+    [CF_DBI_TRANSITION_FENCED] =
+        {"composition_transition_fenced",
+         "WITH tgt AS (SELECT cf_state(status, stage) AS state FROM compositions"
+         "  WHERE id = $1::uuid FOR NO KEY UPDATE),"
+         " fence AS (" S_FENCE(
+             "$5", "$6",
+             "tgt") "),"
+                    " upd AS (UPDATE compositions c SET status = $3::text, stage = $4::text,"
+                    "  attempts = c.attempts + CASE WHEN $2::text = 'planning' THEN 1 ELSE 0 END,"
+                    "  started_at = CASE WHEN $2::text = 'planning' THEN now() ELSE c.started_at "
+                    "END,"
+                    "  finished_at = CASE WHEN $2::text IN ('completed', 'failed', 'cancelled') "
+                    "THEN now()"
+                    "                ELSE c.finished_at END,"
+                    "  progress = CASE WHEN $2::text = 'completed' THEN 1 ELSE c.progress END,"
+                    "  error_code = coalesce($7::text, c.error_code),"
+                    "  error_message = coalesce($8::text, c.error_message),"
+                    "  output_location = coalesce($9::text, c.output_location),"
+                    "  output_size_bytes = coalesce($10::bigint, c.output_size_bytes),"
+                    "  output_duration_s = coalesce($11::float8, c.output_duration_s),"
+                    "  output_hash = coalesce($12::text, c.output_hash)"
+                    "  WHERE c.id = $1::uuid AND EXISTS (SELECT 1 FROM fence)"
+                    "  AND EXISTS (SELECT 1 FROM composition_transitions t"
+                    "   WHERE t.from_state = cf_state(c.status, c.stage) AND t.to_state = $2::text)"
+                    "  RETURNING c.id, c.version, c.progress),"
+                    " ev AS (INSERT INTO events (composition_id, type, payload)"
+                    "  SELECT upd.id, 'status', jsonb_strip_nulls(jsonb_build_object('from',"
+                    "  (SELECT state FROM tgt), 'to', $2::text, 'by', $6::text, 'epoch', "
+                    "$5::bigint,"
+                    "  'error', $7::text, 'op', $13::text)) FROM upd)"
+                    " SELECT (SELECT state FROM tgt), (SELECT count(*) FROM fence), upd.version,"
+                    " upd.progress FROM (SELECT 1) one LEFT JOIN upd ON true",
+         false},
     [CF_DBI_EVENT_APPEND] = {"event_append",
                              "INSERT INTO events (composition_id, type, payload)"
                              " VALUES ($1::uuid, $2::text, $3::jsonb) RETURNING id",
@@ -378,7 +514,7 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
     [CF_DBI_W_TRANSITION] = {"work_transition", S_FENCED_TRANSITION_SQL, false},
     [CF_DBI_W_PLAN] =
         {"work_plan",
-         "WITH f AS " S_FENCE(
+         "WITH f AS " S_WFENCE(
              2, 3) ","
                    " c AS (UPDATE compositions SET plan = $4::jsonb, encoder = $5::text, stage = "
                    "'encoding',"
@@ -416,28 +552,28 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " attempts = s.attempts + 1, epoch = $4::bigint, assigned_at = now(), started_at = NULL,"
          " finished_at = NULL, progress = 0, error = NULL"
          " WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.status = 'pending'"
-         " AND EXISTS " S_FENCE(4, 5) " RETURNING s.attempts",
+         " AND EXISTS " S_WFENCE(4, 5) " RETURNING s.attempts",
          false},
     [CF_DBI_W_ACCEPT] = {"work_accept",
                          "UPDATE segments s SET status = 'encoding', started_at = now()"
                          " WHERE " S_TOKEN " AND s.status = 'assigned'"
-                         " AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+                         " AND EXISTS " S_WFENCE(5, 6) " RETURNING 1",
                          false},
     [CF_DBI_W_PROGRESS] = {"work_progress",
                            "UPDATE segments s SET progress = greatest(s.progress, $7::float8)"
                            " WHERE " S_TOKEN " AND s.status IN ('assigned', 'encoding')"
-                           " AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+                           " AND EXISTS " S_WFENCE(5, 6) " RETURNING 1",
                            false},
     [CF_DBI_W_DONE] = {"work_done",
                        "UPDATE segments s SET status = 'done', progress = 1, blob_hash = $7::text,"
                        " size_bytes = $8::bigint, encode_fps = $9::float8, encode_ms = $10::bigint,"
                        " finished_at = now(), started_at = coalesce(s.started_at, now())"
                        " WHERE " S_TOKEN " AND s.status IN ('assigned', 'encoding')"
-                       " AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+                       " AND EXISTS " S_WFENCE(5, 6) " RETURNING 1",
                        false},
     [CF_DBI_W_RETRY] =
         {"work_retry",
-         "WITH f AS " S_FENCE(
+         "WITH f AS " S_WFENCE(
              5, 6) ","
                    " upd AS (UPDATE segments s SET"
                    "  attempts = s.attempts - CASE WHEN $7::bool THEN 0 ELSE 1 END,"
@@ -455,7 +591,7 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          false},
     [CF_DBI_W_TAKEOVER] =
         {"work_takeover",
-         "WITH f AS " S_FENCE(
+         "WITH f AS " S_WFENCE(
              1,
              2) ","
                 " open AS (UPDATE segments s SET status = 'pending', progress = 0,"
@@ -485,7 +621,7 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
         {"work_comp_progress",
          "WITH upd AS (UPDATE compositions c SET progress = greatest(c.progress, $2::float8)"
          " WHERE c.id = $1::uuid AND c.status = 'processing' AND c.progress < $2::float8"
-         " AND EXISTS " S_FENCE(
+         " AND EXISTS " S_WFENCE(
              3, 4) " RETURNING c.id, c.version, c.progress,"
                    " cf_state(c.status, c.stage) AS state),"
                    " ev AS (INSERT INTO events (composition_id, type, payload)"
@@ -496,7 +632,7 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
         {"work_wait_reason",
          "UPDATE compositions c SET wait_reason = $2::text"
          " WHERE c.id = $1::uuid AND c.status IN ('queued', 'processing')"
-         " AND c.wait_reason IS DISTINCT FROM $2::text AND EXISTS " S_FENCE(
+         " AND c.wait_reason IS DISTINCT FROM $2::text AND EXISTS " S_WFENCE(
              3, 4) " RETURNING c.version, c.progress, cf_state(c.status, c.stage)",
          false},
     /* A finished piece whose node is gone: its blob went with it. */
@@ -505,7 +641,8 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          "UPDATE segments s SET status = 'pending', progress = 0, blob_hash = NULL,"
          " size_bytes = NULL, finished_at = NULL, error = $4::text"
          " WHERE s.composition_id = $1::uuid AND s.idx = $2::int AND s.node_id = $3::text"
-         " AND s.status = 'done' AND s.kind <> 'assemble' AND EXISTS " S_FENCE(5, 6) " RETURNING 1",
+         " AND s.status = 'done' AND s.kind <> 'assemble' AND EXISTS " S_WFENCE(5,
+                                                                                6) " RETURNING 1",
          false},
     /* Per node, the segments it finished in the last 10 minutes and their
      * mean frames/s (the cluster view's "recent" figures). */
@@ -520,7 +657,7 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " FROM compositions c WHERE c.id = s.composition_id"
          " AND c.status IN ('cancelled', 'failed') AND s.status IN ('pending', 'assigned', "
          "'encoding')"
-         " AND EXISTS " S_FENCE(
+         " AND EXISTS " S_WFENCE(
              1, 2) " RETURNING s.composition_id::text || ' ' || coalesce(s.node_id, '')",
          false},
     [CF_DBI_OUTPUT_REFERENCED] = {"output_referenced",

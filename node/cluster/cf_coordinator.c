@@ -650,8 +650,7 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
                                  &attempt, err, sizeof err) == CF_DB_OK) {
             s_send_assign(self, t, attempt, node, task_json);
             /* It moves: whatever it waited for is over. */
-            cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, NULL, err,
-                               sizeof err);
+            cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, NULL, err, sizeof err);
             char key[96];
             s_key(key, sizeof key, t->composition, t->index, attempt);
             s_sent_t *sent = calloc(1, sizeof *sent);

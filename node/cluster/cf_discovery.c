@@ -21,6 +21,7 @@ typedef struct {
     const cf_secret_t *secret;
     int interval_ms;
     int max_age_ms;
+    int grace_ms;
     bool read_peers;
     int interrupt_fd;
 } s_args_t;
@@ -94,7 +95,8 @@ static void s_round(s_self_t *self)
                        .http_endpoint = a->http,
                        .capabilities = a->capabilities,
                        .free_slots = self->free_slots,
-                       .in_flight = self->in_flight};
+                       .in_flight = self->in_flight,
+                       .grace_ms = a->grace_ms};
     snprintf(me.id, sizeof me.id, "%s", a->node_id);
     snprintf(me.public_key, sizeof me.public_key, "%s", a->public_key);
     snprintf(me.mac, sizeof me.mac, "%s", self->mac);
@@ -102,6 +104,7 @@ static void s_round(s_self_t *self)
     if (cf_db_cluster_node_upsert(self->db, &me, !self->upserted, timeout, err, sizeof err) !=
         CF_DBC_OK) {
         s_report_db(self, false, err);
+        zsock_send(self->pipe, "si", "ROUND", 0);
         return;
     }
     self->upserted = true;
@@ -114,6 +117,7 @@ static void s_round(s_self_t *self)
     if (cf_db_cluster_peers(self->db, a->node_id, a->max_age_ms, &rows, &count, timeout, err,
                             sizeof err) != CF_DBC_OK) {
         s_report_db(self, false, err);
+        zsock_send(self->pipe, "si", "ROUND", 0);
         return;
     }
     s_report_db(self, true, "");
@@ -138,6 +142,7 @@ static void s_round(s_self_t *self)
                    row->in_flight, row->state, (uint64_t)(row->age_ms > 0 ? row->age_ms : 0));
     }
     cf_db_cluster_nodes_free(&rows, count);
+    zsock_send(self->pipe, "si", "ROUND", 1);
 }
 
 static void s_handle_pipe(s_self_t *self)
@@ -211,6 +216,7 @@ zactor_t *cf_discovery_new(const cf_discovery_args_t *args)
     copy->secret = args->secret;
     copy->interval_ms = args->interval_ms > 0 ? args->interval_ms : 1000;
     copy->max_age_ms = args->max_age_ms > 0 ? args->max_age_ms : 15000;
+    copy->grace_ms = args->grace_ms > 0 ? args->grace_ms : 5000;
     copy->read_peers = args->read_peers;
     copy->interrupt_fd = args->interrupt_fd;
     zactor_t *actor = NULL;

@@ -4,11 +4,18 @@
  * recently, passing on those whose MAC verifies under the cluster secret.
  * (Beacons, the other path, are handled by the node actor with zbeacon.)
  *
+ * The row carries the node's grace (grace_ms): Postgres judges every node's
+ * liveness from last_seen by its own clock against it (sql/022), the one
+ * membership rule of the cluster, so every reader sees the same.
+ *
  * Commands on its pipe:
  *     "SELF" capabilities(s: JSON) free_slots(i) in_flight(i)
  * Messages it sends:
  *     "PEER" id key control http capabilities free_slots(i) in_flight(i)
- *            state age_ms(8)         a row that authenticated
+ *            liveness age_ms(8)      a row that authenticated (liveness: up
+ *                                    or gone, by the database clock)
+ *     "ROUND" read(i)                a round is over (read 0: the rows could
+ *                                    not be read)
  *     "REJECTED" id                  a row whose MAC did not verify (once
  *                                    per id and MAC)
  *     "DB" reachable(i) reason
@@ -30,6 +37,7 @@ typedef struct {
     const cf_secret_t *secret; /* borrowed, read-only, must outlive the actor */
     int interval_ms;
     int max_age_ms;   /* rows not refreshed for this long are not read */
+    int grace_ms;     /* this node counts as gone this long after its last upsert */
     bool read_peers;  /* false: only publish this node's row */
     int interrupt_fd; /* readable when the node shuts down (-1: none) */
 } cf_discovery_args_t;

@@ -1,9 +1,11 @@
+#define _GNU_SOURCE
 #include "cf_election.h"
 
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cf_db_cluster.h"
 #include "cf_log.h"
@@ -26,29 +28,42 @@ typedef struct {
     /* What we hold. */
     bool leader;
     int64_t my_epoch;
-    /* The epoch we last held, kept after stepping down: when the database
-     * still shows our unexpired lease (our renewal was only slow), renewing
-     * it is legitimate and spares the cluster an epoch change. */
-    int64_t last_epoch;
-    int64_t deadline_ms; /* monotonic: stop being coordinator at this time */
+    int64_t deadline_ms; /* CLOCK_BOOTTIME: stop being coordinator at this time */
+    /* The highest epoch known to be in use: the row's, and what the node
+     * saw (SEEN) or refused (REFUSE: counts as one above). A lease of ours
+     * below it is bumped above it on the next attempt. Our own lease, when
+     * the database still shows it unexpired under our token (a renewal that
+     * was only slow, an answer that was lost), is renewed or adopted. */
+    int64_t seen_epoch;
     /* What we last reported. */
     bool reported_held;
     char reported_holder[37];
     int64_t reported_epoch;
+    int64_t reported_deadline;
     bool db_reachable;
     bool db_reported;
     int64_t next_attempt_ms;
 } s_self_t;
 
+int64_t cf_election_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void s_report(s_self_t *self, bool held, const char *holder, int64_t epoch)
 {
+    int64_t deadline = held ? self->deadline_ms : 0;
     if (self->reported_held == held && self->reported_epoch == epoch &&
-        !strcmp(self->reported_holder, holder))
+        self->reported_deadline == deadline && !strcmp(self->reported_holder, holder))
         return;
     self->reported_held = held;
     self->reported_epoch = epoch;
+    self->reported_deadline = deadline;
     snprintf(self->reported_holder, sizeof self->reported_holder, "%s", holder);
-    zsock_send(self->pipe, "sis8", "LEASE", held ? 1 : 0, holder, (uint64_t)epoch);
+    zsock_send(self->pipe, "sis88", "LEASE", held ? 1 : 0, holder, (uint64_t)epoch,
+               (uint64_t)deadline);
 }
 
 static void s_report_db(s_self_t *self, bool reachable, const char *reason)
@@ -77,7 +92,7 @@ static void s_step_down(s_self_t *self, const char *why, const char *holder, int
 static void s_attempt(s_self_t *self)
 {
     int ttl = self->args->ttl_ms;
-    int64_t sent = zclock_mono();
+    int64_t sent = cf_election_clock_ms();
     /* A holder must learn the outcome before its deadline; a follower has
      * no deadline but should not hang for long either. */
     int timeout = ttl / 2;
@@ -87,9 +102,9 @@ static void s_attempt(s_self_t *self)
         timeout = 50;
     cf_db_lease_t lease;
     char err[512];
-    int rc = cf_db_cluster_lease_acquire(self->db, self->args->node_id, self->last_epoch, ttl,
+    int rc = cf_db_cluster_lease_acquire(self->db, self->args->node_id, self->seen_epoch, ttl,
                                          &lease, timeout, err, sizeof err);
-    int64_t now = zclock_mono();
+    int64_t now = cf_election_clock_ms();
     if (rc != CF_DBC_OK) {
         s_report_db(self, false, err);
         /* A holder keeps trying until its deadline; a follower backs off. */
@@ -97,12 +112,13 @@ static void s_attempt(s_self_t *self)
         return;
     }
     s_report_db(self, true, "");
+    if (lease.epoch > self->seen_epoch)
+        self->seen_epoch = lease.epoch;
     if (lease.held) {
         if (!self->leader || self->my_epoch != lease.epoch)
             cf_log_info("election", "coordinator now, epoch %" PRId64, lease.epoch);
         self->leader = true;
         self->my_epoch = lease.epoch;
-        self->last_epoch = lease.epoch;
         self->deadline_ms = sent + (int64_t)(ttl * CF_ELECTION_DEADLINE_FRACTION);
         self->next_attempt_ms = now + (int64_t)(ttl * CF_ELECTION_RENEW_FRACTION);
         s_report(self, true, self->args->node_id, lease.epoch);
@@ -120,6 +136,25 @@ static void s_attempt(s_self_t *self)
     self->next_attempt_ms = now + wait;
 }
 
+/* The node will not act on EPOCH: give it up now (others may take the
+ * lease at once) and make sure the next acquisition is above it. */
+static void s_refuse(s_self_t *self, int64_t epoch)
+{
+    if (epoch + 1 > self->seen_epoch)
+        self->seen_epoch = epoch + 1;
+    if (self->leader && self->my_epoch == epoch) {
+        char err[512];
+        bool released = false;
+        int timeout = self->args->ttl_ms / 4 < S_RELEASE_TIMEOUT_MS ? self->args->ttl_ms / 4
+                                                                    : S_RELEASE_TIMEOUT_MS;
+        if (cf_db_cluster_lease_release(self->db, self->args->node_id, epoch, &released, timeout,
+                                        err, sizeof err) != CF_DBC_OK)
+            cf_log_warn("election", "could not release epoch %" PRId64 ": %s", epoch, err);
+        s_step_down(self, "the node will not act on this epoch (already announced)", "", epoch);
+    }
+    self->next_attempt_ms = cf_election_clock_ms();
+}
+
 static void s_handle_pipe(s_self_t *self)
 {
     char *command = NULL;
@@ -130,23 +165,27 @@ static void s_handle_pipe(s_self_t *self)
         return;
     }
     command = zmsg_popstr(msg);
+    char *text = command && strcmp(command, "$TERM") ? zmsg_popstr(msg) : NULL;
+    epoch = text ? strtoull(text, NULL, 10) : 0;
+    free(text);
     if (command && !strcmp(command, "$TERM")) {
         self->terminated = true;
     } else if (command && !strcmp(command, "RETRY")) {
         /* The holder said goodbye: its lease is free, try now. */
-        self->next_attempt_ms = zclock_mono();
-    } else if (command && !strcmp(command, "DEPOSED")) {
-        char *text = zmsg_popstr(msg);
-        epoch = text ? strtoull(text, NULL, 10) : 0;
-        free(text);
+        self->next_attempt_ms = cf_election_clock_ms();
+    } else if (command && !strcmp(command, "SEEN")) {
+        if ((int64_t)epoch > self->seen_epoch)
+            self->seen_epoch = (int64_t)epoch;
         if (self->leader && (int64_t)epoch > self->my_epoch) {
             char why[96];
             snprintf(why, sizeof why, "a peer announced epoch %" PRIu64, epoch);
             s_step_down(self, why, "", (int64_t)epoch);
-            /* Our epoch is over: never renew it again. */
-            self->last_epoch = 0;
-            self->next_attempt_ms = zclock_mono();
+            /* Try at once: if the row is still ours (it was reset below
+             * what the peers saw), it is bumped above their epoch. */
+            self->next_attempt_ms = cf_election_clock_ms();
         }
+    } else if (command && !strcmp(command, "REFUSE")) {
+        s_refuse(self, (int64_t)epoch);
     }
     free(command);
     zmsg_destroy(&msg);
@@ -160,7 +199,7 @@ static void s_actor(zsock_t *pipe, void *arg)
         cf_db_cluster_set_interrupt(self.db, self.args->interrupt_fd);
     zsock_signal(pipe, 0);
     while (self.db && !self.terminated) {
-        int64_t now = zclock_mono();
+        int64_t now = cf_election_clock_ms();
         if (self.leader && now >= self.deadline_ms)
             s_step_down(&self, "renewal not confirmed in time", "", self.my_epoch);
         if (now >= self.next_attempt_ms) {

@@ -29,6 +29,7 @@ struct cf_node_t {
     atomic_int free_slots;
     atomic_int in_flight;
     atomic_int_fast64_t coordinator_epoch; /* 0 while not coordinator */
+    atomic_bool executor;                  /* an executor takes this node's ASSIGNs */
 };
 
 cf_node_t *cf_node_new(const cf_node_options_t *opts, char *err, size_t errlen)
@@ -185,4 +186,14 @@ void cf_node_load(cf_node_t *self, int *free_slots_p, int *in_flight_p)
 void cf_node_set_coordinator_epoch(cf_node_t *self, int64_t epoch)
 {
     atomic_store(&self->coordinator_epoch, epoch);
+}
+
+void cf_node_set_executor(cf_node_t *self, bool running)
+{
+    atomic_store(&self->executor, running);
+}
+
+bool cf_node_has_executor(cf_node_t *self)
+{
+    return atomic_load(&self->executor);
 }

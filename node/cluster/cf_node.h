@@ -44,7 +44,9 @@ typedef struct {
                                  undiscovered (they still admit us only when they learned
                                  our key from a beacon or the registry); NULL: none */
     int lease_ttl_ms;         /* coordinator lease (default 5000) */
-    int peer_grace_ms;        /* silence after which a peer is gone (default 5000) */
+    int peer_grace_ms;        /* silence after which a peer's link is gone, and (at least two
+                                 heartbeats + 1 s) the grace after which the registry
+                                 judges this node gone (default 5000) */
     int heartbeat_ms;         /* HEARTBEAT and registry interval (default 1000) */
     int beacon_interval_ms;   /* default 500 */
     int replay_window_ms;     /* beacons older or newer than this are dropped (default 30000) */
@@ -77,20 +79,29 @@ void cf_node_destroy(cf_node_t **self_p);
 const char *cf_node_id(cf_node_t *self);
 
 /* The node's view of the cluster, as a new JSON object (caller decrefs):
- *   {"id","role":"coordinator"|"worker","epoch","coordinator":ID|null,
+ *   {"id","liveness":"up"|"unknown","role":"coordinator"|"worker","epoch","coordinator":ID|null,
  *    "control_endpoint","http_endpoint","public_key","capabilities":{...},
  *    "free_slots","in_flight","started_at_ms","database_reachable",
- *    "peers":[{"id","state":"alive"|"gone"|"left"|"connecting","control_endpoint",
+ *    "peers":[{"id","state":"alive"|"gone"|"left"|"connecting" (the link),
+ *              "liveness":"up"|"gone"|"left"|"unknown" (the registry's judgment),
+ *              "registry_age_ms"|null,"control_endpoint",
  *              "http_endpoint","public_key","discovered_by":["beacon","registry","static"],
  *              "capabilities":{...}|null,"load","free_slots","in_flight","epoch_seen",
  *              "last_seen_ms_ago"|null}],
  *    "fence":{"pending"},"counters":{NAME: N, ...}}
- * "epoch" is the highest coordinator epoch this node has seen. Returns NULL
+ * "epoch" is the highest coordinator epoch this node has seen; "liveness"
+ * is this node's own: up while its registry rows are read and written.
+ * Returns NULL
  * only when out of memory. */
 json_t *cf_node_snapshot(cf_node_t *self);
 
 /* Tells the node what its renderer is doing, for HEARTBEAT and the registry. */
 void cf_node_set_load(cf_node_t *self, int free_slots, int in_flight);
+
+/* Whether an executor (node/work/cf_executor.h) takes the ASSIGNs this node
+ * receives; without one the node answers each valid ASSIGN with REJECT. */
+void cf_node_set_executor(cf_node_t *self, bool running);
+bool cf_node_has_executor(cf_node_t *self);
 
 /* True when this node holds the coordinator lease now; *epoch_p (may be NULL)
  * gets the epoch it holds (0 when not coordinator). */
@@ -121,6 +132,10 @@ typedef enum {
     CF_NODE_FENCED_WRITES_REJECTED, /* coordinator writes refused for a stale epoch */
     CF_NODE_WORK_REFUSED, /* ASSIGN/CANCEL not from the epoch's holder, replies to a non-coordinator
                            */
+    CF_NODE_FENCED_WRITES_DROPPED, /* queued coordinator writes dropped (deposed, or the
+                                      lease ran out before Postgres answered) */
+    CF_NODE_ASSIGN_REFUSED,        /* ASSIGNs from a node not holding their epoch */
+    CF_NODE_LEASES_REFUSED,        /* leases won at an epoch already announced: released */
     CF_NODE_COUNTER_COUNT
 } cf_node_counter_t;
 

@@ -1,6 +1,8 @@
-/* cf_node_actor: the node actor. See cf_node_actor.h. */
+/* cf_node_actor: the node actor, its set-up, loop and peer messages (its
+ * coordination half is cf_node_lease.c). See cf_node_actor.h. */
 #define _GNU_SOURCE
 #include "cf_node_actor.h"
+#include "cf_node_actor_internal.h"
 
 #include <errno.h>
 #include <czmq.h>
@@ -29,58 +31,7 @@
 #define S_TICK_MS   100 /* liveness checks */
 #define S_STATUS_MS 1000
 
-/* ------------------------------------------------------------------ types */
-
-typedef struct {
-    zsock_t *pipe;
-    cf_node_t *node; /* what other threads see */
-    cf_node_config_t *cfg;
-    cf_identity_t *identity;
-    cf_secret_t *secret;
-    cf_caps_t *caps;
-    const char *my_id;
-    bool terminated;
-    bool started;
-
-    zsock_t *router;
-    zsock_t *work_out;   /* the work actors' outbox (PULL) */
-    zsock_t *work_exec;  /* to the executor (PUSH) */
-    zsock_t *work_coord; /* to the coordinator (PUSH) */
-    cf_zap_t *zap;
-    zactor_t *beacon;
-    zactor_t *election;
-    zactor_t *registry;
-    zactor_t *fence;
-    zactor_t *calibration; /* while it runs */
-    int shutdown_fd;       /* eventfd, signalled to cut the database threads' calls short */
-
-    zhashx_t *peers;     /* key -> cf_peer_t */
-    cf_peer_link_t link; /* our side of every peer link */
-    cf_node_status_t *status;
-
-    /* Coordination. */
-    bool leader;
-    uint64_t my_epoch;
-    uint64_t highest_epoch;
-    char coordinator[37];
-    int fence_pending;
-    bool db_reachable;
-
-    /* Timers (monotonic ms). */
-    int64_t next_heartbeat, next_beacon, next_tick, next_status, next_view;
-    int64_t started_ms;
-    int64_t started_wall_ms;
-
-    bool dirty;
-    int last_free_slots, last_in_flight;
-} s_self_t;
-
 /* ------------------------------------------------------------------ helpers */
-
-static void s_count(s_self_t *self, cf_node_counter_t counter)
-{
-    cf_node_count(self->node, counter);
-}
 
 static int64_t s_wall_ms(void)
 {
@@ -92,8 +43,8 @@ static int64_t s_wall_ms(void)
 /* A peer learned from an authenticated source (or configured): see
  * cf_peer_table_learn. From then on a beacon or registry key may connect
  * to us (cf_zap). */
-static cf_peer_t *s_peer_learn(s_self_t *self, const char *id, const char *key, const char *control,
-                               const char *http, unsigned source)
+cf_peer_t *cf_nactor_peer_learn(cf_nactor_t *self, const char *id, const char *key,
+                                const char *control, const char *http, unsigned source)
 {
     return cf_peer_table_learn(self->peers, &self->link, id, key, control, http, source,
                                &self->dirty);
@@ -101,15 +52,15 @@ static cf_peer_t *s_peer_learn(s_self_t *self, const char *id, const char *key, 
 
 /* ------------------------------------------------------------------ sending */
 
-static int s_send(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
+static int s_send(cf_nactor_t *self, cf_peer_t *peer, cf_msg_t *msg)
 {
     if (cf_peer_send(peer, msg) < 0)
         return -1;
-    s_count(self, CF_NODE_MESSAGES_SENT);
+    cf_nactor_count(self, CF_NODE_MESSAGES_SENT);
     return 0;
 }
 
-static void s_build_hello(s_self_t *self, cf_msg_t *msg, bool want_hello)
+static void s_build_hello(cf_nactor_t *self, cf_msg_t *msg, bool want_hello)
 {
     cf_msg_init(msg, CF_MSG_HELLO);
     snprintf(msg->hello.node_id, sizeof msg->hello.node_id, "%s", self->my_id);
@@ -128,7 +79,7 @@ static void s_build_hello(s_self_t *self, cf_msg_t *msg, bool want_hello)
     msg->hello.want_hello = want_hello;
 }
 
-static void s_send_hello(s_self_t *self, cf_peer_t *peer, bool want_hello)
+static void s_send_hello(cf_nactor_t *self, cf_peer_t *peer, bool want_hello)
 {
     cf_msg_t msg;
     s_build_hello(self, &msg, want_hello);
@@ -138,7 +89,7 @@ static void s_send_hello(s_self_t *self, cf_peer_t *peer, bool want_hello)
         cf_peer_hello_asked(peer, zclock_mono());
 }
 
-static void s_send_leader(s_self_t *self, cf_peer_t *peer)
+void cf_nactor_send_leader(cf_nactor_t *self, cf_peer_t *peer)
 {
     cf_msg_t msg;
     cf_msg_init(&msg, CF_MSG_LEADER);
@@ -148,7 +99,7 @@ static void s_send_leader(s_self_t *self, cf_peer_t *peer)
     cf_msg_clear(&msg);
 }
 
-static void s_heartbeat_round(s_self_t *self)
+static void s_heartbeat_round(cf_nactor_t *self)
 {
     double loads[1] = {0};
     if (getloadavg(loads, 1) < 1 || loads[0] < 0)
@@ -170,7 +121,7 @@ static void s_heartbeat_round(s_self_t *self)
             s_send_hello(self, peer, true);
         s_send(self, peer, &msg);
         if (self->leader)
-            s_send_leader(self, peer);
+            cf_nactor_send_leader(self, peer);
     }
     cf_msg_clear(&msg);
     if (free_slots != self->last_free_slots || in_flight != self->last_in_flight) {
@@ -186,53 +137,17 @@ static void s_heartbeat_round(s_self_t *self)
     }
 }
 
-/* ------------------------------------------------------------------ epochs */
-
-static void s_set_shared_epoch(s_self_t *self)
-{
-    cf_node_set_coordinator_epoch(self->node, self->leader ? (int64_t)self->my_epoch : 0);
-}
-
-/* Records EPOCH as seen. A coordinator that sees a newer epoch than its own
- * has been replaced, whatever its lease thread believes: it stops now. */
-static void s_see_epoch(s_self_t *self, uint64_t epoch)
-{
-    if (epoch <= self->highest_epoch)
-        return;
-    self->highest_epoch = epoch;
-    self->dirty = true;
-    if (self->leader && epoch > self->my_epoch) {
-        cf_log_warn("node", "epoch %" PRIu64 " exists: no longer coordinator (epoch %" PRIu64 ")",
-                    epoch, self->my_epoch);
-        self->leader = false;
-        s_count(self, CF_NODE_LEASES_LOST);
-        s_set_shared_epoch(self);
-        zstr_sendfm(self->election, "DEPOSED");
-        zstr_sendf(self->election, "%" PRIu64, epoch);
-    }
-}
-
-static void s_queue_gone(s_self_t *self, cf_peer_t *peer)
-{
-    if (!self->leader || !cf_peer_id(peer)[0])
-        return;
-    zsock_send(self->fence, "s8ss", "GONE", (uint64_t)self->my_epoch, self->my_id,
-               cf_peer_id(peer));
-    self->fence_pending++;
-    self->dirty = true;
-}
-
 /* ------------------------------------------------------------------ liveness */
 
-static void s_peer_alive(s_self_t *self, cf_peer_t *peer)
+static void s_peer_alive(cf_nactor_t *self, cf_peer_t *peer)
 {
     if (cf_peer_heard(peer, zclock_mono())) {
-        s_count(self, CF_NODE_PEERS_JOINED);
+        cf_nactor_count(self, CF_NODE_PEERS_JOINED);
         self->dirty = true;
     }
 }
 
-static void s_tick(s_self_t *self)
+static void s_tick(cf_nactor_t *self)
 {
     int64_t now = zclock_mono();
     int64_t forget_after = 3 * (int64_t)self->cfg->peer_grace_ms;
@@ -242,8 +157,9 @@ static void s_tick(s_self_t *self)
         if (cf_peer_reconnect_due(peer, now))
             cf_peer_connect(peer, &self->link);
         if (cf_peer_expire(peer, now, self->cfg->peer_grace_ms)) {
-            s_count(self, CF_NODE_PEERS_GONE);
-            s_queue_gone(self, peer);
+            /* The link is silent; whether the node is gone is Postgres'
+             * call (its registry row), recorded by the coordinator's sweep. */
+            cf_nactor_count(self, CF_NODE_PEERS_GONE);
             self->dirty = true;
         }
     }
@@ -253,25 +169,25 @@ static void s_tick(s_self_t *self)
 
 /* ------------------------------------------------------------------ snapshot */
 
-static json_t *s_build_snapshot(s_self_t *self)
+static json_t *s_build_snapshot(cf_nactor_t *self)
 {
     int free_slots, in_flight;
     cf_node_load(self->node, &free_slots, &in_flight);
     json_t *peers = cf_peer_table_to_json(self->peers, zclock_mono());
-    return json_pack("{s:s, s:s, s:I, s:s?, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:b, s:o, "
-                     "s:{s:i}, s:o}",
-                     "id", self->my_id, "role", self->leader ? "coordinator" : "worker", "epoch",
-                     (json_int_t)self->highest_epoch, "coordinator",
-                     self->coordinator[0] ? self->coordinator : NULL, "control_endpoint",
-                     self->cfg->control_endpoint, "http_endpoint", self->cfg->http_endpoint,
-                     "public_key", cf_identity_public_z85(self->identity), "capabilities",
-                     cf_caps_to_json(self->caps), "free_slots", free_slots, "in_flight", in_flight,
-                     "started_at_ms", (json_int_t)self->started_wall_ms, "database_reachable",
-                     self->db_reachable, "peers", peers, "fence", "pending", self->fence_pending,
-                     "counters", cf_node_status_counters(self->node));
+    return json_pack(
+        "{s:s, s:s, s:s, s:I, s:s?, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:b, s:o, "
+        "s:{s:i}, s:o}",
+        "id", self->my_id, "liveness", self->registry_read ? "up" : "unknown", "role",
+        self->leader ? "coordinator" : "worker", "epoch", (json_int_t)self->highest_epoch,
+        "coordinator", self->coordinator[0] ? self->coordinator : NULL, "control_endpoint",
+        self->cfg->control_endpoint, "http_endpoint", self->cfg->http_endpoint, "public_key",
+        cf_identity_public_z85(self->identity), "capabilities", cf_caps_to_json(self->caps),
+        "free_slots", free_slots, "in_flight", in_flight, "started_at_ms",
+        (json_int_t)self->started_wall_ms, "database_reachable", self->db_reachable, "peers", peers,
+        "fence", "pending", self->fence_pending, "counters", cf_node_status_counters(self->node));
 }
 
-static void s_publish(s_self_t *self)
+static void s_publish(cf_nactor_t *self)
 {
     json_t *snapshot = s_build_snapshot(self);
     if (!snapshot)
@@ -284,32 +200,13 @@ static void s_publish(s_self_t *self)
     self->next_status = zclock_mono() + S_STATUS_MS;
 }
 
-static void s_publish_view(s_self_t *self)
-{
-    json_t *members = json_array();
-    json_array_append_new(members, json_pack("{s:s, s:s, s:s}", "id", self->my_id, "state", "alive",
-                                             "http_endpoint", self->cfg->http_endpoint));
-    for (cf_peer_t *peer = zhashx_first(self->peers); peer; peer = zhashx_next(self->peers))
-        if (cf_peer_id(peer)[0] && cf_peer_state(peer) == CF_PEER_ALIVE)
-            json_array_append_new(members,
-                                  json_pack("{s:s, s:s, s:s}", "id", cf_peer_id(peer), "state",
-                                            "alive", "http_endpoint", cf_peer_http_endpoint(peer)));
-    char *text = json_dumps(members, JSON_COMPACT);
-    json_decref(members);
-    if (!text)
-        return;
-    zsock_send(self->fence, "s8ss", "VIEW", (uint64_t)self->my_epoch, self->my_id, text);
-    self->fence_pending++;
-    free(text);
-}
-
 /* ------------------------------------------------------------------ handlers */
 
-static void s_handle_zap(s_self_t *self)
+static void s_handle_zap(cf_nactor_t *self)
 {
     int verdict = cf_zap_handle(self->zap);
     if (verdict >= 0)
-        s_count(self, verdict ? CF_NODE_ZAP_ALLOWED : CF_NODE_ZAP_DENIED);
+        cf_nactor_count(self, verdict ? CF_NODE_ZAP_ALLOWED : CF_NODE_ZAP_DENIED);
 }
 
 /* Hands MSG from node FROM to a work actor after checking it may have it:
@@ -317,22 +214,42 @@ static void s_handle_zap(s_self_t *self)
  * one we know as coordinator, at exactly that epoch), worker replies only
  * while this node is the coordinator at the epoch they carry. Anything else
  * is counted and dropped. Returns whether it was a work message. */
-static bool s_route_work(s_self_t *self, const char *from, const cf_msg_t *msg)
+static bool s_route_work(cf_nactor_t *self, const char *from, const cf_msg_t *msg)
 {
     zsock_t *to = NULL;
     uint64_t epoch = cf_msg_epoch(msg);
     switch (msg->type) {
         case CF_MSG_ASSIGN:
         case CF_MSG_CANCEL:
-            if (!self->coordinator[0] || strcmp(from, self->coordinator) ||
-                epoch != self->highest_epoch) {
-                s_count(self, CF_NODE_WORK_REFUSED);
+            /* Only the node that holds the epoch (by the lease row, as
+             * this node's election last read it) may assign under it. */
+            if (epoch != self->highest_epoch || epoch != self->lease_epoch ||
+                strcmp(from, self->lease_holder)) {
+                cf_nactor_count(self, msg->type == CF_MSG_ASSIGN ? CF_NODE_ASSIGN_REFUSED
+                                                                 : CF_NODE_WORK_REFUSED);
                 cf_log_warn("node",
                             "refused %s of epoch %" PRIu64 " from %.8s: the coordinator "
                             "is %.8s at epoch %" PRIu64,
                             cf_msg_type_name(msg->type), epoch, from,
-                            self->coordinator[0] ? self->coordinator : "(none)",
-                            self->highest_epoch);
+                            self->lease_holder[0] ? self->lease_holder : "(none)",
+                            self->lease_epoch);
+                return true;
+            }
+            if (msg->type == CF_MSG_ASSIGN && !cf_node_has_executor(self->node)) {
+                /* Nobody here takes tasks: say no at once, so the
+                 * coordinator never waits on us. */
+                cf_msg_t reply;
+                cf_msg_init(&reply, CF_MSG_REJECT);
+                reply.reject.epoch = msg->assign.epoch;
+                snprintf(reply.reject.composition, sizeof reply.reject.composition, "%s",
+                         msg->assign.composition);
+                reply.reject.segment = msg->assign.segment;
+                reply.reject.attempt = msg->assign.attempt ? msg->assign.attempt : 1;
+                cf_msg_set_str(&reply.reject.reason, "this node runs no executor");
+                cf_peer_t *peer = cf_peer_table_find_id(self->peers, from);
+                if (peer)
+                    s_send(self, peer, &reply);
+                cf_msg_clear(&reply);
                 return true;
             }
             to = self->work_exec;
@@ -343,7 +260,7 @@ static bool s_route_work(s_self_t *self, const char *from, const cf_msg_t *msg)
         case CF_MSG_DONE:
         case CF_MSG_FAILED:
             if (!self->leader || epoch != self->my_epoch) {
-                s_count(self, CF_NODE_WORK_REFUSED);
+                cf_nactor_count(self, CF_NODE_WORK_REFUSED);
                 return true;
             }
             to = self->work_coord;
@@ -367,7 +284,7 @@ static bool s_route_work(s_self_t *self, const char *from, const cf_msg_t *msg)
 
 /* A work actor's message for node TO: over its link, or back in when TO is
  * this node. */
-static void s_handle_work_out(s_self_t *self)
+static void s_handle_work_out(cf_nactor_t *self)
 {
     zmsg_t *zmsg = zmsg_recv(self->work_out);
     if (!zmsg)
@@ -395,12 +312,12 @@ static void s_handle_work_out(s_self_t *self)
     cf_msg_clear(&msg);
 }
 
-static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
+static void s_handle_message(cf_nactor_t *self, cf_peer_t *peer, cf_msg_t *msg)
 {
     /* Epoch-carrying messages older than what we have seen are ignored. */
     uint64_t epoch = cf_msg_epoch(msg);
     if (msg->type != CF_MSG_HEARTBEAT && epoch && epoch < self->highest_epoch) {
-        s_count(self, CF_NODE_MESSAGES_STALE_EPOCH);
+        cf_nactor_count(self, CF_NODE_MESSAGES_STALE_EPOCH);
         cf_log_info("node", "ignored %s of epoch %" PRIu64 " from %s: epoch %" PRIu64 " is current",
                     cf_msg_type_name(msg->type), epoch, cf_peer_name(peer), self->highest_epoch);
         s_peer_alive(self, peer);
@@ -415,7 +332,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             const cf_msg_hello_t *hello = &msg->hello;
             const char *id = cf_peer_id(peer);
             if (id[0] && strcmp(id, hello->node_id)) {
-                s_count(self, CF_NODE_MESSAGES_MALFORMED);
+                cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
                 cf_log_warn("node", "dropped a HELLO claiming node %s from the key of node %s",
                             hello->node_id, id);
                 return;
@@ -423,7 +340,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             if (!id[0]) {
                 cf_peer_t *other = cf_peer_table_find_id(self->peers, hello->node_id);
                 if (other && other != peer) {
-                    s_count(self, CF_NODE_MESSAGES_MALFORMED);
+                    cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
                     cf_log_warn("node", "dropped a HELLO claiming node %s from another key",
                                 hello->node_id);
                     return;
@@ -438,16 +355,16 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
         }
         case CF_MSG_HEARTBEAT:
             cf_peer_take_heartbeat(peer, &msg->heartbeat);
-            s_see_epoch(self, msg->heartbeat.epoch);
+            cf_nactor_see_epoch(self, msg->heartbeat.epoch);
             break;
         case CF_MSG_LEADER:
             if (strcmp(msg->leader.node_id, cf_peer_id(peer))) {
-                s_count(self, CF_NODE_MESSAGES_MALFORMED);
+                cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
                 cf_log_warn("node", "dropped a LEADER for node %s sent by node %s",
                             msg->leader.node_id, cf_peer_name(peer));
                 return;
             }
-            s_see_epoch(self, msg->leader.epoch);
+            cf_nactor_see_epoch(self, msg->leader.epoch);
             if (msg->leader.epoch == self->highest_epoch &&
                 strcmp(self->coordinator, msg->leader.node_id)) {
                 snprintf(self->coordinator, sizeof self->coordinator, "%s", msg->leader.node_id);
@@ -465,7 +382,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
             break;
         case CF_MSG_BYE:
             cf_peer_leave(peer, msg->bye.reason);
-            s_count(self, CF_NODE_PEERS_GONE);
+            cf_nactor_count(self, CF_NODE_PEERS_GONE);
             if (!strcmp(cf_peer_id(peer), self->coordinator))
                 zstr_send(self->election, "RETRY"); /* its lease is free now */
             self->dirty = true;
@@ -477,7 +394,7 @@ static void s_handle_message(s_self_t *self, cf_peer_t *peer, cf_msg_t *msg)
     }
 }
 
-static void s_handle_router(s_self_t *self)
+static void s_handle_router(cf_nactor_t *self)
 {
     zmsg_t *zmsg = zmsg_recv(self->router);
     if (!zmsg)
@@ -485,7 +402,7 @@ static void s_handle_router(s_self_t *self)
     zframe_t *routing = zmsg_first(zmsg);
     zframe_t *payload = zmsg_next(zmsg);
     if (zmsg_size(zmsg) != 2 || !routing || !payload) {
-        s_count(self, CF_NODE_MESSAGES_MALFORMED);
+        cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
         zmsg_destroy(&zmsg);
         return;
     }
@@ -499,27 +416,27 @@ static void s_handle_router(s_self_t *self)
     cf_msg_t msg;
     char err[256];
     if (cf_msg_decode(zframe_data(payload), zframe_size(payload), &msg, err, sizeof err) < 0) {
-        s_count(self, CF_NODE_MESSAGES_MALFORMED);
+        cf_nactor_count(self, CF_NODE_MESSAGES_MALFORMED);
         cf_log_warn("node", "dropped a malformed message from %s: %s", cf_peer_name(peer), err);
         zmsg_destroy(&zmsg);
         return;
     }
     zmsg_destroy(&zmsg);
-    s_count(self, CF_NODE_MESSAGES_RECEIVED);
+    cf_nactor_count(self, CF_NODE_MESSAGES_RECEIVED);
     s_handle_message(self, peer, &msg);
     cf_msg_clear(&msg);
 }
 
-static void s_handle_monitor(s_self_t *self, cf_peer_t *peer)
+static void s_handle_monitor(cf_nactor_t *self, cf_peer_t *peer)
 {
     cf_peer_event_t event = cf_peer_recv_monitor(peer);
     if (event == CF_PEER_LINKED)
         s_send_hello(self, peer, true);
     else if (event == CF_PEER_REFUSED)
-        s_count(self, CF_NODE_CONNECT_AUTH_FAILED);
+        cf_nactor_count(self, CF_NODE_CONNECT_AUTH_FAILED);
 }
 
-static void s_handle_beacon(s_self_t *self)
+static void s_handle_beacon(cf_nactor_t *self)
 {
     char *address = zstr_recv(self->beacon);
     zframe_t *frame = address ? zframe_recv(self->beacon) : NULL;
@@ -552,25 +469,26 @@ static void s_handle_beacon(s_self_t *self)
             [CF_BEACON_BAD_MAC] = CF_NODE_BEACONS_BAD_MAC,
             [CF_BEACON_REPLAYED] = CF_NODE_BEACONS_REPLAYED,
         };
-        s_count(self, CF_NODE_BEACONS_REJECTED);
-        s_count(self, which[status]);
+        cf_nactor_count(self, CF_NODE_BEACONS_REJECTED);
+        cf_nactor_count(self, which[status]);
         cf_log_debug("node", "dropped a beacon from %s: %s", address,
                      cf_beacon_status_name(status));
         free(address);
         return;
     }
-    s_count(self, CF_NODE_BEACONS_ACCEPTED);
+    cf_nactor_count(self, CF_NODE_BEACONS_ACCEPTED);
     char control[280], http[280] = "";
     snprintf(control, sizeof control, "tcp://%s:%u", address, beacon.control_port);
     if (beacon.http_port)
         snprintf(http, sizeof http, "http://%s:%u", address, beacon.http_port);
-    cf_peer_t *peer = s_peer_learn(self, beacon.node_id, key, control, http, CF_PEER_FROM_BEACON);
+    cf_peer_t *peer =
+        cf_nactor_peer_learn(self, beacon.node_id, key, control, http, CF_PEER_FROM_BEACON);
     if (peer)
         cf_peer_set_beacon_ts(peer, beacon.timestamp_ms);
     free(address);
 }
 
-static void s_send_beacon(s_self_t *self)
+static void s_send_beacon(cf_nactor_t *self)
 {
     cf_beacon_t beacon = {.control_port = (uint16_t)self->cfg->control_port,
                           .http_port = (uint16_t)self->cfg->http_port,
@@ -583,120 +501,12 @@ static void s_send_beacon(s_self_t *self)
     /* A fresh timestamp (and MAC) on every beacon; PUBLISH sends at once. */
     zsock_send(self->beacon, "sbi", "PUBLISH", frame, sizeof frame,
                self->cfg->beacon_interval_ms * 4);
-    s_count(self, CF_NODE_BEACONS_SENT);
-}
-
-static void s_handle_election(s_self_t *self)
-{
-    char *command = NULL, *holder = NULL;
-    int held = 0;
-    uint64_t epoch = 0;
-    zmsg_t *msg = zmsg_recv(self->election);
-    if (!msg)
-        return;
-    command = zmsg_popstr(msg);
-    if (command && !strcmp(command, "DB")) {
-        char *flag = zmsg_popstr(msg);
-        self->db_reachable = flag && flag[0] == '1';
-        free(flag);
-        self->dirty = true;
-    } else if (command && !strcmp(command, "LEASE")) {
-        char *held_text = zmsg_popstr(msg);
-        holder = zmsg_popstr(msg);
-        char *epoch_text = zmsg_popstr(msg); /* czmq sends '8' as decimal text */
-        held = held_text && held_text[0] == '1';
-        epoch = epoch_text ? strtoull(epoch_text, NULL, 10) : 0;
-        free(epoch_text);
-        free(held_text);
-        s_see_epoch(self, epoch);
-        if (held && !(self->leader && self->my_epoch == epoch) && epoch >= self->highest_epoch) {
-            self->leader = true;
-            self->my_epoch = epoch;
-            snprintf(self->coordinator, sizeof self->coordinator, "%s", self->my_id);
-            s_count(self, CF_NODE_ELECTIONS_WON);
-            cf_log_info("node", "this node is the coordinator, epoch %" PRIu64, epoch);
-            /* Tell everyone now, and record the departures seen so far. */
-            for (cf_peer_t *peer = zhashx_first(self->peers); peer;
-                 peer = zhashx_next(self->peers)) {
-                s_send_leader(self, peer);
-                if (cf_peer_state(peer) == CF_PEER_GONE)
-                    s_queue_gone(self, peer);
-            }
-            self->next_view = 0;
-        } else if (!held) {
-            if (self->leader) {
-                self->leader = false;
-                s_count(self, CF_NODE_LEASES_LOST);
-            }
-            if (epoch >= self->highest_epoch && holder)
-                snprintf(self->coordinator, sizeof self->coordinator, "%s", holder);
-        }
-        s_set_shared_epoch(self);
-        self->dirty = true;
-    }
-    free(command);
-    free(holder);
-    zmsg_destroy(&msg);
-}
-
-static void s_handle_registry(s_self_t *self)
-{
-    zmsg_t *msg = zmsg_recv(self->registry);
-    if (!msg)
-        return;
-    char *command = zmsg_popstr(msg);
-    if (command && !strcmp(command, "PEER") && zmsg_size(msg) == 9) {
-        char *id = zmsg_popstr(msg), *key = zmsg_popstr(msg), *control = zmsg_popstr(msg);
-        char *http = zmsg_popstr(msg), *caps = zmsg_popstr(msg);
-        char *free_slots = zmsg_popstr(msg), *in_flight = zmsg_popstr(msg);
-        char *state = zmsg_popstr(msg);
-        uint8_t raw[32];
-        if (id && key && control && http && caps && cf_key_from_z85(key, raw) == 0 &&
-            cf_proto_is_uuid(id, strlen(id))) {
-            cf_peer_t *peer = s_peer_learn(self, id, key, control, http, CF_PEER_FROM_REGISTRY);
-            if (peer)
-                cf_peer_take_registry(peer, caps, free_slots ? atoi(free_slots) : 0,
-                                      in_flight ? atoi(in_flight) : 0);
-        }
-        free(id);
-        free(key);
-        free(control);
-        free(http);
-        free(caps);
-        free(free_slots);
-        free(in_flight);
-        free(state);
-    } else if (command && !strcmp(command, "REJECTED")) {
-        s_count(self, CF_NODE_REGISTRY_REJECTED);
-    }
-    free(command);
-    zmsg_destroy(&msg);
-}
-
-static void s_handle_fence(s_self_t *self)
-{
-    char *command = NULL, *kind = NULL, *verdict = NULL, *subject = NULL;
-    uint64_t epoch = 0;
-    if (zsock_recv(self->fence, "sss8s", &command, &kind, &verdict, &epoch, &subject) < 0)
-        return;
-    if (command && !strcmp(command, "FENCE") && verdict) {
-        if (self->fence_pending > 0)
-            self->fence_pending--;
-        if (!strcmp(verdict, "passed"))
-            s_count(self, CF_NODE_FENCED_WRITES_APPLIED);
-        else if (!strcmp(verdict, "stale"))
-            s_count(self, CF_NODE_FENCED_WRITES_REJECTED);
-        self->dirty = true;
-    }
-    free(command);
-    free(kind);
-    free(verdict);
-    free(subject);
+    cf_nactor_count(self, CF_NODE_BEACONS_SENT);
 }
 
 /* The calibration actor said it is done: take the figures, tell peers and
  * the registry, and let it end. */
-static void s_handle_calibration(s_self_t *self)
+static void s_handle_calibration(cf_nactor_t *self)
 {
     char *result = zstr_recv(self->calibration);
     cf_caps_t *caps =
@@ -718,10 +528,10 @@ static void s_handle_calibration(s_self_t *self)
 
 static void s_add_static_peer(const char *key, const char *control_endpoint, void *arg)
 {
-    s_peer_learn(arg, NULL, key, control_endpoint, NULL, CF_PEER_FROM_STATIC);
+    cf_nactor_peer_learn(arg, NULL, key, control_endpoint, NULL, CF_PEER_FROM_STATIC);
 }
 
-static int s_self_start(s_self_t *self, char *err, size_t errlen)
+static int s_self_start(cf_nactor_t *self, char *err, size_t errlen)
 {
     cf_node_config_t *cfg = self->cfg;
     self->shutdown_fd = eventfd(0, EFD_CLOEXEC);
@@ -820,7 +630,11 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
         .secret = self->secret,
         .interval_ms = cfg->heartbeat_ms,
         .max_age_ms = 3 * cfg->peer_grace_ms > 15000 ? 3 * cfg->peer_grace_ms : 15000,
-        .read_peers = cfg->registry_discovery,
+        /* Rows are read in any case: they tell every peer's liveness. */
+        .read_peers = true,
+        .grace_ms = cfg->peer_grace_ms > 2 * cfg->heartbeat_ms + 1000
+                        ? cfg->peer_grace_ms
+                        : 2 * cfg->heartbeat_ms + 1000,
         .interrupt_fd = self->shutdown_fd,
     };
     self->registry = cf_discovery_new(&registry);
@@ -830,7 +644,11 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
                                    .ttl_ms = cfg->lease_ttl_ms,
                                    .interrupt_fd = self->shutdown_fd};
     self->election = cf_election_new(&election);
-    self->fence = cf_election_fence_new(cfg->database_url, self->shutdown_fd);
+    /* No state pool yet: the coordinator writes segments and compositions
+     * when distributed rendering lands (cf_election_fence.h). */
+    cf_election_fence_args_t fence = {
+        .database_url = cfg->database_url, .pool = NULL, .interrupt_fd = self->shutdown_fd};
+    self->fence = cf_election_fence_new(&fence);
     if (!self->registry || !self->election || !self->fence) {
         snprintf(err, errlen, "cannot start the cluster threads");
         return -1;
@@ -845,7 +663,7 @@ static int s_self_start(s_self_t *self, char *err, size_t errlen)
 
 /* Leaves in bounded time: the lease is released and the registry row marked
  * left at the same time, each within 500 ms, while peers get a BYE. */
-static void s_self_stop(s_self_t *self)
+static void s_self_stop(cf_nactor_t *self)
 {
     /* Whatever the database threads wait for, they stop waiting now; the
      * lease release and the registry's "left" are then tried (500 ms each,
@@ -870,11 +688,11 @@ static void s_self_stop(s_self_t *self)
     zactor_destroy(&self->fence);
     zactor_destroy(&self->beacon);
     if (self->leader) {
-        s_count(self, CF_NODE_LEASES_LOST);
+        cf_nactor_count(self, CF_NODE_LEASES_LOST);
         self->coordinator[0] = '\0'; /* released */
     }
     self->leader = false;
-    s_set_shared_epoch(self);
+    cf_nactor_set_shared_epoch(self);
     if (self->started)
         s_publish(self); /* the final state: no longer coordinator */
     zhashx_destroy(&self->peers);
@@ -904,7 +722,7 @@ typedef enum {
     S_ITEM_WORK,
 } s_item_kind_t;
 
-static void s_handle_pipe(s_self_t *self)
+static void s_handle_pipe(cf_nactor_t *self)
 {
     char *command = zstr_recv(self->pipe);
     if (!command || !strcmp(command, "$TERM"))
@@ -912,7 +730,7 @@ static void s_handle_pipe(s_self_t *self)
     free(command);
 }
 
-static void s_run(s_self_t *self)
+static void s_run(cf_nactor_t *self)
 {
     enum { MAX_ITEMS = 8 + CF_PEER_TABLE_MAX };
     zmq_pollitem_t items[MAX_ITEMS];
@@ -953,6 +771,11 @@ static void s_run(s_self_t *self)
             wake = self->next_beacon;
         if (self->leader && self->next_view < wake)
             wake = self->next_view;
+        if (self->leader) {
+            int64_t lease_left = self->lease_deadline_ms - cf_election_clock_ms();
+            if (now + lease_left < wake)
+                wake = now + (lease_left > 0 ? lease_left : 0);
+        }
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (zmq_poll(items, n, timeout) < 0)
             break;
@@ -976,13 +799,13 @@ static void s_run(s_self_t *self)
                     s_handle_beacon(self);
                     break;
                 case S_ITEM_ELECTION:
-                    s_handle_election(self);
+                    cf_nactor_handle_election(self);
                     break;
                 case S_ITEM_REGISTRY:
-                    s_handle_registry(self);
+                    cf_nactor_handle_registry(self);
                     break;
                 case S_ITEM_FENCE:
-                    s_handle_fence(self);
+                    cf_nactor_handle_fence(self);
                     break;
                 case S_ITEM_CALIBRATION:
                     if (self->calibration)
@@ -1012,8 +835,12 @@ static void s_run(s_self_t *self)
             s_tick(self);
             self->next_tick = now + S_TICK_MS;
         }
+        /* The lease's deadline passed without a confirmed renewal: stop now,
+         * before the election says so (its report may be late). */
+        if (self->leader && cf_election_clock_ms() >= self->lease_deadline_ms)
+            cf_nactor_lose_lease(self, "its lease deadline passed");
         if (self->leader && now >= self->next_view) {
-            s_publish_view(self);
+            cf_nactor_publish_view(self);
             self->next_view =
                 now + (self->cfg->heartbeat_ms > 1000 ? self->cfg->heartbeat_ms : 1000);
         }
@@ -1025,16 +852,16 @@ static void s_run(s_self_t *self)
 void cf_node_actor(zsock_t *pipe, void *args)
 {
     cf_node_actor_args_t *init = args;
-    s_self_t self = {.pipe = pipe,
-                     .node = init->node,
-                     .cfg = init->cfg,
-                     .identity = init->identity,
-                     .secret = init->secret,
-                     .caps = init->caps,
-                     .db_reachable = false,
-                     .last_free_slots = -1,
-                     .last_in_flight = -1,
-                     .shutdown_fd = -1};
+    cf_nactor_t self = {.pipe = pipe,
+                        .node = init->node,
+                        .cfg = init->cfg,
+                        .identity = init->identity,
+                        .secret = init->secret,
+                        .caps = init->caps,
+                        .db_reachable = false,
+                        .last_free_slots = -1,
+                        .last_in_flight = -1,
+                        .shutdown_fd = -1};
     free(init);
     self.my_id = cf_identity_node_id(self.identity);
     self.link = (cf_peer_link_t){.node_id = self.my_id,

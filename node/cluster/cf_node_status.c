@@ -48,6 +48,13 @@ static const struct {
     [CF_NODE_WORK_REFUSED] = {"work_messages_refused",
                               "ASSIGN or CANCEL not from the coordinator of the current epoch, or "
                               "worker replies this node may not take"},
+    [CF_NODE_FENCED_WRITES_DROPPED] = {"fenced_writes_dropped",
+                                       "Queued coordinator writes dropped: deposed, or the "
+                                       "lease ran out first"},
+    [CF_NODE_ASSIGN_REFUSED] = {"assign_refused",
+                                "ASSIGN messages from a node that does not hold their epoch"},
+    [CF_NODE_LEASES_REFUSED] = {"leases_refused",
+                                "Leases won at an epoch another node announced, released"},
 };
 
 const char *cf_node_counter_name(cf_node_counter_t counter)

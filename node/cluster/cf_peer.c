@@ -43,6 +43,9 @@ struct cf_peer_t {
     int64_t reconnect_at_ms;
     int reconnect_delay_ms;
     int64_t connected_ms; /* when the DEALER was (re)created */
+    char liveness[8];     /* the registry's judgment, "" while unknown */
+    int64_t registry_age_ms;
+    unsigned liveness_round;
 };
 
 /* Monitor endpoints are inproc, so unique in the process. */
@@ -299,6 +302,32 @@ void cf_peer_take_registry(cf_peer_t *self, const char *caps_json, int free_slot
     }
 }
 
+bool cf_peer_set_liveness(cf_peer_t *self, const char *liveness, int64_t age_ms, unsigned round)
+{
+    bool changed = strcmp(self->liveness, liveness) != 0;
+    snprintf(self->liveness, sizeof self->liveness, "%s", liveness);
+    self->registry_age_ms = age_ms;
+    self->liveness_round = round;
+    return changed;
+}
+
+bool cf_peer_table_liveness_end(zhashx_t *peers, unsigned round, bool read)
+{
+    bool changed = false;
+    for (cf_peer_t *peer = zhashx_first(peers); peer; peer = zhashx_next(peers)) {
+        const char *now = peer->liveness;
+        if (!read)
+            now = "";
+        else if (peer->liveness_round != round && peer->liveness[0])
+            now = peer->state == CF_PEER_LEFT ? "left" : "gone";
+        if (strcmp(now, peer->liveness)) {
+            snprintf(peer->liveness, sizeof peer->liveness, "%s", now);
+            changed = true;
+        }
+    }
+    return changed;
+}
+
 json_t *cf_peer_to_json(const cf_peer_t *self, int64_t now)
 {
     json_t *sources = json_array();
@@ -309,8 +338,10 @@ json_t *cf_peer_to_json(const cf_peer_t *self, int64_t now)
     if (self->sources & CF_PEER_FROM_STATIC)
         json_array_append_new(sources, json_string("static"));
     json_t *caps = self->caps_hello ? self->caps_hello : self->caps_registry;
-    return json_pack("{s:s?, s:s, s:s, s:s, s:s, s:o, s:o, s:f, s:i, s:i, s:I, s:o}", "id",
-                     self->id[0] ? self->id : NULL, "state", s_state_names[self->state],
+    return json_pack("{s:s?, s:s, s:s, s:o, s:s, s:s, s:s, s:o, s:o, s:f, s:i, s:i, s:I, s:o}",
+                     "id", self->id[0] ? self->id : NULL, "state", s_state_names[self->state],
+                     "liveness", self->liveness[0] ? self->liveness : "unknown", "registry_age_ms",
+                     self->liveness[0] ? json_integer(self->registry_age_ms) : json_null(),
                      "control_endpoint", self->control_endpoint, "http_endpoint",
                      self->http_endpoint, "public_key", self->key, "discovered_by", sources,
                      "capabilities", caps ? json_incref(caps) : json_null(), "load", self->load,

@@ -121,7 +121,21 @@ void cf_peer_take_heartbeat(cf_peer_t *self, const cf_msg_heartbeat_t *heartbeat
  * and, until the peer is heard from, FREE_SLOTS and IN_FLIGHT. */
 void cf_peer_take_registry(cf_peer_t *self, const char *caps_json, int free_slots, int in_flight);
 
-/* The peer as it appears in the node's snapshot (cf_node.h), at NOW. */
+/* What the registry says of the peer in registry round ROUND: LIVENESS
+ * ("up", "gone" or "left", judged by the database clock) and the age of its
+ * row. True when its liveness changed. */
+bool cf_peer_set_liveness(cf_peer_t *self, const char *liveness, int64_t age_ms, unsigned round);
+
+/* Registry round ROUND is over. READ: it was read (else Postgres could not
+ * be reached, and every peer's liveness is unknown). A peer its round did
+ * not return any more, once known to the registry, is gone (left when it
+ * said BYE). True when a peer's liveness changed. */
+bool cf_peer_table_liveness_end(zhashx_t *peers, unsigned round, bool read);
+
+/* The peer as it appears in the node's snapshot (cf_node.h), at NOW:
+ * "state" is its control link (connecting, alive, gone, left), "liveness"
+ * the registry's judgment (up, gone, left, unknown), the cluster's one
+ * membership rule. */
 json_t *cf_peer_to_json(const cf_peer_t *self, int64_t now);
 
 /* Accessors. Strings are borrowed, valid until the peer changes. */

@@ -599,6 +599,7 @@ cf_executor_t *cf_executor_new(const cf_executor_options_t *opts, char *err, siz
         return NULL;
     }
     s_report_load(ex);
+    cf_node_set_executor(opts->node, true);
     return ex;
 }
 
@@ -607,6 +608,7 @@ void cf_executor_destroy(cf_executor_t **self_p)
     if (!self_p || !*self_p)
         return;
     cf_executor_t *ex = *self_p;
+    cf_node_set_executor(ex->opts.node, false);
     atomic_store(&ex->stop, true);
     pthread_join(ex->thread, NULL);
     pthread_mutex_destroy(&ex->lock);

@@ -56,14 +56,15 @@ for i in "${survivors[@]}"; do
     cfnet_wait 10 bash -c "[[ \$(jq -r '.coordinator + \" \" + (.epoch|tostring)' $(cfnet_status "$i")) == '$new_id $new_epoch' ]]" ||
         cl_fail "node $i does not follow the new coordinator"
 done
-# The dead node is gone for the survivors, and the new coordinator recorded
-# that in the registry under its own epoch.
+# The dead node is gone for the survivors (its link, and its liveness as
+# Postgres judges it), and the new coordinator recorded its departure in the
+# registry under its own epoch.
 for i in "${survivors[@]}"; do
-    cfnet_wait 15 bash -c "jq -e '.peers[] | select(.id == \"$old_id\") | .state == \"gone\"' $(cfnet_status "$i")" ||
+    cfnet_wait 15 bash -c "jq -e '.peers[] | select(.id == \"$old_id\") | .state == \"gone\" and .liveness == \"gone\"' $(cfnet_status "$i")" ||
         cl_fail "node $i does not see the old coordinator gone"
 done
 recorded_gone() {
-    [[ $(cfnet_psql -c "SELECT state || ' ' || gone_epoch FROM nodes WHERE id = '$old_id'") == "gone $new_epoch" ]]
+    [[ $(cfnet_psql -c "SELECT cf_node_liveness(state, last_seen, grace_ms) || ' ' || gone_epoch FROM nodes WHERE id = '$old_id'") == "gone $new_epoch" ]]
 }
 cfnet_wait 15 recorded_gone ||
     cl_fail "the registry does not record the old coordinator gone at epoch $new_epoch"

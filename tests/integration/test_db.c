@@ -423,14 +423,18 @@ static void test_segments_events(void **state)
         {1, 250, 500, NULL},
         {2, 500, 610, "[]"},
     };
-    assert_int_equal(cf_db_segments_create(db, id, 7, plan, 3, err, sizeof err), CF_DB_OK);
-    assert_int_equal(cf_db_segments_create(db, id, 7, plan, 3, err, sizeof err), CF_DB_CONFLICT);
-    assert_int_equal(cf_db_segments_create(db, "00000000-0000-0000-0000-000000000009", 7, plan, 3,
+    /* The local renderer writes at epoch 0; a coordinator's epoch must come
+     * with its fence (test_fencing.c). */
+    assert_int_equal(cf_db_segments_create(db, id, 7, plan, 3, err, sizeof err), CF_DB_INVALID);
+    assert_int_equal(cf_db_segments_create(db, id, 0, plan, 3, err, sizeof err), CF_DB_OK);
+    assert_int_equal(cf_db_segments_create(db, id, 0, plan, 3, err, sizeof err), CF_DB_CONFLICT);
+    assert_int_equal(cf_db_segments_create(db, "00000000-0000-0000-0000-000000000009", 0, plan, 3,
                                            err, sizeof err),
                      CF_DB_NOT_FOUND);
     cf_db_segment_update_t up = {
         .fields = CF_SEG_F_STATE | CF_SEG_F_NODE, .state = CF_SEG_ASSIGNED, .node_id = "node-a"};
-    assert_int_equal(cf_db_segment_update(db, id, 1, 7, &up, err, sizeof err), CF_DB_OK);
+    assert_int_equal(cf_db_segment_update(db, id, 1, 7, &up, err, sizeof err), CF_DB_INVALID);
+    assert_int_equal(cf_db_segment_update(db, id, 1, 0, &up, err, sizeof err), CF_DB_OK);
     up = (cf_db_segment_update_t){.fields = CF_SEG_F_STATE | CF_SEG_F_BLOB | CF_SEG_F_FPS |
                                             CF_SEG_F_TIMINGS,
                                   .state = CF_SEG_DONE,
@@ -439,23 +443,25 @@ static void test_segments_events(void **state)
                                   .encode_fps = 123.5,
                                   .fetch_ms = 10,
                                   .encode_ms = 2000};
-    assert_int_equal(cf_db_segment_update(db, id, 1, 7, &up, err, sizeof err), CF_DB_OK);
-    /* Done is final. */
+    assert_int_equal(cf_db_segment_update(db, id, 1, 0, &up, err, sizeof err), CF_DB_OK);
+    /* Done is final: neither its state nor its result changes again (the
+     * same done repeated, a lost answer, is no error). */
+    up.fields = CF_SEG_F_STATE | CF_SEG_F_BLOB;
+    assert_int_equal(cf_db_segment_update(db, id, 1, 0, &up, err, sizeof err), CF_DB_OK);
+    up.blob_hash = "other";
+    assert_int_equal(cf_db_segment_update(db, id, 1, 0, &up, err, sizeof err), CF_DB_ILLEGAL);
     up = (cf_db_segment_update_t){.fields = CF_SEG_F_STATE, .state = CF_SEG_PENDING};
-    assert_int_equal(cf_db_segment_update(db, id, 1, 7, &up, err, sizeof err), CF_DB_ILLEGAL);
-    /* A newer epoch writes segment 0; the old epoch is fenced off. */
+    assert_int_equal(cf_db_segment_update(db, id, 1, 0, &up, err, sizeof err), CF_DB_ILLEGAL);
     up = (cf_db_segment_update_t){
         .fields = CF_SEG_F_STATE | CF_SEG_F_NODE, .state = CF_SEG_ASSIGNED, .node_id = "node-b"};
-    assert_int_equal(cf_db_segment_update(db, id, 0, 8, &up, err, sizeof err), CF_DB_OK);
-    up.node_id = "node-stale";
-    assert_int_equal(cf_db_segment_update(db, id, 0, 7, &up, err, sizeof err), CF_DB_STALE);
-    assert_int_equal(cf_db_segment_update(db, id, 9, 8, &up, err, sizeof err), CF_DB_NOT_FOUND);
+    assert_int_equal(cf_db_segment_update(db, id, 0, 0, &up, err, sizeof err), CF_DB_OK);
+    assert_int_equal(cf_db_segment_update(db, id, 9, 0, &up, err, sizeof err), CF_DB_NOT_FOUND);
 
     cf_db_segment_t *segs = NULL;
     int n = 0;
     assert_int_equal(cf_db_segments_list(db, id, &segs, &n, err, sizeof err), CF_DB_OK);
     assert_int_equal(n, 3);
-    assert_int_equal(segs[0].epoch, 8);
+    assert_int_equal(segs[0].epoch, 0);
     assert_string_equal(segs[0].node_id, "node-b");
     assert_int_equal(segs[0].attempts, 1);
     assert_int_equal(segs[1].state, CF_SEG_DONE);
@@ -565,7 +571,7 @@ static void test_retention_purge(void **state)
         PQclear(res);
     }
     cf_db_segment_plan_t plan = {0, 0, 10, NULL};
-    assert_int_equal(cf_db_segments_create(db, done_old, 1, &plan, 1, err, sizeof err), CF_DB_OK);
+    assert_int_equal(cf_db_segments_create(db, done_old, 0, &plan, 1, err, sizeof err), CF_DB_OK);
     cf_db_purged_t *purged = NULL;
     int n = 0;
     assert_int_equal(cf_db_purge_expired(db, CF_DB_KEEP_COMPLETED_S, CF_DB_KEEP_FAILED_S,

@@ -105,10 +105,14 @@ static void s_lease_lifecycle(void **state)
     assert_string_equal(lease.holder, S_A);
     assert_int_equal(lease.epoch, 1);
     assert_true(lease.remaining_ms > 0);
-    /* A renewal with a wrong epoch is no renewal. */
-    assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 7, 2000, &lease, 3000, err, sizeof err),
+    /* Another process of node A (another token) cannot renew A's lease. */
+    cf_db_cluster_t *a2 = cf_db_cluster_new(s_url);
+    assert_string_not_equal(cf_db_cluster_token(a), cf_db_cluster_token(a2));
+    assert_int_equal(cf_db_cluster_lease_acquire(a2, S_A, 1, 2000, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_false(lease.held);
+    assert_string_equal(lease.holder, S_A);
+    cf_db_cluster_destroy(&a2);
 
     /* Once it expires, B takes it and the epoch goes up; A's renewal fails. */
     assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 1, 300, &lease, 3000, err, sizeof err),
@@ -147,12 +151,17 @@ static void s_lease_lifecycle(void **state)
     assert_true(lease.held);
     assert_int_equal(lease.epoch, 3);
 
-    /* A holder that lost track of its epoch (renewal not confirmed) renews
-     * an unexpired lease only with the right epoch. */
-    assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 3, 2000, &lease, 3000, err, sizeof err),
+    /* A holder that lost track of its epoch (a renewal not confirmed)
+     * renews its unexpired lease by its token, whatever epoch it thought. */
+    assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 0, 2000, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_true(lease.held);
     assert_int_equal(lease.epoch, 3);
+    /* One that has seen a higher epoch in use is bumped above it. */
+    assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 7, 2000, &lease, 3000, err, sizeof err),
+                     CF_DBC_OK);
+    assert_true(lease.held);
+    assert_int_equal(lease.epoch, 8);
     cf_db_cluster_destroy(&a);
     cf_db_cluster_destroy(&b);
 }
@@ -276,69 +285,107 @@ static void s_registry(void **state)
 static void s_fenced_writes(void **state)
 {
     s_reset_lease();
-    cf_db_cluster_t *db = cf_db_cluster_new(s_url);
+    cf_db_cluster_t *db = cf_db_cluster_new(s_url), *b_db = cf_db_cluster_new(s_url);
     char err[512];
     s_upsert(db, S_B, false);
     s_upsert(db, S_C, false);
+    /* C stopped heartbeating: its row is older than its grace. */
+    s_exec("UPDATE nodes SET last_seen = now() - interval '1 minute' "
+           "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     cf_db_lease_t lease;
     /* A holds epoch 1, then B takes over at epoch 2 after expiry. */
     assert_int_equal(cf_db_cluster_lease_acquire(db, S_A, 0, 200, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_int_equal(lease.epoch, 1);
+    cf_fence_token_t a1 = {.epoch = 1}, a2 = {.epoch = 2}, b2 = {.epoch = 2};
+    snprintf(a1.holder, sizeof a1.holder, "%s", S_A);
+    snprintf(a2.holder, sizeof a2.holder, "%s", S_A);
+    snprintf(b2.holder, sizeof b2.holder, "%s", S_B);
     cf_dbc_fence_t fence;
-    bool changed;
-    assert_int_equal(
-        cf_db_cluster_mark_gone(db, 1, S_A, S_C, &fence, &changed, 3000, err, sizeof err),
-        CF_DBC_OK);
+    char *gone = NULL;
+    assert_int_equal(cf_db_cluster_sweep_gone(db, &a1, &fence, &gone, 3000, err, sizeof err),
+                     CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_PASSED);
-    assert_true(changed);
-    s_upsert(db, S_C, false); /* C comes back */
+    assert_non_null(gone);
+    assert_string_equal(gone, S_C);
+    free(gone);
+    /* Its absence is recorded once, however often coordinators sweep. */
+    assert_int_equal(cf_db_cluster_sweep_gone(db, &a1, &fence, &gone, 3000, err, sizeof err),
+                     CF_DBC_OK);
+    assert_int_equal(fence, CF_DBC_FENCE_PASSED);
+    assert_null(gone);
+    s_upsert(db, S_C, false); /* C comes back: up by the database clock */
+    cf_db_node_t one;
+    assert_int_equal(cf_db_cluster_node_get(db, S_C, &one, NULL, 3000, err, sizeof err), CF_DBC_OK);
+    assert_string_equal(one.state, "up");
+    cf_db_cluster_node_clear(&one);
+    /* ... and goes away again: its grace is 100 ms, it falls silent. */
+    s_exec("UPDATE nodes SET grace_ms = 100 WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     usleep(300 * 1000);
-    assert_int_equal(cf_db_cluster_lease_acquire(db, S_B, 0, 5000, &lease, 3000, err, sizeof err),
+    /* A's lease expired: even unchallenged, its token no longer writes. */
+    assert_int_equal(cf_db_cluster_publish_view(db, &a1, "{}", &fence, 3000, err, sizeof err),
+                     CF_DBC_OK);
+    assert_int_equal(fence, CF_DBC_FENCE_STALE);
+    assert_int_equal(cf_db_cluster_lease_acquire(b_db, S_B, 0, 5000, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_int_equal(lease.epoch, 2);
 
-    /* A's late writes under epoch 1: refused, nothing changed. */
-    assert_int_equal(
-        cf_db_cluster_mark_gone(db, 1, S_A, S_C, &fence, &changed, 3000, err, sizeof err),
-        CF_DBC_OK);
+    /* A's late sweep under epoch 1 is refused. */
+    assert_int_equal(cf_db_cluster_sweep_gone(db, &a1, &fence, &gone, 3000, err, sizeof err),
+                     CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_STALE);
-    assert_false(changed);
-    char *state_c = s_query("SELECT state || ' ' || gone_epoch FROM nodes "
+    assert_null(gone);
+    char *state_c = s_query("SELECT gone_epoch FROM nodes "
                             "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
-    assert_string_equal(state_c, "up 1");
+    assert_string_equal(state_c, "1");
     free(state_c);
-    assert_int_equal(
-        cf_db_cluster_publish_view(db, 1, S_A, "[\"stale\"]", &fence, 3000, err, sizeof err),
-        CF_DBC_OK);
+    assert_int_equal(cf_db_cluster_publish_view(db, &a1, "{}", &fence, 3000, err, sizeof err),
+                     CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_STALE);
     /* Nor can anyone write under the right epoch in another's name. */
-    assert_int_equal(
-        cf_db_cluster_publish_view(db, 2, S_A, "[\"forged\"]", &fence, 3000, err, sizeof err),
-        CF_DBC_OK);
+    assert_int_equal(cf_db_cluster_publish_view(db, &a2, "{}", &fence, 3000, err, sizeof err),
+                     CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_STALE);
 
-    /* B's writes under epoch 2 go through. */
+    /* B's writes under epoch 2 go through; the view is the registry's. */
     assert_int_equal(
-        cf_db_cluster_publish_view(db, 2, S_B, "[\"b\"]", &fence, 3000, err, sizeof err),
+        cf_db_cluster_publish_view(db, &b2, "{\"bbbbbbbb-0000-4000-8000-000000000002\": \"self\"}",
+                                   &fence, 3000, err, sizeof err),
         CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_PASSED);
     cf_db_view_t view;
     assert_int_equal(cf_db_cluster_view_get(db, &view, 3000, err, sizeof err), CF_DBC_OK);
     assert_string_equal(view.coordinator, S_B);
     assert_int_equal(view.epoch, 2);
-    assert_string_equal(view.members, "[\"b\"]");
+    /* C is gone by the database clock: not a member. */
+    assert_null(strstr(view.members, S_C));
+    assert_non_null(strstr(view.members, "\"link\": \"self\""));
     free(view.members);
-    assert_int_equal(
-        cf_db_cluster_mark_gone(db, 2, S_B, S_C, &fence, &changed, 3000, err, sizeof err),
-        CF_DBC_OK);
+    assert_int_equal(cf_db_cluster_sweep_gone(db, &b2, &fence, &gone, 3000, err, sizeof err),
+                     CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_PASSED);
-    assert_true(changed);
+    assert_string_equal(gone, S_C);
+    free(gone);
     state_c = s_query("SELECT state || ' ' || gone_epoch || ' ' || gone_by FROM nodes "
                       "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
-    assert_string_equal(state_c, "gone 2 bbbbbbbb-0000-4000-8000-000000000002");
+    /* The stored state stays the node's own word: liveness is computed. */
+    assert_string_equal(state_c, "up 2 bbbbbbbb-0000-4000-8000-000000000002");
     free(state_c);
+    int64_t gone_epoch = 0;
+    assert_int_equal(cf_db_cluster_node_get(db, S_C, &one, &gone_epoch, 3000, err, sizeof err),
+                     CF_DBC_OK);
+    assert_string_equal(one.state, "gone");
+    assert_int_equal(gone_epoch, 2);
+    cf_db_cluster_node_clear(&one);
+    /* Its own heartbeat brings it back without touching the record. */
+    s_upsert(db, S_C, false);
+    assert_int_equal(cf_db_cluster_node_get(db, S_C, &one, &gone_epoch, 3000, err, sizeof err),
+                     CF_DBC_OK);
+    assert_string_equal(one.state, "up");
+    assert_int_equal(gone_epoch, 2);
+    cf_db_cluster_node_clear(&one);
     cf_db_cluster_destroy(&db);
+    cf_db_cluster_destroy(&b_db);
 }
 
 static int64_t s_ms(void)

@@ -620,14 +620,20 @@ static void s_protocol_with_fake_peer(void **state)
     }
     assert_true(answered);
 
-    /* F has seen epoch 5: N, at epoch 1, is no longer coordinator. */
+    /* F has seen epoch 5 in use, above N's lease row (epoch 1: as after a
+     * restore that reset the row). N stops acting at epoch 1 at once, and
+     * its election acquires above what was seen: epoch 6, never 5 again. */
     cf_msg_init(&msg, CF_MSG_HEARTBEAT);
     msg.heartbeat.epoch = 5;
     msg.heartbeat.free_slots = 8;
     s_fake_send(&f, &msg);
-    S_EVENTUALLY(s_snapshot_is(node, "worker", 5, NULL));
-    assert_false(cf_node_is_coordinator(node, NULL));
+    S_EVENTUALLY(s_snapshot_is(node, "coordinator", 6, node_id));
     assert_int_equal(cf_node_counter(node, CF_NODE_LEASES_LOST), 1);
+    char *lease_row = s_query("SELECT holder::text || ' ' || epoch FROM coordinator_lease");
+    char expect_row[64];
+    snprintf(expect_row, sizeof expect_row, "%s 6", node_id);
+    assert_string_equal(lease_row, expect_row);
+    free(lease_row);
 
     /* A LEADER of an older epoch is ignored and counted. */
     cf_msg_init(&msg, CF_MSG_LEADER);
@@ -635,13 +641,32 @@ static void s_protocol_with_fake_peer(void **state)
     snprintf(msg.leader.node_id, sizeof msg.leader.node_id, "%s", f.id);
     s_fake_send(&f, &msg);
     S_EVENTUALLY(cf_node_counter(node, CF_NODE_MESSAGES_STALE_EPOCH) == 1);
-    assert_false(s_snapshot_is(node, "worker", 5, f.id));
-    /* The current one is followed. */
+    /* An ASSIGN at N's own epoch from F, which does not hold it: refused,
+     * counted, not answered. */
+    cf_msg_init(&msg, CF_MSG_ASSIGN);
+    msg.assign.epoch = 6;
+    snprintf(msg.assign.composition, sizeof msg.assign.composition, "%s", f.id);
+    msg.assign.segment = 3;
+    msg.assign.frame_count = 10;
+    msg.assign.attempt = 1;
+    cf_msg_set_str(&msg.assign.encoder, "libx264");
+    cf_msg_set_str(&msg.assign.task, "{}");
+    s_fake_send(&f, &msg);
+    S_EVENTUALLY(cf_node_counter(node, CF_NODE_ASSIGN_REFUSED) == 1);
+
+    /* F takes the lease (made so in Postgres, the authority): N follows. */
+    char sql_f[256];
+    snprintf(sql_f, sizeof sql_f,
+             "UPDATE coordinator_lease SET epoch = 10, holder = '%s', holder_token = 'f',"
+             " expires_at = now() + interval '1 hour' RETURNING 1",
+             f.id);
+    free(s_query(sql_f));
     cf_msg_init(&msg, CF_MSG_LEADER);
-    msg.leader.epoch = 5;
+    msg.leader.epoch = 10;
     snprintf(msg.leader.node_id, sizeof msg.leader.node_id, "%s", f.id);
     s_fake_send(&f, &msg);
-    S_EVENTUALLY(s_snapshot_is(node, "worker", 5, f.id));
+    S_EVENTUALLY(s_snapshot_is(node, "worker", 10, f.id));
+    assert_false(cf_node_is_coordinator(node, NULL));
 
     /* Malformed: garbage, a two-frame message, a LEADER naming another node,
      * a HELLO claiming another id. Each dropped and counted. */
@@ -650,7 +675,7 @@ static void s_protocol_with_fake_peer(void **state)
     zmq_send(f.dealer, "a", 1, ZMQ_SNDMORE);
     zmq_send(f.dealer, "b", 1, 0);
     cf_msg_init(&msg, CF_MSG_LEADER);
-    msg.leader.epoch = 6;
+    msg.leader.epoch = 10;
     snprintf(msg.leader.node_id, sizeof msg.leader.node_id, "%s", node_id);
     s_fake_send(&f, &msg);
     cf_msg_init(&msg, CF_MSG_HELLO);
@@ -661,12 +686,12 @@ static void s_protocol_with_fake_peer(void **state)
     msg.hello.cores = 1;
     s_fake_send(&f, &msg);
     S_EVENTUALLY(cf_node_counter(node, CF_NODE_MESSAGES_MALFORMED) == malformed + 4);
-    assert_true(s_snapshot_is(node, "worker", 5, f.id));
+    assert_true(s_snapshot_is(node, "worker", 10, f.id));
 
-    /* ASSIGN at the current epoch: a REJECT comes back; at an older one:
-     * ignored. */
+    /* ASSIGN from the lease's holder at the current epoch: a REJECT comes
+     * back; at an older one: ignored. */
     cf_msg_init(&msg, CF_MSG_ASSIGN);
-    msg.assign.epoch = 4;
+    msg.assign.epoch = 9;
     snprintf(msg.assign.composition, sizeof msg.assign.composition, "%s", f.id);
     msg.assign.segment = 7;
     msg.assign.frame_count = 10;
@@ -675,7 +700,7 @@ static void s_protocol_with_fake_peer(void **state)
     cf_msg_set_str(&msg.assign.task, "{}");
     s_fake_send(&f, &msg);
     cf_msg_init(&msg, CF_MSG_ASSIGN);
-    msg.assign.epoch = 5;
+    msg.assign.epoch = 10;
     snprintf(msg.assign.composition, sizeof msg.assign.composition, "%s", f.id);
     msg.assign.segment = 9;
     msg.assign.frame_count = 10;
@@ -684,11 +709,12 @@ static void s_protocol_with_fake_peer(void **state)
     cf_msg_set_str(&msg.assign.task, "{}");
     s_fake_send(&f, &msg);
     assert_true(s_fake_recv(&f, CF_MSG_REJECT, &msg, 3000));
-    assert_int_equal(msg.reject.epoch, 5);
-    assert_int_equal(msg.reject.segment, 9); /* not 7: that one was stale */
+    assert_int_equal(msg.reject.epoch, 10);
+    assert_int_equal(msg.reject.segment, 9); /* not 7: that one was stale; not 3: refused */
     assert_string_equal(msg.reject.composition, f.id);
     cf_msg_clear(&msg);
     assert_int_equal(cf_node_counter(node, CF_NODE_MESSAGES_STALE_EPOCH), 2);
+    assert_int_equal(cf_node_counter(node, CF_NODE_ASSIGN_REFUSED), 1);
 
     /* BYE: F has left. */
     cf_msg_init(&msg, CF_MSG_BYE);
