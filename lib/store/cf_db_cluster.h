@@ -26,9 +26,10 @@
 #include "cf_db.h"
 
 typedef enum {
-    CF_DBC_OK = 0,
-    CF_DBC_UNAVAILABLE = -1, /* could not connect, timed out, connection lost */
-    CF_DBC_ERROR = -2,       /* the statement failed (a bug or bad data) */
+    /* The values of cf_rc.h: -1 failed, -6 unavailable, as in cf_db. */
+    CF_DBC_OK = CF_RC_OK,
+    CF_DBC_ERROR = CF_RC_ERROR,             /* the statement failed (a bug or bad data) */
+    CF_DBC_UNAVAILABLE = CF_RC_UNAVAILABLE, /* could not connect, timed out, connection lost */
 } cf_dbc_rc_t;
 
 typedef struct cf_db_cluster_t cf_db_cluster_t;
