@@ -14,7 +14,9 @@
 #include "cf_log.h"
 #include "cf_metrics.h"
 #include "cf_s3.h"
+#include "cf_blob_pull.h"
 #include "cf_coordinator.h"
+#include "cf_node.h"
 #include "cf_executor.h"
 #include "cf_peer_auth.h"
 #include "cf_source_cache.h"
@@ -44,7 +46,8 @@ struct cf_api_service_t {
     char **encoders;
     int encoder_count;
     char blob_dir[4096], work_dir[4096]; /* borrowed by the executor and coordinator */
-    cf_state_keeper_t *keeper;           /* housekeeping: on every node, rendering or not */
+    struct cf_node_t *node;
+    cf_state_keeper_t *keeper; /* housekeeping: on every node, rendering or not */
 };
 
 /* The source cache keeps its own counts: copied into the registry when
@@ -288,6 +291,43 @@ static int s_resolve_local_blob(void *arg, const char *ref, char *path, size_t p
     return cf_blob_path(arg, ref, path, pathlen, err, errlen);
 }
 
+/* blob: sources while planning: this node's store, else pulled from the
+ * live peers in turn (an upload lives on the node that took it). */
+static int s_resolve_cluster_blob(void *arg, const char *ref, char *path, size_t pathlen, char *err,
+                                  size_t errlen)
+{
+    cf_api_service_t *self = arg;
+    if (cf_blob_path(self->blobs, ref, path, pathlen, err, errlen) == 0)
+        return 0;
+    json_t *snap = self->node ? cf_node_snapshot(self->node) : NULL;
+    size_t i;
+    json_t *peer;
+    char why[512] = "no peer holds it";
+    json_array_foreach(json_object_get(snap, "peers"), i, peer)
+    {
+        const char *http = json_string_value(json_object_get(peer, "http_endpoint"));
+        const char *state = json_string_value(json_object_get(peer, "state"));
+        if (!http || !*http || !state || strcmp(state, "alive"))
+            continue;
+        char base[300];
+        snprintf(base, sizeof base, "%s%s", strncmp(http, "http", 4) ? "http://" : "", http);
+        cf_blob_pull_opts_t po;
+        cf_blob_pull_options_default(&po);
+        po.base_url = base;
+        po.sign = cf_peer_auth_sign;
+        po.sign_arg = &self->peer_auth;
+        po.max_tries = 2;
+        int rc = cf_blob_pull(&po, self->blobs, ref, NULL, why, sizeof why);
+        if (rc == CF_BLOB_PULL_OK) {
+            json_decref(snap);
+            return cf_blob_path(self->blobs, ref, path, pathlen, err, errlen);
+        }
+    }
+    json_decref(snap);
+    snprintf(err, errlen, "%s", why);
+    return -1;
+}
+
 /* The cluster's work on this node: the executor (every node) and the
  * coordinator (active while this node holds the lease). */
 static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_options_t *opts,
@@ -313,6 +353,7 @@ static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_opt
         }
         free(copy);
     }
+    self->node = opts->node;
     cf_render_opts_t fetch = {.policy = self->policy,
                               .s3 = self->s3,
                               .source_cache = self->sources,
@@ -346,6 +387,8 @@ static int s_start_cluster_work(cf_api_service_t *self, const cf_api_service_opt
     if (opts->redis_prefix)
         co.redis_prefix = opts->redis_prefix;
     co.prepare = fetch;
+    co.prepare.blob_resolver = s_resolve_cluster_blob;
+    co.prepare.blob_arg = self;
     if (!(self->coordinator = cf_coordinator_new(&co, err, errlen)))
         return -1;
     return 0;
