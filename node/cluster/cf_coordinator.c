@@ -436,7 +436,7 @@ static void s_intake(cf_coordinator_t *self)
 /* The task description a worker gets: the plan with only the sources its
  * task needs (the others are "-"), and where to pull blobs from. */
 static char *s_task_json(const cf_dbw_task_t *t, const char *plan_text, const cf_dbw_task_t *all,
-                         int all_count, s_view_t *view)
+                         int all_count, s_view_t *view, const cf_comp_t *dest)
 {
     char err[256];
     cf_plan_t *plan = cf_plan_from_json(plan_text, strlen(plan_text), err, sizeof err);
@@ -469,6 +469,13 @@ static char *s_task_json(const cf_dbw_task_t *t, const char *plan_text, const cf
     json_object_set_new(root, "plan", plan_obj);
     json_object_set_new(root, "kind", json_string(cf_task_kind_name(t->kind)));
     json_object_set_new(root, "index", json_integer(t->index));
+    if (t->kind == CF_TASK_ASSEMBLE && dest && dest->dest_s3_bucket) {
+        /* The assembler uploads the output where the composition says. */
+        json_object_set_new(root, "destination",
+                            json_pack("{s:s,s:s,s:s?}", "bucket", dest->dest_s3_bucket, "key",
+                                      dest->dest_s3_key ? dest->dest_s3_key : "", "profile",
+                                      dest->dest_s3_profile));
+    }
     if (t->kind == CF_TASK_ASSEMBLE) {
         /* Every segment and the audio, with the node that holds each. */
         json_t *pieces = json_array();
@@ -541,6 +548,20 @@ typedef struct {
     int failed_index;
     bool assemble_pending;
 } s_comp_t;
+
+/* The composition's spec (for its destination), or NULL. */
+static cf_comp_t *s_spec(cf_coordinator_t *self, const char *id)
+{
+    cf_db_composition_t comp;
+    memset(&comp, 0, sizeof comp);
+    char err[256];
+    cf_comp_t *spec = NULL;
+    if (cf_db_composition_get(self->opts.db, id, &comp, err, sizeof err) == CF_DB_OK &&
+        comp.spec_json)
+        spec = cf_comp_parse(comp.spec_json, strlen(comp.spec_json), NULL);
+    cf_db_composition_clear(&comp);
+    return spec;
+}
 
 /* Whether every segment and the audio of composition COMP are done (the
  * assembly can run). */
@@ -641,7 +662,9 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         cf_dbw_task_t *t = &tasks[st_task[r->assignments[a].task]];
         const char *node = view->members[r->assignments[a].node].id;
         char *plan = cf_dbw_plan_json(self->opts.db, t->composition, err, sizeof err);
-        char *task_json = plan ? s_task_json(t, plan, tasks, count, view) : NULL;
+        cf_comp_t *spec = t->kind == CF_TASK_ASSEMBLE ? s_spec(self, t->composition) : NULL;
+        char *task_json = plan ? s_task_json(t, plan, tasks, count, view, spec) : NULL;
+        cf_comp_destroy(&spec);
         free(plan);
         int attempt = 0;
         if (!task_json) {
@@ -939,6 +962,15 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
                                   (plan->output.fps_num > 0 ? plan->output.fps_num : 1);
                 cf_db_output_t out = {location, (int64_t)m->size_bytes, duration, hex};
                 zhashx_delete(self->frames_sent, m->composition);
+                /* The assembler uploaded it where the composition asked. */
+                cf_comp_t *spec = s_spec(self, m->composition);
+                if (spec && spec->dest_s3_bucket) {
+                    char s3[1200];
+                    snprintf(s3, sizeof s3, "s3://%s/%s", spec->dest_s3_bucket,
+                             spec->dest_s3_key ? spec->dest_s3_key : "");
+                    cf_db_composition_set_s3_location(db, m->composition, s3, err, sizeof err);
+                }
+                cf_comp_destroy(&spec);
                 if (cf_dbw_complete(db, f, m->composition, &out, err, sizeof err) == CF_DB_OK) {
                     S_COUNT(self, completed);
                     cf_log_info("coordinator", "%s: completed on %.8s (%llu bytes)", m->composition,
@@ -951,8 +983,23 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
         case CF_MSG_FAILED: {
             const cf_msg_failed_t *m = &msg->failed;
             bool failed = false;
-            cf_dbw_retry(db, f, m->composition, (int)m->segment, from, (int)m->attempt, true,
-                         m->reason, &failed, err, sizeof err);
+            int rrc = cf_dbw_retry(db, f, m->composition, (int)m->segment, from, (int)m->attempt,
+                                   true, m->reason, &failed, err, sizeof err);
+            if (rrc == CF_DB_OK && !m->retryable) {
+                /* Trying again cannot help (a refused upload): the reason
+                 * reads "CODE: message". */
+                char code[64] = "render_failed";
+                const char *message = m->reason;
+                const char *colon = strstr(m->reason, ": ");
+                if (colon && colon - m->reason < (long)sizeof code &&
+                    strspn(m->reason, "abcdefghijklmnopqrstuvwxyz0123456789_") ==
+                        (size_t)(colon - m->reason)) {
+                    snprintf(code, sizeof code, "%.*s", (int)(colon - m->reason), m->reason);
+                    message = colon + 2;
+                }
+                if (cf_dbw_fail(db, f, m->composition, code, message, err, sizeof err) == CF_DB_OK)
+                    S_COUNT(self, failed);
+            }
             s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt);
             zhashx_delete(self->sent, key);
             S_COUNT(self, retried);

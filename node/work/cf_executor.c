@@ -21,6 +21,7 @@
 #include "cf_node.h"
 #include "cf_plan.h"
 #include "cf_render_stages.h"
+#include "cf_s3.h"
 #include "cf_work_bus.h"
 
 #define S_PROGRESS_MS 500
@@ -217,6 +218,55 @@ static int s_resolve_blob(void *arg, const char *ref, char *path, size_t pathlen
     return -1;
 }
 
+/* FAILED with RETRYABLE as given. */
+static void s_reply_failed(zsock_t *out, const s_run_t *run, const char *reason, bool retryable)
+{
+    cf_msg_t msg;
+    cf_msg_init(&msg, CF_MSG_FAILED);
+    char why[256];
+    msg.failed.epoch = run->epoch;
+    msg.failed.segment = (uint64_t)run->index;
+    msg.failed.attempt = (uint64_t)run->attempt;
+    snprintf(msg.failed.composition, sizeof msg.failed.composition, "%s", run->comp);
+    s_reason(reason, why, sizeof why);
+    cf_msg_set_str(&msg.failed.reason, why);
+    msg.failed.retryable = retryable;
+    cf_work_bus_send(out, run->coordinator, &msg);
+    cf_msg_clear(&msg);
+}
+
+/* The assembly's output goes to DEST ({"bucket", "key", "profile"}) when
+ * the composition names one. Returns 0, or -1 with "s3_upload_failed: ..."
+ * in err. */
+static int s_upload(cf_executor_t *ex, s_run_t *run, json_t *dest, const cf_render_piece_t *piece,
+                    char *err, size_t errlen)
+{
+    const char *bucket = json_string_value(json_object_get(dest, "bucket"));
+    const char *key = json_string_value(json_object_get(dest, "key"));
+    const char *profile = json_string_value(json_object_get(dest, "profile"));
+    if (!bucket)
+        return 0;
+    char path[4096], why[768], code[64] = "";
+    if (!ex->opts.fetch.s3) {
+        snprintf(err, errlen,
+                 "s3_upload_failed: S3 is not configured on the node that holds the output");
+        return -1;
+    }
+    if (cf_blob_path(ex->opts.blobs, piece->blob, path, sizeof path, why, sizeof why) < 0) {
+        snprintf(err, errlen, "s3_upload_failed: %s", why);
+        return -1;
+    }
+    cf_s3_transfer_t t = {.cancel = &run->cancel};
+    if (cf_s3_upload(ex->opts.fetch.s3, profile, bucket, key ? key : "", path, &t, code, why,
+                     sizeof why) < 0) {
+        snprintf(err, errlen, "s3_upload_failed: upload to s3://%s/%s failed: %s", bucket,
+                 key ? key : "", why);
+        return -1;
+    }
+    cf_log_info("executor", "%s: uploaded to s3://%s/%s", run->comp, bucket, key ? key : "");
+    return 0;
+}
+
 /* ------------------------------------------------------------------ a task */
 
 static void *s_run_thread(void *arg)
@@ -232,7 +282,7 @@ static void *s_run_thread(void *arg)
     const char **local = NULL;
     cf_render_piece_t *pieces = NULL, audio = {0};
     int64_t last_sent = 0, frames = 0;
-    bool finished = false;
+    bool finished = false, refused = false;
     char *plan_text = root ? json_dumps(json_object_get(root, "plan"), JSON_COMPACT) : NULL;
     if (!out || !root || !plan_text ||
         !(plan = cf_plan_from_json(plan_text, strlen(plan_text), err, sizeof err))) {
@@ -342,6 +392,13 @@ static void *s_run_thread(void *arg)
                 frames = ev.frames;
                 break;
             case CF_TASK_DONE:
+                if (run->kind == CF_TASK_ASSEMBLE &&
+                    s_upload(ex, run, json_object_get(root, "destination"), &ev.piece, err,
+                             sizeof err) < 0) {
+                    refused = true; /* not worth another attempt */
+                    finished = true;
+                    break;
+                }
                 s_reply(out, run, CF_MSG_DONE, NULL, 0, &ev.piece);
                 pthread_mutex_lock(&ex->lock);
                 ex->stats.done++;
@@ -380,7 +437,7 @@ end:
                     cf_task_kind_name(run->kind), cancelled ? "cancelled" : "failed", err);
         s_count_end(ex, run, cancelled ? "cancelled" : "failed", 0);
         if (out && !cancelled)
-            s_reply(out, run, CF_MSG_FAILED, err, 0, NULL);
+            s_reply_failed(out, run, err, !refused);
     }
     cf_task_destroy(&task);
     free(local);
