@@ -121,6 +121,8 @@ echo "2. node killed mid-render: completed by the other node"
 
 # ---------------------------------------------------------------- 3. graceful stop
 B=$API_URL_b
+b_id=$(curl -sf "$B/api/v1/cluster" | jq -r .node_id)
+[[ -n $b_id && $b_id != null ]] || fail "no node id for b"
 id=$(submit "$B" "$(long_json stopped)") || exit 1
 wait_encoding "$id"
 api_node_stop b
@@ -131,7 +133,9 @@ api_node_stop b
           AND type = 'status' ORDER BY id DESC LIMIT 1") == "encoding node_stopped" ]] \
     || fail "no hand-back event: $(sql "SELECT payload FROM events WHERE composition_id = '$id' AND type = 'status'")"
 rcli LRANGE "${P}q:default" 0 -1 | grep -q "^d:$id:" || fail "not on the intake list: $(rcli LRANGE "${P}q:default" 0 -1)"
-for list in $(rcli --scan --pattern "${P}q:proc:*"); do
+# b's own processing lists (a's, killed in 2., are the reaper's until its
+# heartbeat key expires).
+for list in $(rcli --scan --pattern "${P}q:proc:${b_id}-*"); do
     [[ $(rcli LLEN "$list") == 0 ]] || fail "$list still holds $(rcli LRANGE "$list" 0 -1)"
 done
 api_node_start b "${flags[@]}"
