@@ -121,7 +121,8 @@ echo "2. node killed mid-render: completed by the other node"
 
 # ---------------------------------------------------------------- 3. graceful stop
 B=$API_URL_b
-b_id=$(curl -sf "$B/api/v1/cluster" | jq -r .node_id)
+api_curl "$B/api/v1/cluster"
+b_id=$(jq -r .node_id <<<"$body")
 [[ -n $b_id && $b_id != null ]] || fail "no node id for b"
 id=$(submit "$B" "$(long_json stopped)") || exit 1
 wait_encoding "$id"
