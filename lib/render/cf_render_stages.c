@@ -434,7 +434,11 @@ static int s_piece_path(cf_blob_store_t *store, const cf_render_piece_t *piece, 
         snprintf(err, errlen, "%s: %s", what, why);
         return -1;
     }
-    if (stat(path, &st) < 0 || (uint64_t)st.st_size != piece->bytes) {
+    if (stat(path, &st) < 0) {
+        snprintf(err, errlen, "%s: blob:%s: %s", what, piece->blob, strerror(errno));
+        return -1;
+    }
+    if ((uint64_t)st.st_size != piece->bytes) {
         snprintf(err, errlen, "%s: blob:%s holds %lld bytes, %llu expected", what, piece->blob,
                  (long long)st.st_size, (unsigned long long)piece->bytes);
         return -1;

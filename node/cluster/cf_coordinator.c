@@ -25,6 +25,7 @@
 #include "cf_work_bus.h"
 
 #define S_PROGRESS_WRITE_MS 1000
+#define S_SILENCE_MS        30000 /* an encoding task unheard of this long is retried */
 
 /* What the coordinator remembers of a task it sent (lost with it: a new
  * coordinator voids every assignment anyway). */
@@ -93,9 +94,12 @@ void cf_coordinator_options_default(cf_coordinator_options_t *opts)
     opts->tick_ms = 100;
 }
 
-static void s_key(char *out, size_t outlen, const char *comp, int index, int attempt)
+/* The key of an assignment: composition, task, attempt and node (an
+ * attempt not counted is reissued to another node under the same number). */
+static void s_key(char *out, size_t outlen, const char *comp, int index, int attempt,
+                  const char *node)
 {
-    snprintf(out, outlen, "%s/%d/%d", comp, index, attempt);
+    snprintf(out, outlen, "%s/%d/%d/%s", comp, index, attempt, node ? node : "");
 }
 
 /* ------------------------------------------------------------------ planning */
@@ -171,8 +175,15 @@ static void *s_plan_thread(void *arg)
         rc = -1;
         goto end;
     }
-    rc = cf_dbw_plan(db, &p->fence, p->id, plan_json, s_encoder_name(&plan->output), tasks, count,
-                     err, sizeof err);
+    /* Postgres away: keep the plan and try again (for a lease TTL or so; a
+     * successor replans what is left in planning). */
+    for (int tries = 0; tries < 10 && !atomic_load(&p->cancel); tries++) {
+        rc = cf_dbw_plan(db, &p->fence, p->id, plan_json, s_encoder_name(&plan->output), tasks,
+                         count, err, sizeof err);
+        if (rc != CF_DB_UNAVAILABLE)
+            break;
+        zclock_sleep(1000);
+    }
     if (rc == CF_DB_OK) {
         S_COUNT(self, planned);
         cf_log_info("coordinator", "%s: planned %lld frames in %d segments (%s)", p->id,
@@ -219,6 +230,7 @@ typedef struct {
     char id[37];
     char http[260];
     bool alive;
+    bool gone; /* known to have gone or left (not merely still connecting) */
     int slots, cores;
     int encoder_count;
     const char *encoders[16];
@@ -285,6 +297,7 @@ static int s_view(cf_coordinator_t *self, s_view_t *view)
         snprintf(m->http, sizeof m->http, "%s",
                  json_string_value(json_object_get(p, "http_endpoint")) ?: "");
         m->alive = state && !strcmp(state, "alive");
+        m->gone = state && (!strcmp(state, "gone") || !strcmp(state, "left"));
         s_member_caps(m, json_object_get(p, "capabilities"));
     }
     return 0;
@@ -363,7 +376,7 @@ static void s_intake(cf_coordinator_t *self)
         if (cf_db_composition_get(self->opts.db, item.id, &comp, err, sizeof err) == CF_DB_OK &&
             comp.spec_json) {
             cf_comp_t *spec = cf_comp_parse(comp.spec_json, strlen(comp.spec_json), NULL);
-            s_view_t view;
+            s_view_t view = {0};
             if (spec && s_view(self, &view) == 0 && !s_choose_encoder(spec, &view, &encoder, &want))
                 ready = false;
             s_view_clear(&view);
@@ -372,6 +385,7 @@ static void s_intake(cf_coordinator_t *self)
         cf_db_composition_clear(&comp);
     }
     if (!ready) {
+        self->holding = false; /* pushed back below: taken afresh later */
         if (want) {
             char reason[128];
             snprintf(reason, sizeof reason, "waiting for a node with %s", want);
@@ -607,12 +621,13 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
                                      .alive = m->alive};
     }
     int n = 0;
+    bool have_assembly = false;
     for (int i = 0; i < count; i++) {
         cf_dbw_task_t *t = &tasks[i];
         if (t->state != CF_SEG_PENDING)
             continue;
-        if (t->kind == CF_TASK_ASSEMBLE &&
-            (t->comp_state != CF_STATE_ASSEMBLING || !s_pieces_done(tasks, count, t->composition)))
+        if (t->kind == CF_TASK_ASSEMBLE && (have_assembly || t->comp_state != CF_STATE_ASSEMBLING ||
+                                            !s_pieces_done(tasks, count, t->composition)))
             continue;
         cf_sched_task_t *s = &st[n];
         *s = (cf_sched_task_t){.composition = t->composition,
@@ -654,7 +669,7 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         }
         st_task[n++] = i;
         if (t->kind == CF_TASK_ASSEMBLE)
-            break;
+            have_assembly = true; /* one per round: they share the holders array */
     }
     cf_sched_input_t in = {.nodes = nodes, .node_count = view->count, .tasks = st, .task_count = n};
     cf_sched_result_t *r = n ? cf_schedule(&in) : NULL;
@@ -674,8 +689,8 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
             s_send_assign(self, t, attempt, node, task_json);
             /* It moves: whatever it waited for is over. */
             cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, NULL, err, sizeof err);
-            char key[96];
-            s_key(key, sizeof key, t->composition, t->index, attempt);
+            char key[160];
+            s_key(key, sizeof key, t->composition, t->index, attempt, node);
             s_sent_t *sent = calloc(1, sizeof *sent);
             if (sent) {
                 sent->sent_ms = s_now_ms();
@@ -723,8 +738,8 @@ static void s_requeue_lost(cf_coordinator_t *self, cf_dbw_task_t *tasks, int cou
         if (t->state == CF_SEG_DONE && t->kind != CF_TASK_ASSEMBLE) {
             /* Its blob is on a node that is gone: encode it again. */
             s_member_t *holder = s_member(view, t->node_id);
-            if (holder && holder->alive)
-                continue;
+            if (holder && !holder->gone)
+                continue; /* alive, or still connecting */
             char why[160];
             snprintf(why, sizeof why, "its node %s went away with the result",
                      t->node_id ? t->node_id : "?");
@@ -740,12 +755,17 @@ static void s_requeue_lost(cf_coordinator_t *self, cf_dbw_task_t *tasks, int cou
         if (t->state != CF_SEG_ASSIGNED && t->state != CF_SEG_ENCODING)
             continue;
         s_member_t *m = s_member(view, t->node_id);
-        char key[96], reason[160] = "";
-        s_key(key, sizeof key, t->composition, t->index, t->attempts);
+        char key[160], reason[160] = "";
+        s_key(key, sizeof key, t->composition, t->index, t->attempts, t->node_id);
         s_sent_t *sent = zhashx_lookup(self->sent, key);
         bool counted = true;
-        if (!m || !m->alive) {
+        if (!m || m->gone) {
             snprintf(reason, sizeof reason, "node %s went away", t->node_id ? t->node_id : "?");
+        } else if (t->state == CF_SEG_ENCODING && sent && now - sent->sent_ms > S_SILENCE_MS) {
+            /* PROGRESS comes twice a second: a task silent this long was
+             * lost (a reply dropped, a worker restarted within its grace). */
+            snprintf(reason, sizeof reason, "no word from node %.8s for %d s", t->node_id,
+                     S_SILENCE_MS / 1000);
         } else if (t->state == CF_SEG_ASSIGNED && t->epoch == self->epoch &&
                    (!sent || now - sent->sent_ms > self->opts.accept_timeout_ms)) {
             snprintf(reason, sizeof reason, "node %.8s did not answer the ASSIGN", t->node_id);
@@ -764,6 +784,9 @@ static void s_requeue_lost(cf_coordinator_t *self, cf_dbw_task_t *tasks, int cou
         zhashx_delete(self->sent, key);
     }
 }
+
+static void s_complete(cf_coordinator_t *self, const char *id, int index, const char *node,
+                       const char *hex, int64_t size);
 
 /* Compositions whose segments are all done move to assembling; one whose
  * task failed for good fails, naming it. */
@@ -798,6 +821,13 @@ static void s_advance(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count)
             }
         } else if (all_done && first->comp_state == CF_STATE_ENCODING) {
             cf_dbw_assembling(self->opts.db, &self->fence, first->composition, err, sizeof err);
+        } else if (first->comp_state == CF_STATE_ASSEMBLING) {
+            /* Assembled, but the completion did not land (Postgres away, a
+             * coordinator that died between the two): complete it now. */
+            for (int k = i; k < j; k++)
+                if (tasks[k].kind == CF_TASK_ASSEMBLE && tasks[k].state == CF_SEG_DONE)
+                    s_complete(self, tasks[k].composition, tasks[k].index, tasks[k].node_id,
+                               tasks[k].blob_hash, tasks[k].size_bytes);
         }
         i = j;
     }
@@ -821,8 +851,8 @@ static void s_write_progress(cf_coordinator_t *self, cf_dbw_task_t *tasks, int c
              * assembly as a twentieth of it each. */
             double weight = t->kind == CF_TASK_SEGMENT ? frames : frames / 20;
             double progress = t->state == CF_SEG_DONE ? 1 : t->progress;
-            char key[96];
-            s_key(key, sizeof key, t->composition, t->index, t->attempts);
+            char key[160];
+            s_key(key, sizeof key, t->composition, t->index, t->attempts, t->node_id);
             s_sent_t *sent = zhashx_lookup(self->sent, key);
             if (sent && t->state != CF_SEG_DONE) {
                 if (sent->progress > progress)
@@ -888,6 +918,42 @@ static void s_cancel_closed(cf_coordinator_t *self)
     cf_db_strings_free(&items, n);
 }
 
+/* Completes composition ID when INDEX is its assembly, done on NODE with
+ * the output blob HEX of SIZE bytes. */
+static void s_complete(cf_coordinator_t *self, const char *id, int index, const char *node,
+                       const char *hex, int64_t size)
+{
+    char err[512];
+    cf_db_t *db = self->opts.db;
+    char *plan_text = cf_dbw_plan_json(db, id, err, sizeof err);
+    cf_plan_t *plan =
+        plan_text ? cf_plan_from_json(plan_text, strlen(plan_text), err, sizeof err) : NULL;
+    free(plan_text);
+    if (plan && index == plan->segment_count + 1 && node && hex) {
+        char location[256];
+        snprintf(location, sizeof location, "clipfarm://%s/blobs/%.2s/%s", node, hex, hex);
+        double duration = (double)plan->total_frames * plan->output.fps_den /
+                          (plan->output.fps_num > 0 ? plan->output.fps_num : 1);
+        cf_db_output_t out = {location, size, duration, hex};
+        /* The assembler uploaded it where the composition asked. */
+        cf_comp_t *spec = s_spec(self, id);
+        if (spec && spec->dest_s3_bucket) {
+            char s3[1200];
+            snprintf(s3, sizeof s3, "s3://%s/%s", spec->dest_s3_bucket,
+                     spec->dest_s3_key ? spec->dest_s3_key : "");
+            cf_db_composition_set_s3_location(db, id, s3, err, sizeof err);
+        }
+        cf_comp_destroy(&spec);
+        if (cf_dbw_complete(db, &self->fence, id, &out, err, sizeof err) == CF_DB_OK) {
+            zhashx_delete(self->frames_sent, id);
+            S_COUNT(self, completed);
+            cf_log_info("coordinator", "%s: completed on %.8s (%lld bytes)", id, node,
+                        (long long)size);
+        }
+    }
+    cf_plan_destroy(&plan);
+}
+
 /* ------------------------------------------------------------------ replies */
 
 static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t *msg)
@@ -895,11 +961,11 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
     char err[512];
     cf_db_t *db = self->opts.db;
     const cf_dbw_fence_t *f = &self->fence;
-    char key[96];
+    char key[160];
     switch (msg->type) {
         case CF_MSG_ACCEPT: {
             const cf_msg_accept_t *m = &msg->accept;
-            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt);
+            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt, from);
             cf_dbw_accept(db, f, m->composition, (int)m->segment, from, (int)m->attempt, err,
                           sizeof err);
             s_sent_t *sent = zhashx_lookup(self->sent, key);
@@ -912,7 +978,7 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
             S_COUNT(self, rejected);
             cf_dbw_retry(db, f, m->composition, (int)m->segment, from, (int)m->attempt, false,
                          m->reason, NULL, err, sizeof err);
-            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt);
+            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt, from);
             zhashx_delete(self->sent, key);
             cf_log_info("coordinator", "%s/%llu rejected by %.8s: %s", m->composition,
                         (unsigned long long)m->segment, from, m->reason);
@@ -920,11 +986,12 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
         }
         case CF_MSG_PROGRESS: {
             const cf_msg_progress_t *m = &msg->progress;
-            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt);
+            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt, from);
             s_sent_t *sent = zhashx_lookup(self->sent, key);
             /* frames_done of the task's frames; the fraction is kept. */
             if (sent) {
                 sent->accepted = true;
+                sent->sent_ms = s_now_ms(); /* last heard of */
                 double frac = sent->frames > 0 ? (double)m->frames_done / (double)sent->frames : 0;
                 if (frac > sent->progress) {
                     sent->progress = frac > 1 ? 1 : frac;
@@ -941,7 +1008,7 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
             int rc =
                 cf_dbw_done(db, f, m->composition, (int)m->segment, from, (int)m->attempt, hex,
                             (int64_t)m->size_bytes, fps, (int64_t)m->encode_ms, err, sizeof err);
-            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt);
+            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt, from);
             zhashx_delete(self->sent, key);
             if (rc != CF_DB_OK) {
                 S_COUNT(self, discarded);
@@ -950,34 +1017,9 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
                 break;
             }
             S_COUNT(self, done);
-            /* The assembly's DONE is the output: the composition completes. */
-            char *plan_text = cf_dbw_plan_json(db, m->composition, err, sizeof err);
-            cf_plan_t *plan =
-                plan_text ? cf_plan_from_json(plan_text, strlen(plan_text), err, sizeof err) : NULL;
-            free(plan_text);
-            if (plan && (int)m->segment == plan->segment_count + 1) {
-                char location[256];
-                snprintf(location, sizeof location, "clipfarm://%s/blobs/%.2s/%s", from, hex, hex);
-                double duration = (double)plan->total_frames * plan->output.fps_den /
-                                  (plan->output.fps_num > 0 ? plan->output.fps_num : 1);
-                cf_db_output_t out = {location, (int64_t)m->size_bytes, duration, hex};
-                zhashx_delete(self->frames_sent, m->composition);
-                /* The assembler uploaded it where the composition asked. */
-                cf_comp_t *spec = s_spec(self, m->composition);
-                if (spec && spec->dest_s3_bucket) {
-                    char s3[1200];
-                    snprintf(s3, sizeof s3, "s3://%s/%s", spec->dest_s3_bucket,
-                             spec->dest_s3_key ? spec->dest_s3_key : "");
-                    cf_db_composition_set_s3_location(db, m->composition, s3, err, sizeof err);
-                }
-                cf_comp_destroy(&spec);
-                if (cf_dbw_complete(db, f, m->composition, &out, err, sizeof err) == CF_DB_OK) {
-                    S_COUNT(self, completed);
-                    cf_log_info("coordinator", "%s: completed on %.8s (%llu bytes)", m->composition,
-                                from, (unsigned long long)m->size_bytes);
-                }
-            }
-            cf_plan_destroy(&plan);
+            /* The assembly's DONE is the output: the composition completes
+             * (s_advance tries again on every tick when this write fails). */
+            s_complete(self, m->composition, (int)m->segment, from, hex, (int64_t)m->size_bytes);
             break;
         }
         case CF_MSG_FAILED: {
@@ -1000,7 +1042,7 @@ static void s_on_reply(cf_coordinator_t *self, const char *from, const cf_msg_t 
                 if (cf_dbw_fail(db, f, m->composition, code, message, err, sizeof err) == CF_DB_OK)
                     S_COUNT(self, failed);
             }
-            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt);
+            s_key(key, sizeof key, m->composition, (int)m->segment, (int)m->attempt, from);
             zhashx_delete(self->sent, key);
             S_COUNT(self, retried);
             cf_log_warn("coordinator", "%s/%llu failed on %.8s (attempt %llu): %s", m->composition,
@@ -1055,16 +1097,24 @@ static void s_take_over(cf_coordinator_t *self, int64_t epoch)
     self->fence = (cf_dbw_fence_t){epoch, self->my_id};
     /* Carry on from Postgres: void the old epoch's assignments, encode
      * again what a node that is gone held, replan what was planning. */
-    s_view_t view;
+    s_view_t view = {0};
     const char **live = NULL;
     int live_count = 0;
     if (s_view(self, &view) == 0 && (live = calloc((size_t)view.count + 1, sizeof *live))) {
         for (int i = 0; i < view.count; i++)
-            if (view.members[i].alive)
+            if (!view.members[i].gone)
                 live[live_count++] = view.members[i].id;
     }
     char **requeued = NULL;
     int n = 0;
+    if (!live) {
+        /* No view of the cluster: what is lost is not known. Try the whole
+         * takeover again on the next tick. */
+        cf_log_warn("coordinator", "takeover postponed: no view of the cluster");
+        s_view_clear(&view);
+        s_step_down(self);
+        return;
+    }
     if (cf_dbw_takeover(self->opts.db, &self->fence, live, live_count, &requeued, &n, err,
                         sizeof err) == CF_DB_OK) {
         for (int i = 0; i < n && self->queue; i++)

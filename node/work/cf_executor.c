@@ -331,10 +331,10 @@ static void *s_run_thread(void *arg)
             if (!strcmp(kind, "audio")) {
                 audio = piece;
                 have_audio = true;
-            } else if (index >= 0 && index < plan->segment_count) {
+            } else if (index >= 0 && index < plan->segment_count && !pieces[index].blob[0]) {
                 piece.frames = plan->segments[index].frames;
                 pieces[index] = piece;
-                have++;
+                have++; /* each segment once: a repeated one does not count twice */
             }
             if (atomic_load(&run->cancel)) {
                 snprintf(err, sizeof err, "cancelled");
@@ -410,7 +410,8 @@ static void *s_run_thread(void *arg)
                 finished = true;
                 break;
             case CF_TASK_FAILED:
-                snprintf(err, sizeof err, "%s", ev.error);
+                snprintf(err, sizeof err, "%s",
+                         ev.error[0] ? ev.error : "the encoder process failed");
                 finished = true;
                 break;
             case CF_TASK_NONE:
@@ -646,6 +647,7 @@ cf_executor_t *cf_executor_new(const cf_executor_options_t *opts, char *err, siz
     cf_task_sweep(ex->opts.work_parent);
     pthread_mutex_init(&ex->lock, NULL);
     atomic_init(&ex->stop, false);
+    s_report_load(ex); /* before its thread changes what it reads */
     if (pthread_create(&ex->thread, NULL, s_thread, ex) != 0) {
         snprintf(err, errlen, "cannot start the executor thread");
         pthread_mutex_destroy(&ex->lock);
@@ -655,7 +657,6 @@ cf_executor_t *cf_executor_new(const cf_executor_options_t *opts, char *err, siz
         free(ex);
         return NULL;
     }
-    s_report_load(ex);
     cf_node_set_executor(opts->node, true);
     return ex;
 }
