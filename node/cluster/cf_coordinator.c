@@ -820,7 +820,20 @@ static void s_advance(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count)
                 cf_log_warn("coordinator", "%s: failed: %s", first->composition, message);
             }
         } else if (all_done && first->comp_state == CF_STATE_ENCODING) {
-            cf_dbw_assembling(self->opts.db, &self->fence, first->composition, err, sizeof err);
+            if (cf_dbw_assembling(self->opts.db, &self->fence, first->composition, err,
+                                  sizeof err) == CF_DB_OK) {
+                /* Every frame is encoded: say so to live progress bars, even
+                 * when the render was quicker than the progress writes. */
+                int64_t frames = 0;
+                for (int k = i; k < j; k++)
+                    if (tasks[k].kind == CF_TASK_SEGMENT)
+                        frames += tasks[k].frame_end - tasks[k].frame_start;
+                char payload[96];
+                snprintf(payload, sizeof payload, "{\"done\":%lld,\"total\":%lld}",
+                         (long long)frames, (long long)frames);
+                cf_db_event_append(self->opts.db, first->composition, "frames", payload, NULL, err,
+                                   sizeof err);
+            }
         } else if (first->comp_state == CF_STATE_ASSEMBLING) {
             /* Assembled, but the completion did not land (Postgres away, a
              * coordinator that died between the two): complete it now. */
