@@ -183,11 +183,12 @@ static int s_roundtrip(cf_db_cluster_t *self, const char *sql, int nparams,
         return s_fail(CF_DBC_ERROR, err, errlen, "no result");
     if (!s_result_ok(keep)) {
         const char *state = PQresultErrorField(keep, PG_DIAG_SQLSTATE);
+        /* Cancelled by statement_timeout: the server gave up in time, as
+         * the caller would have. (Read before the result is freed.) */
+        bool cancelled = state && !strcmp(state, "57014");
         cf_db_errstr(conn, keep, err, errlen);
         PQclear(keep);
-        /* Cancelled by statement_timeout: the server gave up in time, as
-         * the caller would have. */
-        if (state && !strcmp(state, "57014"))
+        if (cancelled)
             return CF_DBC_UNAVAILABLE;
         return PQstatus(conn) == CONNECTION_OK ? CF_DBC_ERROR : CF_DBC_UNAVAILABLE;
     }

@@ -70,6 +70,7 @@ struct cf_coordinator_t {
     zhashx_t *frames_sent; /* id -> int64_t*: the last "frames" event's count */
     cf_queue_item_t held;  /* taken off the queue, its take not known to have applied */
     bool holding;
+    int64_t next_idle_note_ms; /* when queued work next says why it waits */
 };
 
 static int64_t s_now_ms(void)
@@ -355,9 +356,59 @@ static bool s_choose_encoder(const cf_comp_t *spec, const s_view_t *view, cf_enc
 /* Takes one composition off the intake when no planning runs. One that
  * needs an encoder no live node offers stays queued, says what it waits
  * for, and is looked at again every two seconds (others go ahead). */
+/* The composition's spec (for its destination), or NULL. */
+static cf_comp_t *s_spec(cf_coordinator_t *self, const char *id)
+{
+    cf_db_composition_t comp;
+    memset(&comp, 0, sizeof comp);
+    char err[256];
+    cf_comp_t *spec = NULL;
+    if (cf_db_composition_get(self->opts.db, id, &comp, err, sizeof err) == CF_DB_OK &&
+        comp.spec_json)
+        spec = cf_comp_parse(comp.spec_json, strlen(comp.spec_json), NULL);
+    cf_db_composition_clear(&comp);
+    return spec;
+}
+
+/* No live node takes any work: the queue is left alone, and what waits in
+ * it says why (looked at every two seconds, from Postgres). */
+static bool s_nobody_works(cf_coordinator_t *self)
+{
+    s_view_t view = {0};
+    bool nobody = s_view(self, &view) == 0;
+    for (int i = 0; nobody && i < view.count; i++)
+        nobody = !(view.members[i].alive && view.members[i].slots > 0 &&
+                   view.members[i].encoder_count > 0);
+    s_view_clear(&view);
+    if (!nobody || s_now_ms() < self->next_idle_note_ms)
+        return nobody;
+    self->next_idle_note_ms = s_now_ms() + 2000;
+    cf_db_queued_t *items = NULL;
+    int count = 0;
+    char err[512];
+    if (cf_db_composition_queued(self->opts.db, 200, &items, &count, err, sizeof err) != CF_DB_OK)
+        return true;
+    for (int i = 0; i < count; i++) {
+        cf_comp_t *spec = s_spec(self, items[i].id);
+        if (!spec)
+            continue;
+        char reason[128];
+        snprintf(reason, sizeof reason, "waiting for a node with %s",
+                 spec->encoder == CF_ENCODER_GPU
+                     ? (spec->video_codec == CF_CODEC_HEVC ? "hevc_nvenc" : "h264_nvenc")
+                     : (spec->video_codec == CF_CODEC_HEVC ? "libx265" : "libx264"));
+        cf_dbw_wait_reason(self->opts.db, &self->fence, items[i].id, reason, err, sizeof err);
+        cf_comp_destroy(&spec);
+    }
+    free(items);
+    return true;
+}
+
 static void s_intake(cf_coordinator_t *self)
 {
     if (self->planning || !self->queue)
+        return;
+    if (!self->holding && s_nobody_works(self))
         return;
     cf_queue_item_t item;
     char err[512];
@@ -562,20 +613,6 @@ typedef struct {
     int failed_index;
     bool assemble_pending;
 } s_comp_t;
-
-/* The composition's spec (for its destination), or NULL. */
-static cf_comp_t *s_spec(cf_coordinator_t *self, const char *id)
-{
-    cf_db_composition_t comp;
-    memset(&comp, 0, sizeof comp);
-    char err[256];
-    cf_comp_t *spec = NULL;
-    if (cf_db_composition_get(self->opts.db, id, &comp, err, sizeof err) == CF_DB_OK &&
-        comp.spec_json)
-        spec = cf_comp_parse(comp.spec_json, strlen(comp.spec_json), NULL);
-    cf_db_composition_clear(&comp);
-    return spec;
-}
 
 /* Whether every segment and the audio of composition COMP are done (the
  * assembly can run). */
