@@ -667,15 +667,18 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
                                             !s_pieces_done(tasks, count, t->composition)))
             continue;
         cf_sched_task_t *s = &st[n];
-        *s = (cf_sched_task_t){.composition = t->composition,
-                               .index = t->index,
-                               .kind = t->kind,
-                               .encoder = t->encoder,
-                               .frames = t->frame_end - t->frame_start,
-                               .priority = t->priority,
-                               .waiting_s = t->waiting_s,
-                               .excluded = (const char *const *)t->excluded,
-                               .excluded_count = t->excluded_count};
+        *s =
+            (cf_sched_task_t){.composition = t->composition,
+                              .index = t->index,
+                              .kind = t->kind,
+                              .encoder = t->encoder,
+                              .frames = t->frame_end - t->frame_start,
+                              /* The audio goes first: it then runs beside the
+                               * segments instead of after them. */
+                              .priority = t->kind == CF_TASK_AUDIO ? CF_PRIORITY_HIGH : t->priority,
+                              .waiting_s = t->waiting_s,
+                              .excluded = (const char *const *)t->excluded,
+                              .excluded_count = t->excluded_count};
         if (t->kind == CF_TASK_ASSEMBLE) {
             /* The holders of this composition's pieces, most bytes first. */
             for (int m = 0; m < view->count; m++)
@@ -1242,6 +1245,9 @@ static void *s_thread(void *arg)
         cf_msg_t msg;
         if (cf_work_bus_recv(self->inbox, from, &msg) == 0) {
             s_on_reply(self, from, &msg);
+            /* A slot just came free: dispatch now, not at the next tick. */
+            if (msg.type == CF_MSG_DONE || msg.type == CF_MSG_FAILED || msg.type == CF_MSG_REJECT)
+                next_tick = 0;
             cf_msg_clear(&msg);
         }
         if (s_now_ms() >= next_tick) {
