@@ -1246,7 +1246,8 @@ static void *s_thread(void *arg)
         if (cf_work_bus_recv(self->inbox, from, &msg) == 0) {
             s_on_reply(self, from, &msg);
             /* A slot just came free: dispatch now, not at the next tick. */
-            if (msg.type == CF_MSG_DONE || msg.type == CF_MSG_FAILED || msg.type == CF_MSG_REJECT)
+            if (msg.type == CF_MSG_DONE ||
+                msg.type == CF_MSG_FAILED) /* not REJECT: no retry storm */
                 next_tick = 0;
             cf_msg_clear(&msg);
         }
