@@ -375,7 +375,11 @@ static cf_comp_t *s_spec(cf_coordinator_t *self, const char *id)
 static bool s_nobody_works(cf_coordinator_t *self)
 {
     s_view_t view = {0};
-    bool nobody = s_view(self, &view) == 0;
+    if (s_view(self, &view) < 0) {
+        s_view_clear(&view);
+        return true; /* no view of the cluster yet: take nothing */
+    }
+    bool nobody = true;
     for (int i = 0; nobody && i < view.count; i++)
         nobody = !(view.members[i].alive && view.members[i].slots > 0 &&
                    view.members[i].encoder_count > 0);
@@ -428,8 +432,9 @@ static void s_intake(cf_coordinator_t *self)
             comp.spec_json) {
             cf_comp_t *spec = cf_comp_parse(comp.spec_json, strlen(comp.spec_json), NULL);
             s_view_t view = {0};
-            if (spec && s_view(self, &view) == 0 && !s_choose_encoder(spec, &view, &encoder, &want))
-                ready = false;
+            if (spec &&
+                (s_view(self, &view) < 0 || !s_choose_encoder(spec, &view, &encoder, &want)))
+                ready = false; /* no view: nothing known to offer its encoder */
             s_view_clear(&view);
             cf_comp_destroy(&spec);
         }

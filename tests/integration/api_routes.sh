@@ -303,8 +303,18 @@ sleep 1
 [[ -z $(leftovers) ]] || fail "files after the cancel: $(leftovers)"
 api_curl "$B/api/v1/compositions/$long"
 [[ $(jq -r '.output // empty' <<<"$body") == "" ]] || fail "a cancelled composition has an output: $body"
+# Every task that was running on B when the cancel came (started, then
+# closed as cancelled) is counted as a cancelled render there: usually one;
+# none when the cancel fell between two of its tasks.
+api_curl "$B/api/v1/compositions/$long/segments"
+b_node=$(jq -r '[.items[] | select(.started_at != null) | .node_id] | first // empty' <<<"$body")
+was_running=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at != null and .node_id == $n)] | length' <<<"$body")
 api_curl "$B/metrics"
-grep -q '^renders_total{result="cancelled"} 1$' <<<"$body" || fail "cancelled render not counted"
+counted=$(sed -n 's/^renders_total{result="cancelled"} //p' <<<"$body")
+# (an assigned task whose ACCEPT was still on its way also ran)
+just_sent=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at == null and .assigned_at != null and .node_id == $n)] | length' <<<"$body")
+((${counted:-0} >= was_running && ${counted:-0} <= was_running + just_sent)) ||
+    fail "cancelled tasks counted ${counted:-0}, $was_running were running ($just_sent just sent)"
 
 # ---------------------------------------------------------------- media
 api_curl -X POST -H 'Content-Type: video/mp4' --data-binary "@$API_WORK/a.mp4" "$B/api/v1/media"
