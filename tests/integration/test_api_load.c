@@ -212,8 +212,13 @@ static void test_mixed_load(void **state)
     json_int_t queued = json_integer_value(json_object_get(depth, "high")) +
                         json_integer_value(json_object_get(depth, "default")) +
                         json_integer_value(json_object_get(depth, "low"));
-    /* Cancelled ones may still sit in the queue until a consumer drops them. */
-    assert_true(queued >= created - cancelled + 1 && queued <= created + 1);
+    /* Cancelled ones may still sit in the queue until a consumer drops them,
+     * and the coordinator's reconcile (this node coordinates: it is the only
+     * one) may push a composition the API was about to push itself: a
+     * duplicate the consumer drops. Lost ones are what must not happen. */
+    if (!(queued >= created - cancelled + 1 && queued <= 2 * (created + 1)))
+        fail_msg("queue depth %lld: expected %d to %d", (long long)queued, created - cancelled + 1,
+                 2 * (created + 1));
     json_decref(cluster);
     cf_httpc_response_clear(&resp);
     cf_httpc_destroy(&http);
