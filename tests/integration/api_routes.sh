@@ -307,12 +307,19 @@ api_curl "$B/api/v1/compositions/$long"
 # closed as cancelled) is counted as a cancelled render there: usually one;
 # none when the cancel fell between two of its tasks.
 api_curl "$B/api/v1/compositions/$long/segments"
-b_node=$(jq -r '[.items[] | select(.started_at != null) | .node_id] | first // empty' <<<"$body")
-was_running=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at != null and .node_id == $n)] | length' <<<"$body")
-api_curl "$B/metrics"
-counted=$(sed -n 's/^renders_total{result="cancelled"} //p' <<<"$body")
+segs=$body
+b_node=$(jq -r '[.items[] | select(.started_at != null) | .node_id] | first // empty' <<<"$segs")
+was_running=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at != null and .node_id == $n)] | length' <<<"$segs")
 # (an assigned task whose ACCEPT was still on its way also ran)
-just_sent=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at == null and .assigned_at != null and .node_id == $n)] | length' <<<"$body")
+just_sent=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at == null and .assigned_at != null and .node_id == $n)] | length' <<<"$segs")
+# The count lands when the task's thread has reaped its child: a moment
+# after its files are gone.
+for ((i = 0; i < 50; i++)); do
+    api_curl "$B/metrics"
+    counted=$(sed -n 's/^renders_total{result="cancelled"} //p' <<<"$body")
+    ((${counted:-0} >= was_running)) && break
+    sleep 0.1
+done
 ((${counted:-0} >= was_running && ${counted:-0} <= was_running + just_sent)) ||
     fail "cancelled tasks counted ${counted:-0}, $was_running were running ($just_sent just sent)"
 
