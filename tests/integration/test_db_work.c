@@ -253,6 +253,29 @@ static void test_deposed_writes_change_nothing(void **state)
     free(comp_before);
 }
 
+/* Each half of the fence counts on its own: the same node at a newer epoch
+ * (it lost and won the lease again) refuses its old epoch's writes, and a
+ * writer naming the current epoch with another holder is refused too. */
+static void test_fence_epoch_and_holder(void **state)
+{
+    (void)state;
+    s_lease(S_HOLDER, 20);
+    cf_dbw_fence_t old = {20, S_HOLDER};
+    char id[CF_DB_ID_LEN], err[512];
+    s_planned(&old, id);
+    int attempt = 0;
+    s_lease(S_HOLDER, 21);
+    assert_int_equal(cf_dbw_assign(s_db, &old, id, 0, S_NODE_A, &attempt, err, sizeof err),
+                     CF_DB_STALE);
+    cf_dbw_fence_t forged = {21, S_SUCCESSOR};
+    assert_int_equal(cf_dbw_assign(s_db, &forged, id, 0, S_NODE_A, &attempt, err, sizeof err),
+                     CF_DB_STALE);
+    s_expect("SELECT status FROM segments WHERE composition_id = $1 AND idx = 0", id, "pending");
+    cf_dbw_fence_t current = {21, S_HOLDER};
+    assert_int_equal(cf_dbw_assign(s_db, &current, id, 0, S_NODE_A, &attempt, err, sizeof err),
+                     CF_DB_OK);
+}
+
 /* The successor takes over: the old epoch's assignment is void (pending,
  * not counted), a done segment on a node that is gone is encoded again, one
  * on a live node is kept, and a composition left in planning goes back to
@@ -303,6 +326,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lifecycle_and_tokens),
         cmocka_unit_test(test_deposed_writes_change_nothing),
+        cmocka_unit_test(test_fence_epoch_and_holder),
         cmocka_unit_test(test_takeover),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
