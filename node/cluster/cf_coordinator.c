@@ -123,13 +123,6 @@ static cf_dbw_task_plan_t *s_tasks_of(const cf_plan_t *plan, int *count_p)
     return tasks;
 }
 
-static const char *s_encoder_name(const cf_plan_output_t *out)
-{
-    if (out->encoder == CF_ENCODER_GPU)
-        return out->codec == CF_CODEC_HEVC ? "hevc_nvenc" : "h264_nvenc";
-    return out->codec == CF_CODEC_HEVC ? "libx265" : "libx264";
-}
-
 static void *s_plan_thread(void *arg)
 {
     s_planning_t *p = arg;
@@ -179,8 +172,8 @@ static void *s_plan_thread(void *arg)
     /* Postgres away: keep the plan and try again (for a lease TTL or so; a
      * successor replans what is left in planning). */
     for (int tries = 0; tries < 10 && !atomic_load(&p->cancel); tries++) {
-        rc = cf_dbw_plan(db, &p->fence, p->id, plan_json, s_encoder_name(&plan->output), tasks,
-                         count, err, sizeof err);
+        rc = cf_dbw_plan(db, &p->fence, p->id, plan_json, cf_render_job_encoder(job), tasks, count,
+                         err, sizeof err);
         if (rc != CF_DB_UNAVAILABLE)
             break;
         zclock_sleep(1000);
@@ -188,8 +181,7 @@ static void *s_plan_thread(void *arg)
     if (rc == CF_DB_OK) {
         S_COUNT(self, planned);
         cf_log_info("coordinator", "%s: planned %lld frames in %d segments (%s)", p->id,
-                    (long long)plan->total_frames, plan->segment_count,
-                    s_encoder_name(&plan->output));
+                    (long long)plan->total_frames, plan->segment_count, cf_render_job_encoder(job));
     }
 end:
     if (rc != CF_DB_OK)
@@ -396,11 +388,13 @@ static bool s_nobody_works(cf_coordinator_t *self)
         cf_comp_t *spec = s_spec(self, items[i].id);
         if (!spec)
             continue;
+        /* What it would wait for in a cluster offering nothing. */
+        s_view_t none = {0};
+        cf_encoder_t encoder;
+        const char *want = "libx264";
+        s_choose_encoder(spec, &none, &encoder, &want);
         char reason[128];
-        snprintf(reason, sizeof reason, "waiting for a node with %s",
-                 spec->encoder == CF_ENCODER_GPU
-                     ? (spec->video_codec == CF_CODEC_HEVC ? "hevc_nvenc" : "h264_nvenc")
-                     : (spec->video_codec == CF_CODEC_HEVC ? "libx265" : "libx264"));
+        snprintf(reason, sizeof reason, "waiting for a node with %s", want);
         cf_dbw_wait_reason(self->opts.db, &self->fence, items[i].id, reason, err, sizeof err);
         cf_comp_destroy(&spec);
     }
