@@ -27,7 +27,11 @@
  * streams of idle compositions must not keep Postgres (and the pool that
  * /readyz and the API share) busy. */
 #define S_POLL_MAX_MS  2000
-#define S_KEEPALIVE_MS 15000
+/* A comment line this often keeps proxies from closing a quiet stream, and
+ * is how a client that went away is noticed (the write after the one its
+ * RST answered fails): a closed stream frees its thread within about two
+ * of these. */
+#define S_KEEPALIVE_MS 5000
 /* With the composition's update channel (Redis pub/sub), a write wakes the
  * stream at once; Postgres is read again without one only this often, for
  * the events no status write announces. Without Redis the stream polls with
