@@ -244,7 +244,7 @@ static const char *const s_encoders[] = {"auto", "cpu", "gpu", NULL};
 static const char *const s_presets[] = {"fast", "balanced", "high", NULL};
 static const char *const s_containers[] = {"mp4", "mkv", NULL};
 
-char *cf_plan_to_json(const cf_plan_t *plan)
+static char *s_to_json(const cf_plan_t *plan, bool with_segments)
 {
     const cf_plan_output_t *out = &plan->output;
     json_t *root = json_pack(
@@ -271,7 +271,7 @@ char *cf_plan_to_json(const cf_plan_t *plan)
         if (!jc || json_array_append_new(clips, jc) < 0)
             goto end;
     }
-    for (int s = 0; s < plan->segment_count; s++) {
+    for (int s = 0; with_segments && s < plan->segment_count; s++) {
         const cf_plan_segment_t *seg = &plan->segments[s];
         json_t *parts = json_array();
         if (!parts)
@@ -292,13 +292,24 @@ char *cf_plan_to_json(const cf_plan_t *plan)
             goto end;
     }
     json_object_set(root, "clips", clips);
-    json_object_set(root, "segments", segments);
+    if (with_segments)
+        json_object_set(root, "segments", segments);
     text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 end:
     json_decref(clips);
     json_decref(segments);
     json_decref(root);
     return text;
+}
+
+char *cf_plan_to_json(const cf_plan_t *plan)
+{
+    return s_to_json(plan, true);
+}
+
+char *cf_plan_to_json_compact(const cf_plan_t *plan)
+{
+    return s_to_json(plan, false);
 }
 
 /* Reads an integer member in [min, max]; returns 0 or -1 with err set. */
@@ -454,7 +465,12 @@ cf_plan_t *cf_plan_from_json(const char *text, size_t len, char *err, size_t err
             goto fail;
         }
     }
+    /* A compact plan leaves the segments out: they follow from the clips. */
     json_t *segments = json_object_get(root, "segments");
+    if (!segments) {
+        json_decref(root);
+        return plan;
+    }
     if (!json_is_array(segments) || json_array_size(segments) != (size_t)plan->segment_count) {
         s_fail(err, errlen, "plan: segments: expected %d", plan->segment_count);
         goto fail;

@@ -111,7 +111,14 @@ int64_t cf_plan_sample_at(int64_t frame, int fps_num, int fps_den);
  * string the caller frees, or NULL on ENOMEM. */
 char *cf_plan_to_json(const cf_plan_t *plan);
 
-/* Reads a plan written by cf_plan_to_json. The input is untrusted: every
+/* The same without the segments, which cf_plan_from_json derives from the
+ * clips (they are cut every segment_frames over the timeline): the size of
+ * what a coordinator sends with each task no longer grows with the
+ * composition's length. */
+char *cf_plan_to_json_compact(const cf_plan_t *plan);
+
+/* Reads a plan written by cf_plan_to_json or cf_plan_to_json_compact (no
+ * "segments": derived; present: must agree). The input is untrusted: every
  * field is type- and range-checked and the plan must be consistent (clips
  * and segments tile the timeline, parts stay inside their clips, audio
  * ranges follow the frames). Returns a new plan, or NULL with a one-line

@@ -81,46 +81,13 @@
     " FROM (SELECT 1) one LEFT JOIN upd ON true"
 
 /* The coordinator's fence, in the statement itself: the lease row holds
- * exactly this epoch ($E) and holder ($H) and has not expired. FOR SHARE
- * serialises with an acquirer's row lock. */
+ * exactly this epoch ($E) and holder ($H) and has not expired when it is
+ * locked (clock_timestamp(), as S_FENCE: time spent waiting for the rows
+ * the write changes counts). FOR SHARE serialises with an acquirer's row
+ * lock. */
 #define S_WFENCE(E, H)                                                                             \
     "(SELECT 1 FROM coordinator_lease l WHERE l.epoch = $" #E "::bigint"                           \
-    " AND l.holder = $" #H "::text::uuid AND l.expires_at > now() FOR SHARE)"
-
-/* A fenced composition transition: S_TRANSITION_SQL's parameters $1..$12
- * plus the fence $13, $14; the 4th column says whether the fence held. */
-#define S_FENCED_TRANSITION_SQL                                                                    \
-    "WITH f AS " S_WFENCE(                                                                         \
-        13, 14) ","                                                                                \
-                " prev AS (SELECT cf_state(status, stage) AS state FROM compositions WHERE id = "  \
-                "$1::uuid),"                                                                       \
-                " upd AS (UPDATE compositions c SET status = $3::text, stage = $4::text,"          \
-                "  attempts = c.attempts + CASE WHEN $2::text = 'planning' THEN 1 ELSE 0 END,"     \
-                "  started_at = CASE WHEN $2::text = 'planning' THEN now() ELSE c.started_at END," \
-                "  finished_at = CASE WHEN $2::text IN ('completed', 'failed', 'cancelled') THEN " \
-                "now()"                                                                            \
-                "                ELSE c.finished_at END,"                                          \
-                "  progress = CASE WHEN $2::text = 'completed' THEN 1"                             \
-                "             WHEN $2::text = 'queued' THEN 0 ELSE c.progress END,"                \
-                "  wait_reason = NULL,"                                                            \
-                "  error_code = coalesce($6::text, c.error_code),"                                 \
-                "  error_message = coalesce($7::text, c.error_message),"                           \
-                "  output_location = coalesce($8::text, c.output_location),"                       \
-                "  output_size_bytes = coalesce($9::bigint, c.output_size_bytes),"                 \
-                "  output_duration_s = coalesce($10::float8, c.output_duration_s),"                \
-                "  output_hash = coalesce($11::text, c.output_hash)"                               \
-                "  WHERE c.id = $1::uuid AND EXISTS (SELECT 1 FROM f)"                             \
-                "  AND EXISTS (SELECT 1 FROM composition_transitions t"                            \
-                "   WHERE t.from_state = cf_state(c.status, c.stage) AND t.to_state = $2::text)"   \
-                "  RETURNING c.id, c.version, c.progress),"                                        \
-                " ev AS (INSERT INTO events (composition_id, type, payload)"                       \
-                "  SELECT upd.id, 'status', jsonb_strip_nulls(jsonb_build_object('from', (SELECT " \
-                "state FROM "                                                                      \
-                "prev), 'to', $2::text, 'by', $5::text, 'error', $6::text, 'op', $12::text)) "     \
-                "FROM upd)"                                                                        \
-                " SELECT (SELECT state FROM prev), upd.version, upd.progress, (SELECT count(*) "   \
-                "FROM f)"                                                                          \
-                " FROM (SELECT 1) one LEFT JOIN upd ON true"
+    " AND l.holder = $" #H "::text::uuid AND l.expires_at > clock_timestamp() FOR SHARE)"
 
 /* A task's assignment token: $1 composition, $2 idx, $3 node, $4 attempt,
  * $5 epoch (the fence's: assignments of another epoch are void). */
@@ -378,7 +345,9 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                     "  finished_at = CASE WHEN $2::text IN ('completed', 'failed', 'cancelled') "
                     "THEN now()"
                     "                ELSE c.finished_at END,"
-                    "  progress = CASE WHEN $2::text = 'completed' THEN 1 ELSE c.progress END,"
+                    "  progress = CASE WHEN $2::text = 'completed' THEN 1"
+                    "             WHEN $2::text = 'queued' THEN 0 ELSE c.progress END,"
+                    "  wait_reason = NULL,"
                     "  error_code = coalesce($7::text, c.error_code),"
                     "  error_message = coalesce($8::text, c.error_message),"
                     "  output_location = coalesce($9::text, c.output_location),"
@@ -511,7 +480,6 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
                               false},
     /* ---- the coordinator's work list (cf_db_work.c); fenced by $5/$6 or
      * $13/$14 unless read-only. */
-    [CF_DBI_W_TRANSITION] = {"work_transition", S_FENCED_TRANSITION_SQL, false},
     [CF_DBI_W_PLAN] =
         {"work_plan",
          "WITH f AS " S_WFENCE(

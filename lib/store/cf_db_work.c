@@ -31,62 +31,19 @@ static bool s_args_ok(const cf_dbw_fence_t *fence, const char *id, char *err, si
     return true;
 }
 
-/* A fenced composition transition to TO (with an error or an output). */
+/* A fenced composition transition to TO (with an error or an output): the
+ * one fenced transition there is (cf_db_composition_transition_fenced), with
+ * the coordinator's fence as its token. */
 static int s_transition(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, cf_state_t to,
                         const char *code, const char *message, const cf_db_output_t *out, char *err,
                         size_t errlen)
 {
     if (!s_args_ok(fence, id, err, errlen))
         return CF_DB_INVALID;
-    const char *to_name = cf_state_name(to);
-    bool active = to == CF_STATE_PLANNING || to == CF_STATE_ENCODING || to == CF_STATE_ASSEMBLING;
-    char epoch[24], size[24], duration[32];
-    snprintf(epoch, sizeof epoch, "%lld", (long long)fence->epoch);
-    if (out) {
-        snprintf(size, sizeof size, "%lld", (long long)out->size_bytes);
-        snprintf(duration, sizeof duration, "%.6f", out->duration_s);
-    }
-    const char *params[14] = {
-        id,
-        to_name,
-        active ? "processing" : to_name,
-        active ? to_name : NULL,
-        fence->holder,
-        code,
-        message,
-        out ? out->location : NULL,
-        out ? size : NULL,
-        out ? duration : NULL,
-        out ? out->hash : NULL,
-        NULL,
-        epoch,
-        fence->holder,
-    };
-    PGresult *res = NULL;
-    int rc = cf_dbi_exec(db, CF_DBI_W_TRANSITION, 14, params, NULL, NULL, &res, err, errlen);
-    if (rc < 0)
-        return rc;
-    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
-        PQclear(res);
-        return cf_dbi_not_found("composition", id, err, errlen);
-    }
-    if (atoi(PQgetvalue(res, 0, 3)) == 0) {
-        PQclear(res);
-        return s_stale("composition transition", fence, err, errlen);
-    }
-    cf_state_t from = CF_STATE_PENDING;
-    cf_state_parse(PQgetvalue(res, 0, 0), &from);
-    if (PQgetisnull(res, 0, 1)) {
-        PQclear(res);
-        snprintf(err, errlen, "illegal transition: composition %s is %s, cannot become %s", id,
-                 cf_state_name(from), to_name);
-        return CF_DB_ILLEGAL;
-    }
-    int64_t version = cf_dbi_int64(res, 0, 1);
-    double progress = cf_dbi_double(res, 0, 2);
-    PQclear(res);
-    cf_dbi_notify(db, id, version, to, progress, "status");
-    return CF_DB_OK;
+    cf_fence_token_t token = {.epoch = fence->epoch};
+    snprintf(token.holder, sizeof token.holder, "%s", fence->holder);
+    return cf_db_composition_transition_fenced(db, &token, id, to, out, code, message, NULL, err,
+                                               errlen);
 }
 
 int cf_dbw_take(cf_db_t *db, const cf_dbw_fence_t *fence, const char *id, char *err, size_t errlen)

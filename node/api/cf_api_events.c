@@ -26,7 +26,7 @@
 /* A stream with nothing new polls ever less often, up to this: hundreds of
  * streams of idle compositions must not keep Postgres (and the pool that
  * /readyz and the API share) busy. */
-#define S_POLL_MAX_MS  2000
+#define S_POLL_MAX_MS 2000
 /* A comment line this often keeps proxies from closing a quiet stream, and
  * is how a client that went away is noticed (the write after the one its
  * RST answered fails): a closed stream frees its thread within about two

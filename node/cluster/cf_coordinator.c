@@ -37,6 +37,28 @@ typedef struct {
     bool progress_dirty;
 } s_sent_t;
 
+/* An open composition's plan, read from Postgres once and kept while the
+ * composition is in the work list (a plan never changes once stored; a
+ * copy of what Postgres holds, not state of its own). */
+typedef struct {
+    cf_plan_t *plan;
+    char *needed;      /* the clip set SUBSET was written for ("101": clips 0 and 2) */
+    char *subset;      /* the plan as sent for that set: other clips' sources "-" */
+    bool reason_clear; /* this term cleared its waiting reason, or never set one */
+} s_plan_entry_t;
+
+static void s_plan_entry_free(void **item)
+{
+    s_plan_entry_t *e = *item;
+    if (e) {
+        cf_plan_destroy(&e->plan);
+        free(e->needed);
+        free(e->subset);
+        free(e);
+    }
+    *item = NULL;
+}
+
 /* A planning in progress on its own thread. */
 typedef struct {
     cf_coordinator_t *owner;
@@ -68,6 +90,7 @@ struct cf_coordinator_t {
     int64_t next_progress_ms;
     zhashx_t *parked;      /* id -> int64_t* (ms): waiting for an encoder, not before then */
     zhashx_t *frames_sent; /* id -> int64_t*: the last "frames" event's count */
+    zhashx_t *plans;       /* id -> s_plan_entry_t: open compositions' plans, read once */
     cf_queue_item_t held;  /* taken off the queue, its take not known to have applied */
     bool holding;
     int64_t next_idle_note_ms; /* when queued work next says why it waits */
@@ -364,6 +387,42 @@ static cf_comp_t *s_spec(cf_coordinator_t *self, const char *id)
 
 /* No live node takes any work: the queue is left alone, and what waits in
  * it says why (looked at every two seconds, from Postgres). */
+/* The plan of open composition ID, from the cache or Postgres; NULL with a
+ * warning when it cannot be read. */
+static s_plan_entry_t *s_plan(cf_coordinator_t *self, const char *id)
+{
+    s_plan_entry_t *e = zhashx_lookup(self->plans, id);
+    if (e)
+        return e;
+    char err[512];
+    char *text = cf_dbw_plan_json(self->opts.db, id, err, sizeof err);
+    cf_plan_t *plan = text ? cf_plan_from_json(text, strlen(text), err, sizeof err) : NULL;
+    free(text);
+    if (!plan || !(e = calloc(1, sizeof *e))) {
+        cf_log_warn("coordinator", "%s: cannot read its plan: %s", id,
+                    plan ? "out of memory" : err);
+        cf_plan_destroy(&plan);
+        return NULL;
+    }
+    e->plan = plan;
+    zhashx_update(self->plans, id, e);
+    return e;
+}
+
+/* Forgets the plans of compositions no longer in the work list. */
+static void s_plans_trim(cf_coordinator_t *self, const cf_dbw_task_t *tasks, int count)
+{
+    zlistx_t *keys = zhashx_keys(self->plans);
+    for (const char *id = keys ? zlistx_first(keys) : NULL; id; id = zlistx_next(keys)) {
+        bool open = false;
+        for (int i = 0; i < count && !open; i++)
+            open = !strcmp(tasks[i].composition, id);
+        if (!open)
+            zhashx_delete(self->plans, id);
+    }
+    zlistx_destroy(&keys);
+}
+
 static bool s_nobody_works(cf_coordinator_t *self)
 {
     s_view_t view = {0};
@@ -499,38 +558,65 @@ static void s_intake(cf_coordinator_t *self)
 
 /* The task description a worker gets: the plan with only the sources its
  * task needs (the others are "-"), and where to pull blobs from. */
-static char *s_task_json(const cf_dbw_task_t *t, const char *plan_text, const cf_dbw_task_t *all,
-                         int all_count, s_view_t *view, const cf_comp_t *dest)
+/* The plan as task T is sent it: compact (no segments: the worker derives
+ * them, so a task's size does not grow with the timeline's length), the
+ * sources of the clips it does not use written "-" (a worker fetches only
+ * what its segment needs). Kept in the
+ * entry for the last clip set asked: consecutive segments mostly share one. */
+static const char *s_plan_subset(s_plan_entry_t *e, const cf_dbw_task_t *t)
 {
-    char err[256];
-    cf_plan_t *plan = cf_plan_from_json(plan_text, strlen(plan_text), err, sizeof err);
-    if (!plan)
+    const cf_plan_t *plan = e->plan;
+    char *needed = calloc((size_t)plan->clip_count + 1, 1);
+    if (!needed)
         return NULL;
-    bool *needed = calloc((size_t)plan->clip_count + 1, sizeof *needed);
-    json_t *root = json_object();
-    json_t *pull = json_array();
-    if (!needed || !root || !pull)
-        goto fail;
+    for (int i = 0; i < plan->clip_count; i++)
+        needed[i] = '0';
     if (t->kind == CF_TASK_SEGMENT && t->index < plan->segment_count) {
         const cf_plan_segment_t *seg = &plan->segments[t->index];
         for (int p = 0; p < seg->part_count; p++)
-            needed[seg->parts[p].clip] = true;
+            needed[seg->parts[p].clip] = '1';
     } else if (t->kind == CF_TASK_AUDIO) {
         for (int i = 0; i < plan->clip_count; i++)
-            needed[i] = plan->clips[i].has_audio;
+            needed[i] = plan->clips[i].has_audio ? '1' : '0';
     }
-    for (int i = 0; i < plan->clip_count; i++) {
-        if (!needed[i]) {
-            free(plan->clips[i].source);
-            plan->clips[i].source = strdup("-");
+    if (e->subset && !strcmp(e->needed, needed)) {
+        free(needed);
+        return e->subset;
+    }
+    /* Written from a shallow copy whose unused sources read "-". */
+    cf_plan_t copy = *plan;
+    cf_plan_clip_t *clips = calloc((size_t)plan->clip_count + 1, sizeof *clips);
+    char *text = NULL;
+    if (clips) {
+        for (int i = 0; i < plan->clip_count; i++) {
+            clips[i] = plan->clips[i];
+            if (needed[i] == '0')
+                clips[i].source = "-";
         }
+        copy.clips = clips;
+        text = cf_plan_to_json_compact(&copy); /* the worker derives the segments */
     }
-    char *subset = cf_plan_to_json(plan);
-    json_t *plan_obj = subset ? json_loads(subset, 0, NULL) : NULL;
-    free(subset);
-    if (!plan_obj)
+    free(clips);
+    if (!text) {
+        free(needed);
+        return NULL;
+    }
+    free(e->needed);
+    free(e->subset);
+    e->needed = needed;
+    e->subset = text;
+    return text;
+}
+
+static char *s_task_json(const cf_dbw_task_t *t, s_plan_entry_t *entry, const cf_dbw_task_t *all,
+                         int all_count, s_view_t *view, const cf_comp_t *dest)
+{
+    const cf_plan_t *plan = entry->plan;
+    const char *subset = s_plan_subset(entry, t);
+    json_t *root = json_object();
+    json_t *pull = json_array();
+    if (!subset || !root || !pull)
         goto fail;
-    json_object_set_new(root, "plan", plan_obj);
     json_object_set_new(root, "kind", json_string(cf_task_kind_name(t->kind)));
     json_object_set_new(root, "index", json_integer(t->index));
     if (t->kind == CF_TASK_ASSEMBLE && dest && dest->dest_s3_bucket) {
@@ -559,7 +645,7 @@ static char *s_task_json(const cf_dbw_task_t *t, const char *plan_text, const cf
     /* blob: sources come from the node that stored the upload; any live
      * peer may hold it, the worker asks the ones listed in turn. */
     for (int i = 0; i < plan->clip_count; i++) {
-        if (needed[i] && !strncmp(plan->clips[i].source, "blob:", 5)) {
+        if (entry->needed[i] == '1' && !strncmp(plan->clips[i].source, "blob:", 5)) {
             for (int m = 0; m < view->count; m++)
                 if (view->members[m].alive && view->members[m].http[0])
                     json_array_append_new(pull,
@@ -569,16 +655,21 @@ static char *s_task_json(const cf_dbw_task_t *t, const char *plan_text, const cf
     }
     json_object_set_new(root, "pull", pull);
     pull = NULL;
-    char *out = json_dumps(root, JSON_COMPACT);
+    /* {"plan":SUBSET, ...the rest}: the plan text spliced in as written,
+     * not parsed and dumped again for every task. */
+    char *rest = json_dumps(root, JSON_COMPACT);
     json_decref(root);
-    free(needed);
-    cf_plan_destroy(&plan);
+    char *out = NULL;
+    if (rest && rest[0] == '{' && rest[1] != '}') {
+        size_t n = strlen(subset) + strlen(rest) + 16;
+        if ((out = malloc(n)))
+            snprintf(out, n, "{\"plan\":%s,%s", subset, rest + 1);
+    }
+    free(rest);
     return out;
 fail:
     json_decref(pull);
     json_decref(root);
-    free(needed);
-    cf_plan_destroy(&plan);
     return NULL;
 }
 
@@ -715,19 +806,23 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
     for (int a = 0; r && a < r->assignment_count && !atomic_load(&self->stop); a++) {
         cf_dbw_task_t *t = &tasks[st_task[r->assignments[a].task]];
         const char *node = view->members[r->assignments[a].node].id;
-        char *plan = cf_dbw_plan_json(self->opts.db, t->composition, err, sizeof err);
-        cf_comp_t *spec = t->kind == CF_TASK_ASSEMBLE ? s_spec(self, t->composition) : NULL;
-        char *task_json = plan ? s_task_json(t, plan, tasks, count, view, spec) : NULL;
+        s_plan_entry_t *entry = s_plan(self, t->composition);
+        cf_comp_t *spec =
+            entry && t->kind == CF_TASK_ASSEMBLE ? s_spec(self, t->composition) : NULL;
+        char *task_json = entry ? s_task_json(t, entry, tasks, count, view, spec) : NULL;
         cf_comp_destroy(&spec);
-        free(plan);
         int attempt = 0;
         if (!task_json) {
             cf_log_warn("coordinator", "%s/%d: cannot describe the task", t->composition, t->index);
         } else if (cf_dbw_assign(self->opts.db, &self->fence, t->composition, t->index, node,
                                  &attempt, err, sizeof err) == CF_DB_OK) {
             s_send_assign(self, t, attempt, node, task_json);
-            /* It moves: whatever it waited for is over. */
-            cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, NULL, err, sizeof err);
+            /* It moves: whatever it waited for is over (written once a
+             * term, and again after this term said it waits). */
+            if (!entry->reason_clear &&
+                cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, NULL, err,
+                                   sizeof err) == CF_DB_OK)
+                entry->reason_clear = true;
             char key[160];
             s_key(key, sizeof key, t->composition, t->index, attempt, node);
             s_sent_t *sent = calloc(1, sizeof *sent);
@@ -755,9 +850,13 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
             running = running ||
                       (!strcmp(tasks[k].composition, t->composition) &&
                        (tasks[k].state == CF_SEG_ASSIGNED || tasks[k].state == CF_SEG_ENCODING));
-        if (!running)
+        if (!running) {
             cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, r->unplaced[u].reason,
                                err, sizeof err);
+            s_plan_entry_t *entry = zhashx_lookup(self->plans, t->composition);
+            if (entry)
+                entry->reason_clear = false;
+        }
     }
     cf_sched_result_destroy(&r);
 end:
@@ -861,6 +960,9 @@ static void s_advance(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count)
         } else if (all_done && first->comp_state == CF_STATE_ENCODING) {
             if (cf_dbw_assembling(self->opts.db, &self->fence, first->composition, err,
                                   sizeof err) == CF_DB_OK) {
+                /* This round's dispatch sends the assembly at once. */
+                for (int k = i; k < j; k++)
+                    tasks[k].comp_state = CF_STATE_ASSEMBLING;
                 /* Every frame is encoded: say so to live progress bars, even
                  * when the render was quicker than the progress writes. */
                 int64_t frames = 0;
@@ -977,10 +1079,8 @@ static void s_complete(cf_coordinator_t *self, const char *id, int index, const 
 {
     char err[512];
     cf_db_t *db = self->opts.db;
-    char *plan_text = cf_dbw_plan_json(db, id, err, sizeof err);
-    cf_plan_t *plan =
-        plan_text ? cf_plan_from_json(plan_text, strlen(plan_text), err, sizeof err) : NULL;
-    free(plan_text);
+    s_plan_entry_t *entry = s_plan(self, id);
+    const cf_plan_t *plan = entry ? entry->plan : NULL;
     if (plan && index == plan->segment_count + 1 && node && hex) {
         char location[256];
         snprintf(location, sizeof location, "clipfarm://%s/blobs/%.2s/%s", node, hex, hex);
@@ -1003,7 +1103,6 @@ static void s_complete(cf_coordinator_t *self, const char *id, int index, const 
                         (long long)size);
         }
     }
-    cf_plan_destroy(&plan);
 }
 
 /* ------------------------------------------------------------------ replies */
@@ -1118,6 +1217,7 @@ static void s_step_down(cf_coordinator_t *self)
     self->holding = false; /* still in our processing list: the reaper returns it */
     zhashx_purge(self->sent);
     zhashx_purge(self->frames_sent);
+    zhashx_purge(self->plans);
     zsock_destroy(&self->inbox);
     zsock_destroy(&self->out);
     cf_queue_destroy(&self->queue);
@@ -1210,6 +1310,7 @@ static void s_tick(cf_coordinator_t *self)
     int count = 0;
     if (cf_dbw_open_tasks(self->opts.db, &tasks, &count, err, sizeof err) != CF_DB_OK)
         return;
+    s_plans_trim(self, tasks, count);
     s_view_t view;
     if (s_view(self, &view) == 0) {
         s_requeue_lost(self, tasks, count, &view);
@@ -1287,15 +1388,17 @@ cf_coordinator_t *cf_coordinator_new(const cf_coordinator_options_t *opts, char 
     self->sent = zhashx_new();
     self->parked = zhashx_new();
     self->frames_sent = zhashx_new();
+    self->plans = zhashx_new();
     pthread_mutex_init(&self->lock, NULL);
     atomic_init(&self->stop, false);
-    if (!self->sent || !self->parked || !self->frames_sent || !self->redis_prefix) {
+    if (!self->sent || !self->parked || !self->frames_sent || !self->plans || !self->redis_prefix) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     zhashx_set_destructor(self->sent, s_free_sent);
     zhashx_set_destructor(self->parked, s_free_sent);
     zhashx_set_destructor(self->frames_sent, s_free_sent);
+    zhashx_set_destructor(self->plans, s_plan_entry_free);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
         snprintf(err, errlen, "cannot start the coordinator thread");
         goto fail;
@@ -1305,6 +1408,7 @@ fail:
     zhashx_destroy(&self->sent);
     zhashx_destroy(&self->parked);
     zhashx_destroy(&self->frames_sent);
+    zhashx_destroy(&self->plans);
     free(self->redis_url);
     free(self->redis_prefix);
     pthread_mutex_destroy(&self->lock);
@@ -1322,6 +1426,7 @@ void cf_coordinator_destroy(cf_coordinator_t **self_p)
     zhashx_destroy(&self->sent);
     zhashx_destroy(&self->parked);
     zhashx_destroy(&self->frames_sent);
+    zhashx_destroy(&self->plans);
     free(self->redis_url);
     free(self->redis_prefix);
     pthread_mutex_destroy(&self->lock);

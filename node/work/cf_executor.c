@@ -37,6 +37,10 @@ typedef struct s_run {
     char encoder[40];
     char *task_json;
     atomic_bool cancel;
+    /* Set just before the task's last reply (DONE or FAILED): its slot is
+     * free from then on, though the thread still tidies up, so the ASSIGN
+     * that DONE brings at once is not refused for a slot being freed. */
+    atomic_bool released;
     atomic_bool finished;
     pthread_t thread;
     struct s_run *next;
@@ -103,8 +107,11 @@ static void s_reason(const char *in, char *out, size_t outlen)
     }
 }
 
-static void s_reply(zsock_t *out, const s_run_t *run, cf_msg_type_t type, const char *reason,
-                    int64_t frames_done, const cf_render_piece_t *piece)
+/* One reply to the coordinator: REASON for REJECT and FAILED (FAILED is
+ * retryable unless the reason says trying again cannot help: see
+ * s_reply_failed), FRAMES_DONE for PROGRESS, PIECE for DONE. */
+static void s_send_reply(zsock_t *out, const s_run_t *run, cf_msg_type_t type, const char *reason,
+                         bool retryable, int64_t frames_done, const cf_render_piece_t *piece)
 {
     cf_msg_t msg;
     cf_msg_init(&msg, type);
@@ -157,7 +164,7 @@ static void s_reply(zsock_t *out, const s_run_t *run, cf_msg_type_t type, const 
             snprintf(msg.failed.composition, sizeof msg.failed.composition, "%s", run->comp);
             s_reason(reason, why, sizeof why);
             cf_msg_set_str(&msg.failed.reason, why);
-            msg.failed.retryable = true;
+            msg.failed.retryable = retryable;
             break;
         default:
             break;
@@ -166,6 +173,18 @@ static void s_reply(zsock_t *out, const s_run_t *run, cf_msg_type_t type, const 
         cf_log_warn("executor", "%s to %.8s could not be sent", cf_msg_type_name(type),
                     run->coordinator);
     cf_msg_clear(&msg);
+}
+
+static void s_reply(zsock_t *out, const s_run_t *run, cf_msg_type_t type, const char *reason,
+                    int64_t frames_done, const cf_render_piece_t *piece)
+{
+    s_send_reply(out, run, type, reason, true, frames_done, piece);
+}
+
+/* FAILED with RETRYABLE as given. */
+static void s_reply_failed(zsock_t *out, const s_run_t *run, const char *reason, bool retryable)
+{
+    s_send_reply(out, run, CF_MSG_FAILED, reason, retryable, 0, NULL);
 }
 
 /* ------------------------------------------------------------------ pulls */
@@ -219,23 +238,6 @@ static int s_resolve_blob(void *arg, const char *ref, char *path, size_t pathlen
     return -1;
 }
 
-/* FAILED with RETRYABLE as given. */
-static void s_reply_failed(zsock_t *out, const s_run_t *run, const char *reason, bool retryable)
-{
-    cf_msg_t msg;
-    cf_msg_init(&msg, CF_MSG_FAILED);
-    char why[256];
-    msg.failed.epoch = run->epoch;
-    msg.failed.segment = (uint64_t)run->index;
-    msg.failed.attempt = (uint64_t)run->attempt;
-    snprintf(msg.failed.composition, sizeof msg.failed.composition, "%s", run->comp);
-    s_reason(reason, why, sizeof why);
-    cf_msg_set_str(&msg.failed.reason, why);
-    msg.failed.retryable = retryable;
-    cf_work_bus_send(out, run->coordinator, &msg);
-    cf_msg_clear(&msg);
-}
-
 /* The assembly's output goes to DEST ({"bucket", "key", "profile"}) when
  * the composition names one. Returns 0, or -1 with "s3_upload_failed: ..."
  * in err. */
@@ -281,6 +283,7 @@ static void *s_run_thread(void *arg)
     cf_render_piece_t piece = {.bytes = 1, .frames = run->frames > 0 ? run->frames : 1};
     memset(piece.blob, 'b', 64);
     piece.blob[64] = '\0';
+    atomic_store(&run->released, true);
     s_reply(out, run, CF_MSG_DONE, NULL, 0, &piece);
     zsock_destroy(&out);
     atomic_store(&run->finished, true);
@@ -417,6 +420,7 @@ static void *s_run_thread(void *arg)
                     finished = true;
                     break;
                 }
+                atomic_store(&run->released, true);
                 s_reply(out, run, CF_MSG_DONE, NULL, 0, &ev.piece);
                 pthread_mutex_lock(&ex->lock);
                 ex->stats.done++;
@@ -455,6 +459,7 @@ end:
         cf_log_warn("executor", "%s/%d (%s) %s: %s", run->comp, run->index,
                     cf_task_kind_name(run->kind), cancelled ? "cancelled" : "failed", err);
         s_count_end(ex, run, cancelled ? "cancelled" : "failed", 0);
+        atomic_store(&run->released, true);
         if (out && !cancelled)
             s_reply_failed(out, run, err, !refused);
     }
@@ -466,6 +471,7 @@ end:
     free(plan_text);
     json_decref(root);
     zsock_destroy(&out);
+    atomic_store(&run->released, true);
     atomic_store(&run->finished, true);
     return NULL;
 }
@@ -473,11 +479,23 @@ end:
 
 /* ------------------------------------------------------------------ the loop */
 
+/* The slots in use: the tasks that have not sent their last reply. */
+static int s_busy(cf_executor_t *ex)
+{
+    int busy = 0;
+    pthread_mutex_lock(&ex->lock);
+    for (const s_run_t *r = ex->runs; r; r = r->next)
+        busy += !atomic_load(&r->released);
+    pthread_mutex_unlock(&ex->lock);
+    return busy;
+}
+
 static void s_report_load(cf_executor_t *ex)
 {
-    cf_metric_set(ex->m_active, NULL, ex->running);
+    int busy = s_busy(ex);
+    cf_metric_set(ex->m_active, NULL, busy);
     if (ex->opts.on_load)
-        ex->opts.on_load(ex->opts.on_load_arg, ex->opts.slots - ex->running, ex->running);
+        ex->opts.on_load(ex->opts.on_load_arg, ex->opts.slots - busy, busy);
 }
 
 static bool s_offers(const cf_executor_t *ex, const char *encoder)
@@ -503,9 +521,12 @@ static void s_on_assign(cf_executor_t *ex, zsock_t *out, const char *from, const
     } else if (a->kind == CF_TASK_SEGMENT && !s_offers(ex, a->encoder)) {
         snprintf(why, sizeof why, "this node does not offer %s", a->encoder);
         refuse = why;
-    } else if (ex->running >= ex->opts.slots) {
-        snprintf(why, sizeof why, "no free slot (%d of %d busy)", ex->running, ex->opts.slots);
-        refuse = why;
+    } else {
+        int busy = s_busy(ex);
+        if (busy >= ex->opts.slots) {
+            snprintf(why, sizeof why, "no free slot (%d of %d busy)", busy, ex->opts.slots);
+            refuse = why;
+        }
     }
     if (refuse) {
         pthread_mutex_lock(&ex->lock);
@@ -531,6 +552,7 @@ static void s_on_assign(cf_executor_t *ex, zsock_t *out, const char *from, const
     snprintf(run->encoder, sizeof run->encoder, "%s", a->encoder);
     run->frames = (int64_t)a->frame_count;
     atomic_init(&run->cancel, false);
+    atomic_init(&run->released, false);
     atomic_init(&run->finished, false);
     s_reply(out, run, CF_MSG_ACCEPT, NULL, 0, NULL);
     if (pthread_create(&run->thread, NULL, s_run_thread, run) != 0) {

@@ -337,6 +337,47 @@ static void test_json_round_trip(void **state)
     cf_plan_destroy(&plan);
 }
 
+/* The compact form (what a task carries) leaves the segments out; reading
+ * it back derives the same segments as the full form, its size does not
+ * grow with the timeline, and a tampered compact plan is still refused. */
+static void test_json_compact(void **state)
+{
+    (void)state;
+    static const cf_plan_source_t sources[] = {{3600000000LL, true}, {2000000, true}};
+    cf_plan_t *plan = s_plan("{\"clips\": [{\"source\": \"file:///long\"},"
+                             "{\"source\": \"file:///tail\", \"start\": 0.25}],"
+                             "\"output\": {\"fps\": 30}, \"segment_seconds\": 1}",
+                             sources);
+    assert_true(plan->segment_count > 3600);
+    char *full = cf_plan_to_json(plan);
+    char *compact = cf_plan_to_json_compact(plan);
+    assert_non_null(full);
+    assert_non_null(compact);
+    assert_null(strstr(compact, "\"segments\""));
+    assert_true(strlen(compact) < 1024); /* an hour in 1 s segments: the full one is ~300 KB */
+    assert_true(strlen(full) > 100 * strlen(compact));
+    char err[256];
+    cf_plan_t *back = cf_plan_from_json(compact, strlen(compact), err, sizeof err);
+    if (!back)
+        fail_msg("%s", err);
+    s_check_invariants(back);
+    char *again = cf_plan_to_json(back);
+    assert_string_equal(full, again); /* the same segments, to the part */
+    char *pos = strstr(compact, "\"total_frames\":");
+    assert_non_null(pos);
+    char *bad = NULL;
+    assert_true(asprintf(&bad, "%.*s\"total_frames\":1%s", (int)(pos - compact), compact,
+                         pos + strlen("\"total_frames\":")) > 0);
+    assert_null(cf_plan_from_json(bad, strlen(bad), err, sizeof err));
+    assert_string_equal(err, "plan: totals do not match the clips");
+    free(bad);
+    free(again);
+    free(full);
+    free(compact);
+    cf_plan_destroy(&back);
+    cf_plan_destroy(&plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +385,7 @@ int main(void)
         cmocka_unit_test(test_ntsc_timeline),     cmocka_unit_test(test_film_and_gop),
         cmocka_unit_test(test_many_short_clips),  cmocka_unit_test(test_range_errors),
         cmocka_unit_test(test_encoder_and_order), cmocka_unit_test(test_json_round_trip),
+        cmocka_unit_test(test_json_compact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
