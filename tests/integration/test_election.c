@@ -56,27 +56,10 @@ static int s_teardown(void **state)
 }
 
 /* One value from the test's own connection. */
-static char *s_query(const char *sql)
-{
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    char *value = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return value;
-}
-
-static void s_exec(const char *sql)
-{
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    PQclear(res);
-}
-
 static void s_reset_lease(void)
 {
-    s_exec("UPDATE coordinator_lease SET holder = NULL, epoch = 0, expires_at = '-infinity'");
+    cf_test_sql_exec(
+        s_raw, "UPDATE coordinator_lease SET holder = NULL, epoch = 0, expires_at = '-infinity'");
 }
 
 static void s_lease_lifecycle(void **state)
@@ -217,7 +200,7 @@ static void s_one_winner(void **state)
         }
         pthread_barrier_destroy(&start);
         assert_int_equal(winners, 1);
-        char *epoch = s_query("SELECT epoch FROM coordinator_lease");
+        char *epoch = cf_test_sql_value(s_raw, "SELECT epoch FROM coordinator_lease");
         assert_string_equal(epoch, "1");
         free(epoch);
     }
@@ -261,8 +244,8 @@ static void s_registry(void **state)
 
     /* Left rows and rows not seen lately are not peers. */
     assert_int_equal(cf_db_cluster_node_leave(db, S_B, 3000, err, sizeof err), CF_DBC_OK);
-    s_exec("UPDATE nodes SET last_seen = now() - interval '1 minute' "
-           "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
+    cf_test_sql_exec(s_raw, "UPDATE nodes SET last_seen = now() - interval '1 minute' "
+                            "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     assert_int_equal(cf_db_cluster_peers(db, S_A, 10000, &rows, &count, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_int_equal(count, 0);
@@ -290,8 +273,8 @@ static void s_fenced_writes(void **state)
     s_upsert(db, S_B, false);
     s_upsert(db, S_C, false);
     /* C stopped heartbeating: its row is older than its grace. */
-    s_exec("UPDATE nodes SET last_seen = now() - interval '1 minute' "
-           "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
+    cf_test_sql_exec(s_raw, "UPDATE nodes SET last_seen = now() - interval '1 minute' "
+                            "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     cf_db_lease_t lease;
     /* A holds epoch 1, then B takes over at epoch 2 after expiry. */
     assert_int_equal(cf_db_cluster_lease_acquire(db, S_A, 0, 200, &lease, 3000, err, sizeof err),
@@ -320,7 +303,8 @@ static void s_fenced_writes(void **state)
     assert_string_equal(one.state, "up");
     cf_db_cluster_node_clear(&one);
     /* ... and goes away again: its grace is 100 ms, it falls silent. */
-    s_exec("UPDATE nodes SET grace_ms = 100 WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
+    cf_test_sql_exec(
+        s_raw, "UPDATE nodes SET grace_ms = 100 WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     usleep(300 * 1000);
     /* A's lease expired: even unchallenged, its token no longer writes. */
     assert_int_equal(cf_db_cluster_publish_view(db, &a1, "{}", &fence, 3000, err, sizeof err),
@@ -335,8 +319,8 @@ static void s_fenced_writes(void **state)
                      CF_DBC_OK);
     assert_int_equal(fence, CF_DBC_FENCE_STALE);
     assert_null(gone);
-    char *state_c = s_query("SELECT gone_epoch FROM nodes "
-                            "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
+    char *state_c = cf_test_sql_value(s_raw, "SELECT gone_epoch FROM nodes "
+                                             "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     assert_string_equal(state_c, "1");
     free(state_c);
     assert_int_equal(cf_db_cluster_publish_view(db, &a1, "{}", &fence, 3000, err, sizeof err),
@@ -366,8 +350,9 @@ static void s_fenced_writes(void **state)
     assert_int_equal(fence, CF_DBC_FENCE_PASSED);
     assert_string_equal(gone, S_C);
     free(gone);
-    state_c = s_query("SELECT state || ' ' || gone_epoch || ' ' || gone_by FROM nodes "
-                      "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
+    state_c =
+        cf_test_sql_value(s_raw, "SELECT state || ' ' || gone_epoch || ' ' || gone_by FROM nodes "
+                                 "WHERE id = 'cccccccc-0000-4000-8000-000000000003'");
     /* The stored state stays the node's own word: liveness is computed. */
     assert_string_equal(state_c, "up 2 bbbbbbbb-0000-4000-8000-000000000002");
     free(state_c);

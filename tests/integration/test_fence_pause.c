@@ -278,29 +278,12 @@ static void s_stop(s_child_t *child)
     free(child->text);
 }
 
-static char *s_query(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static char *s_query(const char *fmt, ...)
-{
-    char sql[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    char *value = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return value;
-}
-
 /* Segment writes (the audit) after id AFTER under EPOCH. */
 static int64_t s_seg_writes(int64_t after, int64_t epoch)
 {
-    char *text =
-        s_query("SELECT count(*) FROM cf_test_audit WHERE id > %" PRId64 " AND epoch = %" PRId64,
-                after, epoch);
+    char *text = cf_test_sql_value(
+        s_raw, "SELECT count(*) FROM cf_test_audit WHERE id > %" PRId64 " AND epoch = %" PRId64,
+        after, epoch);
     int64_t value = strtoll(text, NULL, 10);
     free(text);
     return value;
@@ -309,29 +292,23 @@ static int64_t s_seg_writes(int64_t after, int64_t epoch)
 /* Composition transitions (their events) after id AFTER under EPOCH. */
 static int64_t s_state_writes(int64_t after, int64_t epoch)
 {
-    char *text = s_query("SELECT count(*) FROM events WHERE id > %" PRId64
-                         " AND type = 'status' AND (payload->>'epoch')::bigint = %" PRId64,
-                         after, epoch);
+    char *text =
+        cf_test_sql_value(s_raw,
+                          "SELECT count(*) FROM events WHERE id > %" PRId64
+                          " AND type = 'status' AND (payload->>'epoch')::bigint = %" PRId64,
+                          after, epoch);
     int64_t value = strtoll(text, NULL, 10);
     free(text);
     return value;
-}
-
-static void s_exec(const char *sql)
-{
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    PQclear(res);
 }
 
 /* The lease row: its holder is NODE at an epoch above ABOVE; the epoch. */
 static int64_t s_wait_holder(const char *node, int64_t above, int timeout_ms)
 {
     for (int waited = 0; waited < timeout_ms; waited += 50) {
-        char *row =
-            s_query("SELECT coalesce(holder::text, '') || ' ' || epoch || ' ' ||"
-                    " CASE WHEN expires_at > now() THEN 't' ELSE 'f' END FROM coordinator_lease");
+        char *row = cf_test_sql_value(
+            s_raw, "SELECT coalesce(holder::text, '') || ' ' || epoch || ' ' ||"
+                   " CASE WHEN expires_at > now() THEN 't' ELSE 'f' END FROM coordinator_lease");
         char holder[64] = "", live[8] = "";
         long long epoch = 0;
         sscanf(row, "%63s %lld %7s", holder, &epoch, live);
@@ -351,13 +328,16 @@ static void s_paused_coordinator(void **state)
     s_raw = cf_db_connect(s_url, 10, err, sizeof err);
     assert_non_null(s_raw);
     /* Postgres' own record of every segment write and its epoch. */
-    s_exec("CREATE TABLE cf_test_audit (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-           " epoch bigint, what text)");
-    s_exec("CREATE FUNCTION cf_test_audit_segment() RETURNS trigger LANGUAGE plpgsql AS $$"
-           " BEGIN INSERT INTO cf_test_audit (epoch, what) VALUES (NEW.epoch, 'segment');"
-           " RETURN NEW; END $$");
-    s_exec("CREATE TRIGGER cf_test_audit_segment AFTER INSERT OR UPDATE ON segments"
-           " FOR EACH ROW EXECUTE FUNCTION cf_test_audit_segment()");
+    cf_test_sql_exec(
+        s_raw, "CREATE TABLE cf_test_audit (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+               " epoch bigint, what text)");
+    cf_test_sql_exec(
+        s_raw, "CREATE FUNCTION cf_test_audit_segment() RETURNS trigger LANGUAGE plpgsql AS $$"
+               " BEGIN INSERT INTO cf_test_audit (epoch, what) VALUES (NEW.epoch, 'segment');"
+               " RETURN NEW; END $$");
+    cf_test_sql_exec(s_raw,
+                     "CREATE TRIGGER cf_test_audit_segment AFTER INSERT OR UPDATE ON segments"
+                     " FOR EACH ROW EXECUTE FUNCTION cf_test_audit_segment()");
     cf_db_options_t opts;
     cf_db_options_default(&opts);
     opts.url = s_url;
@@ -383,10 +363,10 @@ static void s_paused_coordinator(void **state)
     /* Pause A mid-stream, past its lease. What it had sent lands first. */
     assert_int_equal(kill(a.pid, SIGSTOP), 0);
     usleep(300 * 1000);
-    char *text = s_query("SELECT coalesce(max(id), 0) FROM cf_test_audit");
+    char *text = cf_test_sql_value(s_raw, "SELECT coalesce(max(id), 0) FROM cf_test_audit");
     int64_t seg_mark = strtoll(text, NULL, 10);
     free(text);
-    text = s_query("SELECT coalesce(max(id), 0) FROM events");
+    text = cf_test_sql_value(s_raw, "SELECT coalesce(max(id), 0) FROM events");
     int64_t ev_mark = strtoll(text, NULL, 10);
     free(text);
     int64_t epoch_b = s_wait_holder(S_B, epoch_a, 4 * S_TTL_MS);
@@ -419,7 +399,8 @@ static void s_paused_coordinator(void **state)
     assert_int_equal(s_seg_writes(seg_mark, epoch_a), 0);
     assert_int_equal(s_state_writes(ev_mark, epoch_a), 0);
     assert_true(s_seg_writes(seg_mark, epoch_b) >= 20);
-    char *lease = s_query("SELECT holder::text || ' ' || epoch FROM coordinator_lease");
+    char *lease =
+        cf_test_sql_value(s_raw, "SELECT holder::text || ' ' || epoch FROM coordinator_lease");
     char expect[64];
     snprintf(expect, sizeof expect, "%s %" PRId64, S_B, epoch_b);
     assert_string_equal(lease, expect);

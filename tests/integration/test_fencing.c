@@ -47,31 +47,6 @@ static int s_teardown(void **state)
     return 0;
 }
 
-static char *s_query(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static char *s_query(const char *fmt, ...)
-{
-    char sql[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    char *value = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return value;
-}
-
-static void s_exec(const char *sql)
-{
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    PQclear(res);
-}
-
 static cf_db_t *s_pool(void)
 {
     cf_db_options_t opts;
@@ -105,15 +80,18 @@ static cf_fence_token_t s_acquire(cf_db_cluster_t *dbc, const char *node, int tt
 
 static void s_expire_lease(void)
 {
-    s_exec("UPDATE coordinator_lease SET expires_at = now() - interval '1 second'");
+    cf_test_sql_exec(s_raw,
+                     "UPDATE coordinator_lease SET expires_at = now() - interval '1 second'");
 }
 
 static char *s_segment(const char *id, int idx)
 {
-    return s_query("SELECT status || ' ' || epoch || ' ' || coalesce(node_id, '-') || ' ' ||"
-                   " attempts || ' ' || coalesce(blob_hash, '-') FROM segments"
-                   " WHERE composition_id = '%s' AND idx = %d",
-                   id, idx);
+    return cf_test_sql_value(
+        s_raw,
+        "SELECT status || ' ' || epoch || ' ' || coalesce(node_id, '-') || ' ' ||"
+        " attempts || ' ' || coalesce(blob_hash, '-') FROM segments"
+        " WHERE composition_id = '%s' AND idx = %d",
+        id, idx);
 }
 
 static void s_segments_and_transitions_fenced(void **state)
@@ -135,7 +113,8 @@ static void s_segments_and_transitions_fenced(void **state)
     other_epoch.epoch++;
     assert_int_equal(cf_db_segments_create_fenced(db, &other_epoch, id, plan, 2, err, sizeof err),
                      CF_DB_STALE);
-    char *n = s_query("SELECT count(*) FROM segments WHERE composition_id = '%s'", id);
+    char *n =
+        cf_test_sql_value(s_raw, "SELECT count(*) FROM segments WHERE composition_id = '%s'", id);
     assert_string_equal(n, "0");
     free(n);
 
@@ -150,9 +129,11 @@ static void s_segments_and_transitions_fenced(void **state)
     assert_int_equal(cf_db_composition_transition_fenced(db, &a, id, CF_STATE_PLANNING, NULL, NULL,
                                                          NULL, NULL, err, sizeof err),
                      CF_DB_OK);
-    char *ev = s_query("SELECT payload->>'epoch' || ' ' || (payload->>'by') FROM events"
-                       " WHERE composition_id = '%s' AND type = 'status' ORDER BY id DESC LIMIT 1",
-                       id);
+    char *ev = cf_test_sql_value(
+        s_raw,
+        "SELECT payload->>'epoch' || ' ' || (payload->>'by') FROM events"
+        " WHERE composition_id = '%s' AND type = 'status' ORDER BY id DESC LIMIT 1",
+        id);
     char expect[128];
     snprintf(expect, sizeof expect, "%" PRId64 " %s", a.epoch, S_A);
     assert_string_equal(ev, expect);
@@ -177,7 +158,8 @@ static void s_segments_and_transitions_fenced(void **state)
     snprintf(expect, sizeof expect, "pending %" PRId64 " - 0 -", a.epoch);
     assert_string_equal(seg, expect);
     free(seg);
-    char *st = s_query("SELECT cf_state(status, stage) FROM compositions WHERE id = '%s'", id);
+    char *st = cf_test_sql_value(
+        s_raw, "SELECT cf_state(status, stage) FROM compositions WHERE id = '%s'", id);
     assert_string_equal(st, "planning");
     free(st);
 
@@ -196,7 +178,8 @@ static void s_segments_and_transitions_fenced(void **state)
     assert_int_equal(cf_db_composition_transition_fenced(db, &a, id, CF_STATE_FAILED, NULL, "late",
                                                          "x", NULL, err, sizeof err),
                      CF_DB_STALE);
-    st = s_query("SELECT cf_state(status, stage) FROM compositions WHERE id = '%s'", id);
+    st = cf_test_sql_value(s_raw,
+                           "SELECT cf_state(status, stage) FROM compositions WHERE id = '%s'", id);
     assert_string_equal(st, "encoding");
     free(st);
     /* An illegal transition under a valid token is illegal, not stale. */
@@ -366,7 +349,8 @@ static void s_fenced_waits_do_not_block_renewal(void **state)
     PQclear(res);
     pthread_join(thread, NULL);
     assert_int_equal(w.rc, CF_DB_STALE);
-    char *st = s_query("SELECT cf_state(status, stage) FROM compositions WHERE id = '%s'", w.id);
+    char *st = cf_test_sql_value(
+        s_raw, "SELECT cf_state(status, stage) FROM compositions WHERE id = '%s'", w.id);
     assert_string_equal(st, "planning");
     free(st);
     PQfinish(locker);
@@ -435,7 +419,8 @@ static void s_fence_actor_drops_late_writes(void **state)
     assert_string_equal(verdict, "passed");
     free(kind);
     free(verdict);
-    s_exec("UPDATE cluster_view SET epoch = 0, coordinator = NULL, updated_at = NULL");
+    cf_test_sql_exec(s_raw,
+                     "UPDATE cluster_view SET epoch = 0, coordinator = NULL, updated_at = NULL");
 
     /* Postgres goes silent. The writes wait, then are given up at the
      * lease's deadline (never retried for minutes). */
@@ -458,7 +443,7 @@ static void s_fence_actor_drops_late_writes(void **state)
      * run out and nobody else holding it: nothing of A's lands. */
     atomic_store(&proxy.silent, false);
     usleep(1500 * 1000);
-    char *view = s_query("SELECT epoch FROM cluster_view");
+    char *view = cf_test_sql_value(s_raw, "SELECT epoch FROM cluster_view");
     assert_string_equal(view, "0");
     free(view);
 
@@ -481,7 +466,7 @@ static void s_fence_actor_drops_late_writes(void **state)
     free(verdict);
     atomic_store(&proxy.silent, false);
     usleep(500 * 1000);
-    view = s_query("SELECT epoch FROM cluster_view");
+    view = cf_test_sql_value(s_raw, "SELECT epoch FROM cluster_view");
     assert_string_equal(view, "0");
     free(view);
 

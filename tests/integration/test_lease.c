@@ -43,29 +43,12 @@ static int s_teardown(void **state)
     return 0;
 }
 
-static char *s_query(const char *sql)
-{
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    char *value = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return value;
-}
-
-static void s_exec(const char *sql)
-{
-    PGresult *res = PQexec(s_raw, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
-    PQclear(res);
-}
-
 static void s_reset_lease(void)
 {
-    s_exec("UPDATE coordinator_lease SET holder = NULL, holder_token = NULL, epoch = 0,"
-           " expires_at = '-infinity'");
-    s_exec("UPDATE cluster_view SET epoch = 0, coordinator = NULL");
+    cf_test_sql_exec(s_raw,
+                     "UPDATE coordinator_lease SET holder = NULL, holder_token = NULL, epoch = 0,"
+                     " expires_at = '-infinity'");
+    cf_test_sql_exec(s_raw, "UPDATE cluster_view SET epoch = 0, coordinator = NULL");
 }
 
 static int64_t s_ms(void)
@@ -95,8 +78,9 @@ static void s_held_answer_adopted(void **state)
     assert_true(s_ms() - t0 < 2000);
     assert_true(atomic_load(&proxy.held) >= 1);
     /* It committed: the row names A, with A's token. */
-    char *row = s_query("SELECT holder || ' ' || epoch || ' ' || holder_token FROM "
-                        "coordinator_lease");
+    char *row =
+        cf_test_sql_value(s_raw, "SELECT holder || ' ' || epoch || ' ' || holder_token FROM "
+                                 "coordinator_lease");
     char expect[160];
     snprintf(expect, sizeof expect, "%s 1 %s", S_A, cf_db_cluster_token(a));
     assert_string_equal(row, expect);
@@ -140,7 +124,8 @@ static void s_election_adopts(void **state)
     char *row = NULL;
     for (int i = 0; i < 200; i++) {
         free(row);
-        row = s_query("SELECT coalesce(holder::text, '') || ' ' || epoch FROM coordinator_lease");
+        row = cf_test_sql_value(
+            s_raw, "SELECT coalesce(holder::text, '') || ' ' || epoch FROM coordinator_lease");
         if (atomic_load(&proxy.held) >= 1 && strstr(row, S_A))
             break;
         usleep(20 * 1000);
@@ -175,7 +160,7 @@ static void s_election_adopts(void **state)
     assert_true(held);
     assert_int_equal(epoch, 1); /* adopted, not re-acquired after expiry */
     assert_true(took < TTL_MS); /* the first lease (6 s from its commit) had not expired */
-    row = s_query("SELECT epoch FROM coordinator_lease");
+    row = cf_test_sql_value(s_raw, "SELECT epoch FROM coordinator_lease");
     assert_string_equal(row, "1");
     free(row);
     zpoller_destroy(&poller);
@@ -208,8 +193,9 @@ static void s_statement_timeout_below_deadline(void **state)
     res = PQexec(locker, "COMMIT");
     PQclear(res);
     usleep(300 * 1000);
-    char *row = s_query("SELECT coalesce(holder::text, 'none') || ' ' || epoch FROM "
-                        "coordinator_lease");
+    char *row =
+        cf_test_sql_value(s_raw, "SELECT coalesce(holder::text, 'none') || ' ' || epoch FROM "
+                                 "coordinator_lease");
     assert_string_equal(row, "none 0");
     free(row);
     /* The same handle works right after. */
@@ -233,21 +219,23 @@ static void s_reset_row_never_repeats(void **state)
     assert_int_equal(lease.epoch, 1);
     /* Epochs 1..6 were in use; the row goes back to 2, still A's. A, which
      * saw 6, is bumped above it instead of renewing 2. */
-    s_exec("UPDATE coordinator_lease SET epoch = 2");
+    cf_test_sql_exec(s_raw, "UPDATE coordinator_lease SET epoch = 2");
     assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 6, 5000, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_true(lease.held);
     assert_int_equal(lease.epoch, 7);
     /* Restored to a free lease at epoch 3: whoever takes it gets above
      * what it saw... */
-    s_exec("UPDATE coordinator_lease SET epoch = 3, holder = NULL, expires_at = now()");
+    cf_test_sql_exec(s_raw,
+                     "UPDATE coordinator_lease SET epoch = 3, holder = NULL, expires_at = now()");
     assert_int_equal(cf_db_cluster_lease_acquire(b, S_B, 7, 5000, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_true(lease.held);
     assert_int_equal(lease.epoch, 8);
     /* ... or above the published view's epoch, even when it saw nothing. */
-    s_exec("UPDATE cluster_view SET epoch = 20");
-    s_exec("UPDATE coordinator_lease SET epoch = 3, holder = NULL, expires_at = now()");
+    cf_test_sql_exec(s_raw, "UPDATE cluster_view SET epoch = 20");
+    cf_test_sql_exec(s_raw,
+                     "UPDATE coordinator_lease SET epoch = 3, holder = NULL, expires_at = now()");
     assert_int_equal(cf_db_cluster_lease_acquire(a, S_A, 0, 5000, &lease, 3000, err, sizeof err),
                      CF_DBC_OK);
     assert_true(lease.held);

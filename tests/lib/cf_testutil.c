@@ -249,3 +249,26 @@ void cf_test_create_queued(cf_db_t *db, cf_priority_t priority, char id[CF_DB_ID
     if (cf_db_composition_create(db, &c, id, NULL, err, sizeof err) != CF_DB_OK)
         fail_msg("create: %s", err);
 }
+
+char *cf_test_sql_value(PGconn *conn, const char *fmt, ...)
+{
+    char sql[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    PGresult *res = PQexec(conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    char *value = strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return value;
+}
+
+void cf_test_sql_exec(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(res));
+    PQclear(res);
+}

@@ -54,6 +54,13 @@ int cf_test_count_lines(const char *text);
  * and writes its URL to URL. Fails the test on any error. */
 void cf_test_fresh_database(const char *prefix, char *url, size_t urllen);
 
+/* SQL straight to Postgres on CONN, beside the data layer (a test looking at
+ * or changing rows behind the code under test); each fails the test on an
+ * error. cf_test_sql_value: the one value of a one-row query written from
+ * FMT (caller frees). cf_test_sql_exec: runs SQL as it is. */
+char *cf_test_sql_value(PGconn *conn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cf_test_sql_exec(PGconn *conn, const char *sql);
+
 /* Creates a composition in state queued with PRIORITY and an empty spec
  * through the data layer; writes its id into id and fails the test on error. */
 void cf_test_create_queued(cf_db_t *db, cf_priority_t priority, char id[CF_DB_ID_LEN]);
