@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cf_cpus.h"
 #include "cf_blob.h"
 #include "cf_cache.h"
 #include "cf_db.h"
@@ -529,7 +530,7 @@ cf_api_service_t *cf_api_service_new(const cf_api_service_options_t *opts, char 
         wo.node_id = opts->node_id;
         wo.slots = cfg->slots > 0 ? cfg->slots : 1;
         /* Slots share the cores: each render gets its part unless told. */
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int cores = cf_cpu_count();
         wo.render_jobs = opts->render_jobs > 0 ? opts->render_jobs
                          : cores > wo.slots    ? (int)(cores / wo.slots)
                                                : 1;

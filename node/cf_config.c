@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cf_cpus.h"
 #include "cf_url.h"
 
 typedef enum {
@@ -370,8 +371,8 @@ static void s_defaults(cf_config_t *cfg, int groups)
     memset(cfg, 0, sizeof *cfg);
     cfg->log_level = CF_LOG_INFO;
     cfg->beacon_port = 5670;
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg->slots = cores >= 2 ? (int)(cores / 2) : 1;
+    int cores = cf_cpu_count();
+    cfg->slots = cores >= 2 ? cores / 2 : 1;
     if (groups & CF_OPTS_NODE) {
         cfg->http_addr = strdup("127.0.0.1:8080");
         cfg->control_addr = strdup("127.0.0.1:7070");

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_cpus.h"
 #include "cf_media.h"
 
 #define S_MAX_ENCODERS     16
@@ -244,8 +245,7 @@ cf_caps_t *cf_caps_probe(const char *data_dir, char *const *tags, int tag_count,
     if (!self)
         return NULL;
     cf_media_init(); /* libav's complaints about absent GPUs go to the debug log */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    self->cores = cores > 0 ? (int)cores : 1;
+    self->cores = cf_cpu_count();
     long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
     self->memory_mb = pages > 0 && page_size > 0 ? (long)((double)pages * page_size / 1048576) : 0;
     self->slots = slots > 0 ? slots : slots < 0 ? 0 : 1; /* < 0: takes no work */

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_cpus.h"
 #include "cf_blob.h"
 #include "cf_log.h"
 #include "cf_media.h"
@@ -168,12 +169,6 @@ static s_fit_t s_fit_memory(const cf_plan_output_t *out, int64_t source_pixels, 
     return fit;
 }
 
-static int s_online_cpus(void)
-{
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-}
-
 int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_opts_t *opts,
                   cf_render_result_t *result, char *err, size_t errlen)
 {
@@ -236,7 +231,7 @@ int cf_render_run(const cf_comp_t *comp, const char *out_path, const cf_render_o
     const cf_plan_t *plan = cf_render_job_plan(job);
 
     /* 2, 3. Segments and audio on worker threads. */
-    int cpus = s_online_cpus();
+    int cpus = cf_cpu_count();
     int jobs = opts->jobs > 0 ? opts->jobs : cpus;
     int tasks = plan->segment_count + 1;
     if (jobs > plan->segment_count)

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_cpus.h"
 #include "cf_blob.h"
 #include "cf_blob_pull.h"
 #include "cf_log.h"
@@ -658,8 +659,8 @@ cf_executor_t *cf_executor_new(const cf_executor_options_t *opts, char *err, siz
     if (ex->opts.slots < 1)
         ex->opts.slots = 1;
     if (ex->opts.threads <= 0) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        ex->opts.threads = cores > ex->opts.slots ? (int)(cores / ex->opts.slots) : 1;
+        int cores = cf_cpu_count();
+        ex->opts.threads = cores > ex->opts.slots ? cores / ex->opts.slots : 1;
     }
     snprintf(ex->my_id, sizeof ex->my_id, "%s", cf_node_id(opts->node));
     if (opts->encoders && opts->encoder_count > 0) {

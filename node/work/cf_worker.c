@@ -18,6 +18,7 @@
 
 #include "cf_blob.h"
 #include "cf_cache.h"
+#include "cf_cpus.h"
 #include "cf_db.h"
 #include "cf_log.h"
 #include "cf_metrics.h"
@@ -209,8 +210,7 @@ static void s_on_progress(void *arg, const cf_render_progress_t *p)
         job->segments_total = p->segments_total;
         /* The local renderer runs up to `jobs` segments at once. */
         int left = p->segments_total - p->segments_done;
-        int jobs =
-            w->opts.render_jobs > 0 ? w->opts.render_jobs : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        int jobs = w->opts.render_jobs > 0 ? w->opts.render_jobs : cf_cpu_count();
         s_set_active(job, left < jobs ? left : jobs);
         if (p->segments_done > job->segments_seen) {
             const char *done[] = {"done"};
