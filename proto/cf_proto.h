@@ -19,7 +19,7 @@
 
 /* The protocol version; it leads every message and every beacon. Any change
  * to a message's fields bumps it. */
-#define CF_PROTO_VERSION 2
+#define CF_PROTO_VERSION 3
 
 /* Largest encoded message accepted or produced. */
 #define CF_PROTO_MAX_SIZE (1024 * 1024)

@@ -82,9 +82,10 @@
 
 /* The coordinator's fence, in the statement itself: the lease row holds
  * exactly this epoch ($E) and holder ($H) and has not expired when it is
- * locked (clock_timestamp(), as S_FENCE: time spent waiting for the rows
- * the write changes counts). FOR SHARE serialises with an acquirer's row
- * lock. */
+ * locked (clock_timestamp()). FOR SHARE serialises with an acquirer's row
+ * lock. An uncorrelated EXISTS: checked once, before the target rows are
+ * locked (S_FENCE locks them first, then the lease); the share lock keeps
+ * a successor out until the write commits either way. */
 #define S_WFENCE(E, H)                                                                             \
     "(SELECT 1 FROM coordinator_lease l WHERE l.epoch = $" #E "::bigint"                           \
     " AND l.holder = $" #H "::text::uuid AND l.expires_at > clock_timestamp() FOR SHARE)"
@@ -507,7 +508,8 @@ const cf_dbi_stmt_def_t cf_dbi_stmts[CF_DBI_STMT_COUNT] = {
          " s.node_id, s.attempts, s.epoch, s.progress, s.blob_hash, coalesce(s.size_bytes, 0),"
          " c.stage, c.priority, extract(epoch FROM now() - c.created_at), c.encoder,"
          " coalesce((SELECT jsonb_agg(x.node_id) FROM segment_failures x"
-         "  WHERE x.composition_id = c.id AND x.failures >= 3), '[]')"
+         "  WHERE x.composition_id = c.id AND x.failures >= 3), '[]'),"
+         " c.wait_reason IS NOT NULL"
          " FROM compositions c JOIN segments s ON s.composition_id = c.id"
          " WHERE c.status = 'processing' AND c.stage IN ('encoding', 'assembling')"
          " ORDER BY c.created_at, c.id, s.idx",

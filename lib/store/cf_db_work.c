@@ -148,6 +148,7 @@ int cf_dbw_open_tasks(cf_db_t *db, cf_dbw_task_t **tasks_p, int *count_p, char *
         cf_state_parse(PQgetvalue(res, i, 12), &t->comp_state);
         cf_priority_parse(PQgetvalue(res, i, 13), &t->priority);
         t->waiting_s = cf_dbi_double(res, i, 14);
+        t->comp_waiting = PQgetvalue(res, i, 17)[0] == 't';
         t->encoder = cf_dbi_strdup_or_null(res, i, 15);
         json_t *ex = json_loads(PQgetvalue(res, i, 16), 0, NULL);
         size_t n = json_is_array(ex) ? json_array_size(ex) : 0;

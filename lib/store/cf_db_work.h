@@ -54,9 +54,10 @@ typedef struct {
     int64_t size_bytes;
     cf_state_t comp_state; /* planning is never listed; encoding or assembling */
     cf_priority_t priority;
-    double waiting_s; /* since the composition was created */
-    char *encoder;    /* the composition's */
-    char **excluded;  /* nodes that failed 3 of this composition's tasks */
+    double waiting_s;  /* since the composition was created */
+    bool comp_waiting; /* the composition has a waiting reason (wait_reason) */
+    char *encoder;     /* the composition's */
+    char **excluded;   /* nodes that failed 3 of this composition's tasks */
     int excluded_count;
 } cf_dbw_task_t;
 

@@ -42,9 +42,8 @@ typedef struct {
  * copy of what Postgres holds, not state of its own). */
 typedef struct {
     cf_plan_t *plan;
-    char *needed;      /* the clip set SUBSET was written for ("101": clips 0 and 2) */
-    char *subset;      /* the plan as sent for that set: other clips' sources "-" */
-    bool reason_clear; /* this term cleared its waiting reason, or never set one */
+    char *needed; /* the clip set SUBSET was written for ("101": clips 0 and 2) */
+    char *subset; /* the plan as sent for that set: other clips' sources "-" */
 } s_plan_entry_t;
 
 static void s_plan_entry_free(void **item)
@@ -385,8 +384,6 @@ static cf_comp_t *s_spec(cf_coordinator_t *self, const char *id)
     return spec;
 }
 
-/* No live node takes any work: the queue is left alone, and what waits in
- * it says why (looked at every two seconds, from Postgres). */
 /* The plan of open composition ID, from the cache or Postgres; NULL with a
  * warning when it cannot be read. */
 static s_plan_entry_t *s_plan(cf_coordinator_t *self, const char *id)
@@ -423,6 +420,8 @@ static void s_plans_trim(cf_coordinator_t *self, const cf_dbw_task_t *tasks, int
     zlistx_destroy(&keys);
 }
 
+/* No live node takes any work: the queue is left alone, and what waits in
+ * it says why (looked at every two seconds, from Postgres). */
 static bool s_nobody_works(cf_coordinator_t *self)
 {
     s_view_t view = {0};
@@ -556,13 +555,11 @@ static void s_intake(cf_coordinator_t *self)
 
 /* ------------------------------------------------------------------ dispatch */
 
-/* The task description a worker gets: the plan with only the sources its
- * task needs (the others are "-"), and where to pull blobs from. */
 /* The plan as task T is sent it: compact (no segments: the worker derives
- * them, so a task's size does not grow with the timeline's length), the
- * sources of the clips it does not use written "-" (a worker fetches only
- * what its segment needs). Kept in the
- * entry for the last clip set asked: consecutive segments mostly share one. */
+ * them, so a segment's or the audio's task does not grow with the
+ * timeline's length), the sources of the clips it does not use written "-"
+ * (a worker fetches only what its segment needs). Kept in the entry for the
+ * last clip set asked: consecutive segments mostly share one. */
 static const char *s_plan_subset(s_plan_entry_t *e, const cf_dbw_task_t *t)
 {
     const cf_plan_t *plan = e->plan;
@@ -583,7 +580,8 @@ static const char *s_plan_subset(s_plan_entry_t *e, const cf_dbw_task_t *t)
         free(needed);
         return e->subset;
     }
-    /* Written from a shallow copy whose unused sources read "-". */
+    /* Written from a shallow copy whose unused sources read "-" (a string
+     * literal: the copy is only written, never destroyed). */
     cf_plan_t copy = *plan;
     cf_plan_clip_t *clips = calloc((size_t)plan->clip_count + 1, sizeof *clips);
     char *text = NULL;
@@ -608,6 +606,9 @@ static const char *s_plan_subset(s_plan_entry_t *e, const cf_dbw_task_t *t)
     return text;
 }
 
+/* The task description a worker gets: the plan as s_plan_subset writes it,
+ * where to pull blob: sources from, and for the assembly every piece and
+ * its holder. */
 static char *s_task_json(const cf_dbw_task_t *t, s_plan_entry_t *entry, const cf_dbw_task_t *all,
                          int all_count, s_view_t *view, const cf_comp_t *dest)
 {
@@ -817,12 +818,15 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         } else if (cf_dbw_assign(self->opts.db, &self->fence, t->composition, t->index, node,
                                  &attempt, err, sizeof err) == CF_DB_OK) {
             s_send_assign(self, t, attempt, node, task_json);
-            /* It moves: whatever it waited for is over (written once a
-             * term, and again after this term said it waits). */
-            if (!entry->reason_clear &&
+            /* It moves: whatever it waited for is over (written when the
+             * work list says it waits, once a round). */
+            if (t->comp_waiting) {
                 cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, NULL, err,
-                                   sizeof err) == CF_DB_OK)
-                entry->reason_clear = true;
+                                   sizeof err);
+                for (int k = 0; k < count; k++)
+                    if (!strcmp(tasks[k].composition, t->composition))
+                        tasks[k].comp_waiting = false;
+            }
             char key[160];
             s_key(key, sizeof key, t->composition, t->index, attempt, node);
             s_sent_t *sent = calloc(1, sizeof *sent);
@@ -853,9 +857,6 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         if (!running) {
             cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, r->unplaced[u].reason,
                                err, sizeof err);
-            s_plan_entry_t *entry = zhashx_lookup(self->plans, t->composition);
-            if (entry)
-                entry->reason_clear = false;
         }
     }
     cf_sched_result_destroy(&r);

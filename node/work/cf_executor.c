@@ -34,7 +34,7 @@ typedef struct s_run {
     char comp[37];
     int index, attempt;
     cf_task_kind_t kind;
-    int64_t frames; /* ASSIGN's frame_count */
+    int64_t frame_start, frames; /* ASSIGN's frame_start and frame_count */
     char encoder[40];
     char *task_json;
     atomic_bool cancel;
@@ -312,6 +312,17 @@ static void *s_run_thread(void *arg)
             snprintf(err, sizeof err, "malformed task description");
         goto end;
     }
+    /* The plan comes compact: this node cuts the segments itself, and its
+     * cut must be the coordinator's (the frames it assigned). */
+    if (run->kind == CF_TASK_SEGMENT &&
+        (run->index < 0 || run->index >= plan->segment_count ||
+         plan->segments[run->index].first_frame != run->frame_start ||
+         plan->segments[run->index].frames != run->frames)) {
+        snprintf(err, sizeof err,
+                 "segment %d: the plan here does not cut it at the assigned frames %lld+%lld",
+                 run->index, (long long)run->frame_start, (long long)run->frames);
+        goto end;
+    }
     s_reply(out, run, CF_MSG_PROGRESS, NULL, 0, NULL);
     s_resolver_t resolver = {ex, json_object_get(root, "pull"), &run->cancel};
     cf_task_spec_t spec = {.kind = run->kind,
@@ -551,6 +562,7 @@ static void s_on_assign(cf_executor_t *ex, zsock_t *out, const char *from, const
     snprintf(run->comp, sizeof run->comp, "%s", a->composition);
     snprintf(run->coordinator, sizeof run->coordinator, "%s", from);
     snprintf(run->encoder, sizeof run->encoder, "%s", a->encoder);
+    run->frame_start = (int64_t)a->frame_start;
     run->frames = (int64_t)a->frame_count;
     atomic_init(&run->cancel, false);
     atomic_init(&run->released, false);

@@ -10,8 +10,8 @@ cfnet_net 3 || exit $?
 known_all() {
     local i
     for i in "$@"; do
-        cfnet_jq "$i" '[.peers[] | select(.state == "alive" and .capabilities.cores >= 1)] | length == 2' \
-            >/dev/null || return 1
+        cfnet_jq "$i" '[.peers[] | select(.state == "alive")] |
+            length == 2 and all(.capabilities.cores >= 1)' >/dev/null || return 1
     done
 }
 

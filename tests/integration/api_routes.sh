@@ -294,7 +294,7 @@ done
 # B's finished tasks just before the cancel: a task whose encode ended as
 # the cancel came counts as done there, yet its segment is closed cancelled
 # (its DONE reached the coordinator after the cancel).
-b_done() { api_curl "$B/metrics"; sed -n 's/^renders_total{result="done"} //p' <<<"$body"; }
+b_done() { api_curl "$B/metrics"; sed -n 's/^segments_total{status="done"} //p' <<<"$body"; }
 done_before=$(b_done)
 api_curl -X DELETE "$A/api/v1/compositions/$long"
 cancelled_at=$(date +%s%N)

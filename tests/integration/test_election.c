@@ -55,7 +55,6 @@ static int s_teardown(void **state)
     return 0;
 }
 
-/* One value from the test's own connection. */
 static void s_reset_lease(void)
 {
     cf_test_sql_exec(
