@@ -21,8 +21,9 @@
  * to a message's fields bumps it. */
 #define CF_PROTO_VERSION 3
 
-/* Largest encoded message accepted or produced. */
-#define CF_PROTO_MAX_SIZE (1024 * 1024)
+/* Largest encoded message accepted or produced: room for the largest task
+ * (CF_PROTO_TASK_JSON_MAX) and the ASSIGN around it. */
+#define CF_PROTO_MAX_SIZE (4 * 1024 * 1024)
 
 /* Largest epoch (Postgres bigint). */
 #define CF_PROTO_EPOCH_MAX INT64_MAX
@@ -96,8 +97,10 @@ typedef struct {
 /* Tasks of a composition of N segments: 0..N-1 the segments, N the audio,
  * N + 1 the assembly (kind says which; the index is the task's identity in
  * every reply, with the attempt). */
-#define CF_PROTO_TASK_MAX      1000001
-#define CF_PROTO_TASK_JSON_MAX (768 * 1024)
+#define CF_PROTO_TASK_MAX 1000001
+/* The largest task description: a 4-hour composition in 1 s segments has
+ * an assembly of 14 400 pieces, about 150 bytes each. */
+#define CF_PROTO_TASK_JSON_MAX (3584 * 1024)
 #define CF_PROTO_FIELDS_assign(F, T)                                                               \
     F(T, epoch, U64, 1, CF_PROTO_EPOCH_MAX, 0)                                                     \
     F(T, composition, ID, 0, 0, 0)                                                                 \

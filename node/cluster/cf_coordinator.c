@@ -19,6 +19,7 @@
 #include "cf_log.h"
 #include "cf_node.h"
 #include "cf_plan.h"
+#include "cf_proto.h"
 #include "cf_queue.h"
 #include "cf_render_stages.h"
 #include "cf_scheduler.h"
@@ -636,10 +637,9 @@ static char *s_task_json(const cf_dbw_task_t *t, s_plan_entry_t *entry, const cf
                 continue;
             s_member_t *m = s_member(view, o->node_id);
             json_array_append_new(
-                pieces, json_pack("{s:s,s:i,s:s,s:I,s:s,s:s}", "kind", cf_task_kind_name(o->kind),
+                pieces, json_pack("{s:s,s:i,s:s,s:I,s:s}", "kind", cf_task_kind_name(o->kind),
                                   "index", o->index, "blob", o->blob_hash ? o->blob_hash : "",
-                                  "bytes", (json_int_t)o->size_bytes, "node",
-                                  o->node_id ? o->node_id : "", "from", m ? m->http : ""));
+                                  "bytes", (json_int_t)o->size_bytes, "from", m ? m->http : ""));
         }
         json_object_set_new(root, "pieces", pieces);
     }
@@ -815,6 +815,18 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
         int attempt = 0;
         if (!task_json) {
             cf_log_warn("coordinator", "%s/%d: cannot describe the task", t->composition, t->index);
+        } else if (strlen(task_json) > CF_PROTO_TASK_JSON_MAX) {
+            /* Cannot be sent, now or later: say so instead of retrying. */
+            char message[256];
+            snprintf(message, sizeof message,
+                     "%s %d: its task description is %zu bytes, more than the %d a message "
+                     "carries (fewer clips or longer segments)",
+                     cf_task_kind_name(t->kind), t->index, strlen(task_json),
+                     CF_PROTO_TASK_JSON_MAX);
+            if (cf_dbw_fail(self->opts.db, &self->fence, t->composition, "too_large", message, err,
+                            sizeof err) == CF_DB_OK)
+                S_COUNT(self, failed);
+            cf_log_warn("coordinator", "%s: failed: %s", t->composition, message);
         } else if (cf_dbw_assign(self->opts.db, &self->fence, t->composition, t->index, node,
                                  &attempt, err, sizeof err) == CF_DB_OK) {
             s_send_assign(self, t, attempt, node, task_json);

@@ -429,15 +429,19 @@ static bool s_fake_recv(s_fake_t *f, cf_msg_type_t type, cf_msg_t *msg, int time
         zmq_pollitem_t item = {f->router, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&item, 1, (long)(deadline - s_ms())) <= 0)
             continue;
-        char routing[256], payload[CF_PROTO_MAX_SIZE];
+        char routing[256];
+        char *payload = malloc(CF_PROTO_MAX_SIZE);
+        assert_non_null(payload);
         int more = 0;
         size_t more_size = sizeof more;
         assert_true(zmq_recv(f->router, routing, sizeof routing, 0) >= 0);
-        int n = zmq_recv(f->router, payload, sizeof payload, 0);
+        int n = zmq_recv(f->router, payload, CF_PROTO_MAX_SIZE, 0);
         zmq_getsockopt(f->router, ZMQ_RCVMORE, &more, &more_size);
         assert_false(more);
         char err[256];
-        if (cf_msg_decode((uint8_t *)payload, (size_t)n, msg, err, sizeof err) < 0)
+        int rc = cf_msg_decode((uint8_t *)payload, (size_t)n, msg, err, sizeof err);
+        free(payload);
+        if (rc < 0)
             fail_msg("the node sent a malformed message: %s", err);
         if (msg->type == type)
             return true;

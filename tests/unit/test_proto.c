@@ -657,6 +657,42 @@ static void s_write_seeds(const char *dir)
     s_write(dir, "fuzz_beacon_parse", "short.beacon", frame, 40);
 }
 
+/* The largest task there may be (an assembly of 14 400 pieces, about 2 MiB)
+ * goes through; one over CF_PROTO_TASK_JSON_MAX is refused at encoding. */
+static void s_large_tasks(void **state)
+{
+    (void)state;
+    size_t sizes[] = {2200 * 1024, CF_PROTO_TASK_JSON_MAX, CF_PROTO_TASK_JSON_MAX + 1};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        cf_msg_t msg;
+        cf_msg_init(&msg, CF_MSG_ASSIGN);
+        assert_true(s_fill(&msg, CF_MSG_ASSIGN));
+        char *task = malloc(sizes[i] + 1);
+        assert_non_null(task);
+        memset(task, 'x', sizes[i]);
+        task[sizes[i]] = '\0';
+        assert_int_equal(cf_msg_set_str(&msg.assign.task, task), 0);
+        free(task);
+        uint8_t *data = NULL;
+        size_t size = 0;
+        char err[256];
+        int rc = cf_msg_encode(&msg, &data, &size, err, sizeof err);
+        if (sizes[i] > CF_PROTO_TASK_JSON_MAX) {
+            assert_int_equal(rc, -1);
+        } else {
+            if (rc != 0)
+                fail_msg("a task of %zu bytes: %s", sizes[i], err);
+            assert_true(size <= CF_PROTO_MAX_SIZE);
+            cf_msg_t back;
+            assert_int_equal(cf_msg_decode(data, size, &back, err, sizeof err), 0);
+            assert_true(cf_msg_equal(&msg, &back));
+            cf_msg_clear(&back);
+        }
+        free(data);
+        cf_msg_clear(&msg);
+    }
+}
+
 int main(void)
 {
     if (getenv("CF_FUZZ_WRITE_SEEDS")) {
@@ -679,6 +715,7 @@ int main(void)
         cmocka_unit_test(s_protocol_md_documents_every_field),
         cmocka_unit_test(s_beacon_round_trip),
         cmocka_unit_test(s_beacon_rejections),
+        cmocka_unit_test(s_large_tasks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
