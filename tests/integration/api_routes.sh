@@ -318,8 +318,8 @@ was_running=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" 
 # (an assigned task whose ACCEPT was still on its way also ran)
 just_sent=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" and .started_at == null and .assigned_at != null and .node_id == $n)] | length' <<<"$segs")
 # The count lands when the task's thread has reaped its child: a moment
-# after its files are gone.
-for ((i = 0; i < 50; i++)); do
+# after its files are gone (seconds under the sanitizers).
+for ((i = 0; i < 150; i++)); do
     api_curl "$B/metrics"
     counted=$(sed -n 's/^renders_total{result="cancelled"} //p' <<<"$body")
     ((${counted:-0} >= was_running)) && break
