@@ -322,11 +322,11 @@ just_sent=$(jq -r --arg n "$b_node" '[.items[] | select(.error == "cancelled" an
 for ((i = 0; i < 150; i++)); do
     api_curl "$B/metrics"
     counted=$(sed -n 's/^renders_total{result="cancelled"} //p' <<<"$body")
-    ((${counted:-0} >= was_running)) && break
+    done_after=$(sed -n 's/^segments_total{status="done"} //p' <<<"$body")
+    late_done=$((${done_after:-0} - ${done_before:-0}))
+    ((${counted:-0} + late_done >= was_running)) && break
     sleep 0.1
 done
-done_after=$(b_done)
-late_done=$((${done_after:-0} - ${done_before:-0}))
 ((${counted:-0} + late_done >= was_running && ${counted:-0} <= was_running + just_sent)) ||
     fail "cancelled tasks counted ${counted:-0}, $was_running were running ($just_sent just sent, $late_done ended done as the cancel came)"
 
