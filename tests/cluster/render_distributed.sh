@@ -117,4 +117,10 @@ idet=$(ffmpeg -v info -i "$out" -vf "select='between(n,300,374)',idet" -f null -
 read -r tff bff prog <<<"$idet"
 [[ -n $prog ]] && ((tff + bff <= prog / 10)) || cl_fail "the interlaced clip kept its combing (idet: $idet)"
 echo "rotated clip crop $crop; interlaced clip idet TFF/BFF/progressive $idet"
+
+# Nothing was cancelled or lost, so every ASSIGN found the slot the work list
+# said was free: a node refusing one ("no free slot") means a slot is freed
+# later than the DONE that frees it in the coordinator's eyes.
+refused=$(cat "$CFNET_DIR"/h[123]/err | grep -c 'rejected by .*no free slot')
+((refused == 0)) || cl_fail "$refused ASSIGNs were refused for a slot the coordinator saw free"
 echo "ok: $want frames on $nodes nodes, byte-identical through 3 nodes"
