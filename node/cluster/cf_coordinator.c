@@ -866,10 +866,9 @@ static void s_dispatch(cf_coordinator_t *self, cf_dbw_task_t *tasks, int count, 
             running = running ||
                       (!strcmp(tasks[k].composition, t->composition) &&
                        (tasks[k].state == CF_SEG_ASSIGNED || tasks[k].state == CF_SEG_ENCODING));
-        if (!running) {
+        if (!running)
             cf_dbw_wait_reason(self->opts.db, &self->fence, t->composition, r->unplaced[u].reason,
                                err, sizeof err);
-        }
     }
     cf_sched_result_destroy(&r);
 end:
